@@ -1,0 +1,222 @@
+"""The CRM adapter contract: what the sync engine may ask of any CRM.
+
+A third CRM is added by implementing :class:`CrmAdapter`; the engine never imports a concrete
+adapter. All values crossing this boundary are plain data (dataclasses, dicts of field values),
+so the engine's decisions stay pure functions over them.
+
+Rules every adapter follows:
+- Batch methods return exactly one result per input, in input order. A record the CRM left out of
+  its answer is a failed result (``RecordErrorKind.MISSING``), never a silent success.
+- Whole-call failures raise a :mod:`adapters.errors` class (rate limited, transient, auth,
+  configuration). Per-record failures come back inside the results, classified by ``kind``.
+- No adapter retries on its own except one re-authentication on an expired session; the retry
+  policy belongs to the engine.
+- ``budget()`` reflects the calls this adapter made and what the CRM says is left.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+FieldValues = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FieldSchema:
+    """One CRM field as the describe / properties API reports it."""
+
+    name: str
+    type: str  # normalised: string, text, email, date, datetime, number, boolean, enum, id, reference
+    label: str = ""
+    length: int | None = None  # max characters for string-like fields, when the CRM has a limit
+    updateable: bool = True
+    createable: bool = True
+    unique: bool = False
+    external_id: bool = False
+    options: tuple[str, ...] = ()  # picklist / enumeration values
+
+
+@dataclass(frozen=True)
+class ObjectSchema:
+    """The fields of one CRM object, keyed by API name."""
+
+    name: str
+    fields: Mapping[str, FieldSchema]
+
+
+@dataclass(frozen=True)
+class CrmRecord:
+    """A record as read from the CRM. ``id`` is the CRM's current id (the survivor after a merge)."""
+
+    object: str
+    id: str
+    fields: FieldValues
+    modified_at: datetime | None = None
+    owner_id: str | None = None
+    modified_by: str | None = None  # the user/integration that made the last change, when known
+
+
+class RecordErrorKind(str, enum.Enum):
+    """How the engine must react to one record's failure."""
+
+    TRANSIENT = "transient"  # e.g. UNABLE_TO_LOCK_ROW: retry this record later
+    REJECTED = "rejected"  # the CRM refuses this record for good: dead op with the CRM's code
+    DELETED = "deleted"  # ENTITY_IS_DELETED / 404: the record is gone
+    CONVERTED = "converted"  # CANNOT_UPDATE_CONVERTED_LEAD: follow the conversion
+    CONFIG = "config"  # INVALID_FIELD etc.: a mapping problem, not this record's
+    MISSING = "missing"  # the CRM answered 2xx but left this record out of its results
+    CONFLICT = "conflict"  # a duplicate / uniqueness conflict (HubSpot 409)
+
+
+@dataclass(frozen=True)
+class RecordError:
+    kind: RecordErrorKind
+    code: str  # the CRM's own code, e.g. UNABLE_TO_LOCK_ROW, VALIDATION_ERROR
+    message: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of writing one record of a batch."""
+
+    key: str  # the referral id (upsert) or record id (update) the caller passed in
+    ok: bool
+    record_id: str | None = None
+    created: bool = False
+    error: RecordError | None = None
+
+
+@dataclass(frozen=True)
+class RecordUpdate:
+    """An update of an existing record by CRM id."""
+
+    record_id: str
+    values: FieldValues
+
+
+@dataclass(frozen=True)
+class RecordUpsert:
+    """An upsert keyed by our external id (the referral id) in ``id_field``."""
+
+    external_id: str
+    values: FieldValues
+
+
+class ChangeKind(str, enum.Enum):
+    UPDATED = "updated"  # created or changed; ``record`` holds its current fields
+    DELETED = "deleted"  # deleted (and not merged)
+    MERGED = "merged"  # merged away; ``merged_into`` is the survivor's id
+    CONVERTED = "converted"  # a lead converted; ``converted_to`` names the new records
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """One stage transition of a deal-like record, from the CRM's history."""
+
+    record_id: str
+    stage: str  # the CRM's stage label (HubSpot internal ids are resolved to labels)
+    at: datetime
+    amount: float | None = None
+    close_date: str | None = None
+    changed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    object: str
+    record_id: str
+    at: datetime
+    record: CrmRecord | None = None
+    merged_into: str | None = None
+    converted_to: Mapping[str, str] = field(default_factory=dict)  # role -> id: account, contact, opportunity
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """Changes of one object since a cursor, and the cursor to pass next time."""
+
+    changes: Sequence[Change]
+    stage_changes: Sequence[StageChange]
+    cursor: datetime
+
+
+@dataclass(frozen=True)
+class Stage:
+    pipeline: str  # pipeline label ("default" where the CRM has one)
+    label: str
+    internal_id: str
+    is_closed: bool = False
+    is_won: bool = False
+
+
+@dataclass(frozen=True)
+class ApiBudget:
+    """API calls this adapter made, by kind, and the CRM's own view of the daily allocation."""
+
+    calls: Mapping[str, int]
+    used_today: int | None = None  # as reported by the CRM (Sforce-Limit-Info, X-HubSpot-RateLimit-Daily)
+    limit_today: int | None = None
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def remaining_today(self) -> int | None:
+        if self.used_today is None or self.limit_today is None:
+            return None
+        return max(self.limit_today - self.used_today, 0)
+
+
+@runtime_checkable
+class CrmAdapter(Protocol):
+    """The contract. ``name`` is the config table's name: ``salesforce``, ``hubspot``."""
+
+    name: str
+    max_batch: int  # records per write call (200 Salesforce, 100 HubSpot)
+
+    def describe(self, object_name: str) -> ObjectSchema:
+        """Fields of ``object_name`` for mapping validation."""
+        ...
+
+    def find(
+        self, object_name: str, match_field: str, values: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, list[CrmRecord]]:
+        """Records whose ``match_field`` equals one of ``values`` (case-insensitive for emails).
+
+        Batched internally; the answer maps each value that matched to its records."""
+        ...
+
+    def upsert(
+        self, object_name: str, id_field: str, records: Sequence[RecordUpsert]
+    ) -> list[WriteResult]:
+        """Create or update by our external id; one result per record, in order."""
+        ...
+
+    def update(self, object_name: str, records: Sequence[RecordUpdate]) -> list[WriteResult]:
+        """Update existing records by CRM id; one result per record, in order."""
+        ...
+
+    def read(
+        self, object_name: str, ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, CrmRecord | None]:
+        """Current records by id; a merged-away id maps to its survivor, a deleted one to None."""
+        ...
+
+    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
+        """Everything that changed on ``object_name`` since ``since`` (the caller applies overlap)."""
+        ...
+
+    def stages(self, object_name: str) -> list[Stage]:
+        """The deal-like object's stages, for stage mapping."""
+        ...
+
+    def budget(self) -> ApiBudget:
+        """Calls made so far and the CRM's reported daily usage."""
+        ...

@@ -1,0 +1,329 @@
+"""Load and validate refsync's TOML config, reporting every problem at once.
+
+Each problem names the file, the line (when the key is in the file), the key path and the fix.
+Unknown keys are refused. Secrets are references (``env:NAME`` or ``file:PATH``), resolved only
+when a command needs them, and a literal secret in the file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from connector.attribution import Policy
+from connector.errors import ConfigError
+
+CONFIG_ENV = "REFSYNC_CONFIG"
+SECRET_SCHEMES = ("env:", "file:")
+
+
+class SecretRef(str):
+    """A reference to a secret (``env:NAME`` or ``file:PATH``); ``str()`` never shows the value."""
+
+    def resolve(self, key_path: str, base_dir: Path | None = None) -> str:
+        """The secret's value; a ConfigError naming ``key_path`` and where we looked if absent."""
+        scheme, _, target = self.partition(":")
+        if scheme == "env":
+            value = os.environ.get(target)
+            if not value:
+                raise ConfigError(
+                    f"{key_path}: environment variable {target} is not set or empty "
+                    f"(looked for it because the config says {key_path} = \"{self}\"); "
+                    f"export {target}=... before starting refsync"
+                )
+            return value
+        path = Path(target).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{key_path}: cannot read secret file {path} ({exc.strerror}); "
+                "create it with the secret as its only content, readable by refsync"
+            ) from exc
+        if not value:
+            raise ConfigError(f"{key_path}: secret file {path} is empty; put the secret in it")
+        return value
+
+
+def _secret(value: Any) -> SecretRef | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string reference such as \"env:NAME\" or \"file:/path\"")
+    if not value.startswith(SECRET_SCHEMES) or value in SECRET_SCHEMES:
+        raise ValueError(
+            "literal secrets are not allowed in the config file; put the value in an environment "
+            "variable and write \"env:NAME\", or in a file readable only by refsync and write "
+            "\"file:/path/to/secret\""
+        )
+    return SecretRef(value)
+
+
+Secret = Annotated[SecretRef | None, BeforeValidator(_secret), Field(default=None)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class LedgerConfig(_Strict):
+    url: str = "sqlite:///refsync.db"
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        if value.startswith(SECRET_SCHEMES):
+            return value
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError(
+                "must be a SQLAlchemy URL starting with sqlite:/// or postgresql+psycopg://"
+            )
+        if re.match(r"^\w+(\+\w+)?://[^/@:]+:[^/@]+@", value):
+            raise ValueError(
+                "the URL carries a password; set url = \"env:REFSYNC_LEDGER_URL\" and put the URL "
+                "in that variable, or use a .pgpass file"
+            )
+        return value
+
+
+class AttributionConfig(_Strict):
+    model: Literal["first_touch", "last_touch"] = "first_touch"
+    expire_after_days: int = Field(default=90, ge=1, le=3650)
+    on_duplicate: Literal["flag", "decline"] = "flag"
+    window_days: int = Field(default=365, ge=1, le=3650)
+    policy_version: str | None = None
+
+    def policy(self) -> Policy:
+        """The attribution policy these settings describe, with its version."""
+        return Policy(self.model, self.on_duplicate, self.window_days, self.version())
+
+    def version(self) -> str:
+        """The policy version recorded with each credit: explicit, or derived from the settings."""
+        if self.policy_version:
+            return self.policy_version
+        settings = self.model_dump(exclude={"policy_version"})
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        return f"auto-{digest}"
+
+
+class SalesforceConfig(_Strict):
+    instance_url: str
+    ca_bundle: str | None = None
+    session_id: Secret
+    username: str | None = None
+    password: Secret
+    security_token: Secret
+    domain: str | None = None
+    client_id: str | None = None
+    client_secret: Secret
+    api_version: str = "59.0"
+    mapping: str = "mappings/salesforce.toml"
+    daily_call_budget: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SalesforceConfig:
+        ways = [
+            self.session_id is not None,
+            self.username is not None or self.password is not None,
+            self.client_id is not None or self.client_secret is not None,
+        ]
+        if sum(ways) != 1:
+            raise ValueError(
+                "set exactly one way to authenticate: session_id; or username + password "
+                "(+ security_token); or client_id + client_secret (OAuth client credentials)"
+            )
+        if ways[1] and (self.username is None or self.password is None):
+            raise ValueError("username and password go together; set both")
+        if ways[2] and (self.client_id is None or self.client_secret is None):
+            raise ValueError("client_id and client_secret go together; set both")
+        return self
+
+
+class HubSpotConfig(_Strict):
+    base_url: str = "https://api.hubapi.com"
+    access_token: Annotated[SecretRef, BeforeValidator(_secret)]
+    mapping: str = "mappings/hubspot.toml"
+    daily_call_budget: int | None = Field(default=None, ge=1)
+
+
+class CrmConfigs(_Strict):
+    salesforce: SalesforceConfig | None = None
+    hubspot: HubSpotConfig | None = None
+
+
+class DaemonConfig(_Strict):
+    push_interval_seconds: int = Field(default=60, ge=1)
+    poll_interval_seconds: int = Field(default=300, ge=1)
+    reconcile_cron: str = "0 3 * * *"
+    batch_size: int = Field(default=200, ge=1, le=10000)
+    lease_seconds: int = Field(default=300, ge=10)
+    max_attempts: int = Field(default=8, ge=1)
+
+
+class HttpConfig(_Strict):
+    listen: str = "127.0.0.1:8787"
+    intake_token: Secret
+
+
+class LoggingConfig(_Strict):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    ledger: LedgerConfig = LedgerConfig()
+    attribution: AttributionConfig = AttributionConfig()
+    crm: CrmConfigs = CrmConfigs()
+    daemon: DaemonConfig = DaemonConfig()
+    http: HttpConfig = HttpConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    # Set by load_config; not part of the file.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def ledger_url(self) -> str:
+        """The ledger URL with secret references resolved and relative SQLite paths made absolute
+        against the config file's folder."""
+        url = self.ledger.url
+        if url.startswith(SECRET_SCHEMES):
+            url = SecretRef(url).resolve("ledger.url", self.base_dir)
+        match = re.match(r"^(sqlite(?:\+\w+)?:///)(.+)$", url)
+        if match and match.group(2) != ":memory:" and not match.group(2).startswith("/"):
+            url = match.group(1) + str((self.base_dir / match.group(2)).resolve())
+        return url
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def secrets(self) -> list[str]:
+        """Every secret value this config references and can resolve: fed to the log redactor."""
+        found: list[str] = []
+        for crm in (self.crm.salesforce, self.crm.hubspot, self.http):
+            if crm is None:
+                continue
+            for name in type(crm).model_fields:
+                value = getattr(crm, name)
+                if isinstance(value, SecretRef):
+                    try:
+                        found.append(value.resolve(name, self.base_dir))
+                    except ConfigError:
+                        continue  # reported when a command actually needs it
+        return found
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a key path in a TOML text (tables and dotted keys)."""
+    keys = [str(part) for part in loc if not isinstance(part, int)]
+    if not keys:
+        return None
+    lines = text.splitlines()
+    for depth in range(len(keys), 0, -1):
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, keys[:depth])) + r"\s*\]")
+        for number, line in enumerate(lines):
+            if not header.match(line):
+                continue
+            if depth == len(keys):
+                return number + 1
+            key = re.compile(r"^\s*\"?" + re.escape(keys[depth]) + r"\"?\s*[=.]")
+            for offset in range(number + 1, len(lines)):
+                if lines[offset].lstrip().startswith("["):
+                    break
+                if key.match(lines[offset]):
+                    return offset + 1
+            return number + 1
+    top = re.compile(r"^\s*\"?" + re.escape(keys[0]) + r"\"?\s*[=.]")
+    for number, line in enumerate(lines):
+        if top.match(line):
+            return number + 1
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or check its spelling against config.example.toml"
+    if kind == "missing":
+        return "required key is missing; add it (see config.example.toml)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _known_crms_problem(raw: dict[str, Any], file: str, text: str) -> list[str]:
+    crm = raw.get("crm", {})
+    if not isinstance(crm, dict):
+        return []
+    known = set(CrmConfigs.model_fields)
+    return [
+        f"{file}:{_line_of(text, ('crm', name)) or '?'}: crm.{name}: unknown CRM; "
+        f"refsync supports {', '.join(sorted(known))}"
+        for name in crm
+        if name not in known
+    ]
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    """Validate a config text; raises ConfigError listing every problem."""
+    file = str(source) if source else "<config>"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}; fix the syntax at that line") from exc
+    problems = _known_crms_problem(raw, file, text)
+    if problems:
+        raw["crm"] = {k: v for k, v in raw["crm"].items() if k in CrmConfigs.model_fields}
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            path = ".".join(str(p) for p in loc if not isinstance(p, int))
+            line = _line_of(text, loc)
+            problems.append(f"{file}:{line or '?'}: {path}: {_describe(error)}")
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config.model_copy(update={"source": source})
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read the config from ``path``, else $REFSYNC_CONFIG, else ./refsync.toml."""
+    candidates = [path] if path else [os.environ.get(CONFIG_ENV), "refsync.toml"]
+    chosen = next((Path(p) for p in candidates if p), None)
+    if chosen is None or not chosen.exists():
+        looked = ", ".join(
+            [f"--config {path}"] if path else [f"${CONFIG_ENV} (unset)" if not os.environ.get(CONFIG_ENV)
+                                               else f"${CONFIG_ENV}={os.environ[CONFIG_ENV]}",
+                                               "./refsync.toml"]
+        )
+        raise ConfigError(
+            f"no config file found (looked at: {looked}); copy config.example.toml and pass "
+            "--config PATH or set REFSYNC_CONFIG"
+        )
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{chosen}: cannot read config file: {exc}") from exc
+    return parse_config(text, chosen.resolve())

@@ -1,0 +1,180 @@
+"""`refsync import`: validated rows into the ledger, with first-to-refer decided on the way in.
+
+Rows are written in batches of one transaction each, every row inside its own savepoint, so a row
+the database refuses is reported and the rest of its batch still lands. Rows the ledger already
+holds (same external id, or same content) are counted as unchanged: re-importing changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+
+from connector import attribution
+from connector.attribution import Policy, Rival
+from connector.intake import NewReferral, RowProblem, read_file, validated
+from connector.logs import get_logger
+from state.ledger import Ledger, LedgerTxn
+from state.models import Referral
+
+BATCH = 500
+log = get_logger("refsync.import")
+
+
+@dataclass
+class ImportReport:
+    file: str
+    imported: int = 0
+    unchanged: int = 0
+    rejected: list[RowProblem] = field(default_factory=list)
+    notes: list[RowProblem] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def rejected_rows(self) -> int:
+        return len({p.line for p in self.rejected})
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "imported": self.imported,
+            "unchanged": self.unchanged,
+            "duplicates_flagged_or_declined": self.duplicates,
+            "rejected_rows": self.rejected_rows,
+            "problems": [
+                {"line": p.line, "column": p.column, "reason": p.reason, "severity": p.severity}
+                for p in [*self.rejected, *self.notes]
+            ],
+        }
+
+
+def _record(txn: LedgerTxn, row: NewReferral, policy: Policy, actor: str) -> bool:
+    """Insert one referral with its attribution decision; True when credit is contested."""
+    holder = txn.credited_rival(
+        row.prospect_email, row.company_key, row.submitted_at, timedelta(days=policy.window_days)
+    )
+    rival = Rival(holder.id, holder.submitted_at, holder.status) if holder else None
+    decision = attribution.decide(row.submitted_at, rival, policy)
+    referral = txn.add_referral({
+        "external_id": row.external_id,
+        "fingerprint": row.fingerprint,
+        "partner_id": txn.partner_id(row.partner),
+        "referral_code": row.referral_code,
+        "prospect_email": row.prospect_email,
+        "prospect_company": row.prospect_company,
+        "prospect_name": row.prospect_name,
+        "prospect_domain": row.prospect_domain,
+        "company_key": row.company_key,
+        "source": row.source,
+        "medium": row.medium,
+        "campaign": row.campaign,
+        "link": row.link,
+        "submitted_at": row.submitted_at,
+        "status": decision.status,
+        "credited": decision.credited,
+        "review_required": decision.review_required,
+        "duplicate_of": decision.duplicate_of,
+        "attribution_model": policy.model,
+        "policy_version": policy.version,
+        "attribution_reason": decision.reason,
+    })
+    txn.session.flush()
+    txn.add_transition(referral.id, None, "submitted", row.submitted_at, "import")
+    txn.add_audit(referral.id, "submitted", "imported", actor, detail={"line": row.line, "partner": row.partner})
+    txn.add_audit(
+        referral.id, "attribution_decided", decision.reason, "refsync", policy_version=policy.version,
+        detail={"model": policy.model, "credited": decision.credited, "rival": rival.id if rival else None},
+    )
+    if decision.status == "declined":
+        txn.add_transition(referral.id, "submitted", "declined", txn.clock(), "attribution",
+                           detail=decision.reason)
+    if decision.rival_loses and holder is not None:
+        _demote(txn, holder, referral.id, decision, policy)
+    return rival is not None
+
+
+def _demote(
+    txn: LedgerTxn, holder: Referral, winner_id: str, decision: attribution.Decision, policy: Policy
+) -> None:
+    previous = holder.status
+    holder.credited = False
+    holder.duplicate_of = winner_id
+    holder.attribution_reason = decision.rival_reason or ""
+    holder.review_required = decision.rival_status != "declined"
+    holder.revision += 1
+    if decision.rival_status and decision.rival_status != previous:
+        holder.status = decision.rival_status
+        holder.status_changed_at = txn.clock()
+        txn.add_transition(holder.id, previous, decision.rival_status, txn.clock(), "attribution",
+                           detail=decision.rival_reason)
+    txn.add_audit(
+        holder.id, "attribution_changed", decision.rival_reason or "", "refsync", policy_version=policy.version,
+        detail={"model": policy.model, "credit_moved_to": winner_id},
+    )
+
+
+def _batches(items: Iterable[NewReferral | list[RowProblem]], size: int) -> Iterable[list[NewReferral | list[RowProblem]]]:
+    batch: list[NewReferral | list[RowProblem]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def import_file(
+    ledger: Ledger, path: Path, policy: Policy, now: datetime,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import ``path``; every row either lands, is unchanged, or is reported with its line."""
+    parsed = read_file(path)
+    report = ImportReport(file=str(path))
+    for problem in parsed.problems:
+        (report.notes if problem.severity == "note" else report.rejected).append(problem)
+    actor = f"import:{path.name}"
+    with ledger.transaction() as txn:
+        run_id = txn.start_run("import")
+    for batch in _batches(validated(parsed, now), BATCH):
+        rows = [r for r in batch if isinstance(r, NewReferral)]
+        for item in batch:
+            if not isinstance(item, NewReferral):
+                report.rejected.extend(item)
+        with ledger.transaction() as txn:
+            known = txn.known_fingerprints(
+                [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
+            )
+            for row in rows:
+                report.notes.extend(row.notes)
+                if row.fingerprint in known or (row.external_id and f"ext:{row.external_id}" in known):
+                    report.unchanged += 1
+                    continue
+                try:
+                    with txn.savepoint():
+                        contested = _record(txn, row, policy, f"{actor}:{row.line}")
+                except IntegrityError as exc:
+                    report.rejected.append(RowProblem(
+                        row.line, "external_id" if row.external_id else None,
+                        f"the ledger refused the row ({exc.orig}); it conflicts with a row already imported",
+                    ))
+                    continue
+                known.add(row.fingerprint)
+                if row.external_id:
+                    known.add(f"ext:{row.external_id}")
+                report.imported += 1
+                report.duplicates += contested
+        if progress:
+            progress(len(batch))
+    with ledger.transaction() as txn:
+        txn.finish_run(run_id, "ok" if not report.rejected else "rejected_rows", {
+            "imported": report.imported, "unchanged": report.unchanged, "rejected": report.rejected_rows,
+        })
+    log.info("import finished", file=str(path), imported=report.imported, unchanged=report.unchanged,
+             rejected=report.rejected_rows)
+    return report
+

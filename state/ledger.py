@@ -1,0 +1,307 @@
+"""The ledger repository: the one way the engine and the CLI reach the database.
+
+Read operations return plain dicts and dataclasses (never live ORM objects); write operations run
+inside :meth:`Ledger.transaction`, whose :class:`LedgerTxn` offers named operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from ulid import ULID
+
+from connector.errors import LedgerError
+from state import db
+from state.models import (
+    OP_STATES,
+    AuditEvent,
+    Cursor,
+    JobRun,
+    Partner,
+    Referral,
+    StatusTransition,
+    SyncOp,
+    utcnow,
+)
+from state.views import audit_json, op_json, referral_json
+
+Clock = Callable[[], datetime]
+
+
+class LedgerTxn:
+    """Named write operations inside one database transaction."""
+
+    def __init__(self, session: Session, clock: Clock) -> None:
+        self.session = session
+        self.clock = clock
+        self._partners: dict[str, int] = {}
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: a failure inside rolls back only what was done inside."""
+        with self.session.begin_nested():
+            yield
+
+    def known_fingerprints(self, fingerprints: Sequence[str], external_ids: Sequence[str]) -> set[str]:
+        """Which of these rows (by fingerprint or external id) the ledger already holds."""
+        found: set[str] = set()
+        if fingerprints:
+            found.update(self.session.scalars(select(Referral.fingerprint).where(
+                Referral.fingerprint.in_(fingerprints))))
+        if external_ids:
+            for fp, ext in self.session.execute(select(Referral.fingerprint, Referral.external_id).where(
+                    Referral.external_id.in_(external_ids))):
+                found.add(fp)
+                found.add(f"ext:{ext}")
+        return found
+
+    def partner_id(self, code: str) -> int:
+        """The partner's id; a new code creates the partner."""
+        if code in self._partners:
+            return self._partners[code]
+        partner_id = self.session.scalar(select(Partner.id).where(Partner.code == code))
+        if partner_id is None:
+            partner = Partner(code=code, created_at=self.clock())
+            self.session.add(partner)
+            self.session.flush()
+            partner_id = partner.id
+        self._partners[code] = partner_id
+        return partner_id
+
+    def credited_rival(
+        self, email: str | None, company: str | None, around: datetime, window: timedelta
+    ) -> Referral | None:
+        """The referral that currently holds credit for this prospect within the window, if any."""
+        matches = []
+        if email:
+            matches.append(Referral.prospect_email == email)
+        if company:
+            same_company = Referral.company_key == company
+            matches.append(same_company if not email else and_(same_company, Referral.prospect_email.is_(None)))
+        if not matches:
+            return None
+        query = (
+            select(Referral)
+            .where(
+                or_(*matches),
+                Referral.credited.is_(True),
+                Referral.merged_into.is_(None),
+                Referral.status.not_in(("declined", "expired")),
+                Referral.submitted_at.between(around - window, around + window),
+            )
+            .order_by(Referral.submitted_at)
+            .limit(1)
+        )
+        return self.session.scalar(query)
+
+    def add_referral(self, values: dict[str, Any]) -> Referral:
+        now = self.clock()
+        referral = Referral(id=str(ULID()), created_at=now, updated_at=now, status_changed_at=now, **values)
+        self.session.add(referral)
+        return referral
+
+    def add_transition(
+        self, referral_id: str, from_status: str | None, to_status: str, at: datetime, source: str,
+        crm: str | None = None, owner_id: str | None = None, detail: str | None = None,
+    ) -> None:
+        self.session.add(StatusTransition(
+            referral_id=referral_id, from_status=from_status, to_status=to_status, at=at, source=source,
+            crm=crm, owner_id=owner_id, detail=detail,
+        ))
+
+    def add_audit(
+        self, referral_id: str | None, kind: str, reason_code: str, actor: str, *,
+        policy_version: str | None = None, crm: str | None = None, object: str | None = None,
+        record_id: str | None = None, detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.session.add(AuditEvent(
+            referral_id=referral_id, at=self.clock(), actor=actor, kind=kind, reason_code=reason_code,
+            policy_version=policy_version, crm=crm, object=object, record_id=record_id, detail=detail or {},
+        ))
+
+    def referral(self, referral_id: str) -> Referral | None:
+        return self.session.get(Referral, referral_id)
+
+    def start_run(self, job: str) -> int:
+        run = JobRun(job=job, started_at=self.clock())
+        self.session.add(run)
+        self.session.flush()
+        return run.id
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
+        self.session.execute(update(JobRun).where(JobRun.id == run_id).values(
+            finished_at=self.clock(), status=status, counts=counts, error=error))
+
+
+class Ledger:
+    """The ledger of referrals, links, ops, cursors, audit events and alerts."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, clock: Clock = utcnow, require_current: bool = True) -> Ledger:
+        """Connect to the ledger; refuses an uninitialised or outdated schema unless told not to."""
+        ledger = cls(db.make_engine(url), clock)
+        if require_current:
+            db.ensure_current(ledger.engine)
+        return ledger
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTxn]:
+        try:
+            with self._sessions.begin() as session:
+                yield LedgerTxn(session, self.clock)
+        except OperationalError as exc:
+            raise LedgerError(f"the ledger refused the operation: {exc.orig}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with self._sessions() as session:
+                yield session
+        except OperationalError as exc:
+            raise LedgerError(f"cannot read the ledger: {exc.orig}") from exc
+
+    def referrals(
+        self, partner: str | None = None, status: str | None = None, since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Referrals in submission order, in the contract's ``referrals list --json`` shape."""
+        query = (
+            select(Referral)
+            .options(selectinload(Referral.transitions), selectinload(Referral.links))
+            .order_by(Referral.submitted_at, Referral.id)
+        )
+        if partner:
+            query = query.join(Partner).where(Partner.code == partner)
+        if status:
+            query = query.where(Referral.status == status)
+        if since:
+            query = query.where(Referral.submitted_at >= since)
+        if limit:
+            query = query.limit(limit)
+        with self._read() as session:
+            return [referral_json(r) for r in session.scalars(query)]
+
+    def referral(self, referral_id: str) -> dict[str, Any] | None:
+        """One referral with its whole audit timeline (``timeline``), or None."""
+        with self._read() as session:
+            referral = session.scalar(
+                select(Referral)
+                .options(selectinload(Referral.transitions), selectinload(Referral.links))
+                .where(Referral.id == referral_id)
+            )
+            if referral is None:
+                return None
+            events = session.scalars(
+                select(AuditEvent).where(AuditEvent.referral_id == referral_id).order_by(AuditEvent.id)
+            )
+            view = referral_json(referral)
+            view["timeline"] = [audit_json(e) for e in events]
+            return view
+
+    def partners(self) -> list[dict[str, Any]]:
+        """Partners with their referral counts by status."""
+        with self._read() as session:
+            counts: dict[int, dict[str, int]] = {}
+            for partner_id, status, count in session.execute(
+                select(Referral.partner_id, Referral.status, func.count()).group_by(
+                    Referral.partner_id, Referral.status)
+            ):
+                counts.setdefault(partner_id, {})[status] = count
+            return [
+                {
+                    "code": p.code,
+                    "name": p.name,
+                    "created_at": p.created_at.isoformat(),
+                    "referrals": sum(counts.get(p.id, {}).values()),
+                    "by_status": counts.get(p.id, {}),
+                }
+                for p in session.scalars(select(Partner).order_by(Partner.code))
+            ]
+
+    def status(self) -> dict[str, Any]:
+        """Op counts by state, cursors and the last run of each job (the ``status --json`` shape)."""
+        with self._read() as session:
+            ops = dict.fromkeys(OP_STATES, 0)
+            ops.update(dict(session.execute(select(SyncOp.state, func.count()).group_by(SyncOp.state)).all()))
+            cursors = [
+                {"crm": c.crm, "object": c.object, "position": c.position.isoformat(),
+                 "updated_at": c.updated_at.isoformat()}
+                for c in session.scalars(select(Cursor).order_by(Cursor.crm, Cursor.object))
+            ]
+            latest = select(JobRun.job, func.max(JobRun.id).label("id")).group_by(JobRun.job).subquery()
+            runs = {
+                run.job: {
+                    "started_at": run.started_at.isoformat(),
+                    "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                    "status": run.status,
+                    "counts": run.counts,
+                    "error": run.error,
+                }
+                for run in session.scalars(select(JobRun).join(latest, JobRun.id == latest.c.id))
+            }
+            referrals = dict(session.execute(
+                select(Referral.status, func.count()).group_by(Referral.status)).all())
+            return {"ops": ops, "cursors": cursors, "last_runs": runs, "referrals": referrals}
+
+    def ops(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(SyncOp).order_by(SyncOp.id).limit(limit)
+        if state:
+            query = query.where(SyncOp.state == state)
+        with self._read() as session:
+            return [op_json(op) for op in session.scalars(query)]
+
+    def claim_ops(self, owner: str, crm: str, limit: int, lease: timedelta) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` due ops of ``crm`` to ``owner``.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas never claim the same op. SQLite has one
+        writer at a time, so the claiming transaction itself serialises claimers. Ops whose lease
+        expired (their claimer died) are due again.
+        """
+        now = self.clock()
+        due = or_(
+            and_(SyncOp.state.in_(("pending", "failed")), SyncOp.next_attempt_at <= now),
+            and_(SyncOp.state == "in_flight", SyncOp.lease_expires_at < now),
+        )
+        query = select(SyncOp).where(SyncOp.crm == crm, due).order_by(SyncOp.next_attempt_at, SyncOp.id)
+        query = query.limit(limit)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.transaction() as txn:
+            ops = list(txn.session.scalars(query))
+            for op in ops:
+                op.state = "in_flight"
+                op.lease_owner = owner
+                op.lease_expires_at = now + lease
+                op.attempts += 1
+            txn.session.flush()
+            return [op_json(op) for op in ops]
+
+    def enqueue_op(
+        self, kind: str, dedupe_key: str, crm: str, *, referral_id: str | None = None,
+        object: str | None = None, record_id: str | None = None, payload: dict[str, Any] | None = None,
+    ) -> bool:
+        """Add an op unless one with ``dedupe_key`` exists; True when it was added."""
+        with self.transaction() as txn:
+            exists = txn.session.scalar(select(SyncOp.id).where(SyncOp.dedupe_key == dedupe_key))
+            if exists is not None:
+                return False
+            now = self.clock()
+            txn.session.add(SyncOp(
+                kind=kind, dedupe_key=dedupe_key, crm=crm, referral_id=referral_id, object=object,
+                record_id=record_id, payload=payload or {}, next_attempt_at=now, created_at=now, updated_at=now,
+            ))
+            return True

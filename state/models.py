@@ -1,0 +1,268 @@
+"""The ledger's tables (SQLAlchemy 2). Change them only together with an Alembic migration.
+
+Times are stored in UTC and always come back timezone-aware, on SQLite as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Statuses in lifecycle order; the last four are terminal.
+STATUSES = (
+    "submitted",
+    "accepted",
+    "contacted",
+    "qualified",
+    "opportunity",
+    "proposal",
+    "negotiation",
+    "won",
+    "lost",
+    "expired",
+    "declined",
+)
+OPEN_STATUSES = STATUSES[:7]
+OP_STATES = ("pending", "in_flight", "done", "failed", "dead")
+LINK_STATES = ("active", "superseded", "merged", "converted", "deleted")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the database stores."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to the ledger; attach a timezone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Partner(Base):
+    __tablename__ = "partners"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(255))  # a secret reference, not a value
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Referral(Base):
+    __tablename__ = "referrals"
+    __table_args__ = (
+        Index("ix_referrals_prospect", "prospect_email", "company_key"),
+        Index("ix_referrals_status_submitted", "status", "submitted_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)  # ULID
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)  # re-import idempotency
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
+    referral_code: Mapped[str | None] = mapped_column(String(64))
+    prospect_email: Mapped[str | None] = mapped_column(String(320), index=True)  # lower-cased
+    prospect_company: Mapped[str | None] = mapped_column(String(255))
+    prospect_name: Mapped[str | None] = mapped_column(String(255))
+    prospect_domain: Mapped[str | None] = mapped_column(String(255), index=True)
+    company_key: Mapped[str | None] = mapped_column(String(255), index=True)
+    source: Mapped[str | None] = mapped_column(String(255))
+    medium: Mapped[str | None] = mapped_column(String(255))
+    campaign: Mapped[str | None] = mapped_column(String(255))
+    link: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[datetime] = mapped_column(index=True)
+    status: Mapped[str] = mapped_column(String(32), default="submitted")
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    credited: Mapped[bool] = mapped_column(Boolean, default=True)
+    review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    duplicate_of: Mapped[str | None] = mapped_column(ForeignKey("referrals.id"))
+    merged_into: Mapped[str | None] = mapped_column(ForeignKey("referrals.id"))
+    attribution_model: Mapped[str] = mapped_column(String(32))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    attribution_reason: Mapped[str] = mapped_column(String(64))
+    outcome_amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    outcome_currency: Mapped[str | None] = mapped_column(String(3))
+    outcome_close_date: Mapped[date | None] = mapped_column(Date)
+    outcome_reason: Mapped[str | None] = mapped_column(String(255))
+    revision: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every attribution change
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    partner: Mapped[Partner] = relationship(lazy="joined")
+    transitions: Mapped[list[StatusTransition]] = relationship(
+        order_by="StatusTransition.id", back_populates="referral"
+    )
+    links: Mapped[list[CrmLink]] = relationship(order_by="CrmLink.id", back_populates="referral")
+
+
+class StatusTransition(Base):
+    __tablename__ = "status_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(32))  # import, crm_poll, expiry, manual, attribution
+    crm: Mapped[str | None] = mapped_column(String(32))
+    owner_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    referral: Mapped[Referral] = relationship(back_populates="transitions")
+
+
+class CrmLink(Base):
+    __tablename__ = "crm_links"
+    __table_args__ = (
+        UniqueConstraint("referral_id", "crm", "object", "record_id"),
+        Index("ix_crm_links_record", "crm", "object", "record_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), index=True)
+    crm: Mapped[str] = mapped_column(String(32))
+    object: Mapped[str] = mapped_column(String(64))
+    record_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(32))  # lead, contact, account, opportunity, deal
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("crm_links.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    referral: Mapped[Referral] = relationship(back_populates="links")
+
+
+class SyncOp(Base):
+    """A unit of outbound work. ``dedupe_key`` makes enqueueing idempotent."""
+
+    __tablename__ = "sync_ops"
+    __table_args__ = (Index("ix_sync_ops_claim", "state", "crm", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # push, restore, notify
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    referral_id: Mapped[str | None] = mapped_column(ForeignKey("referrals.id"), index=True)
+    crm: Mapped[str] = mapped_column(String(32))
+    object: Mapped[str | None] = mapped_column(String(64))
+    record_id: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    last_error_class: Mapped[str | None] = mapped_column(String(64))
+    last_error_code: Mapped[str | None] = mapped_column(String(128))
+    last_error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    done_at: Mapped[datetime | None]
+
+
+class Cursor(Base):
+    __tablename__ = "cursors"
+
+    crm: Mapped[str] = mapped_column(String(32), primary_key=True)
+    object: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    referral_id: Mapped[str | None] = mapped_column(ForeignKey("referrals.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))  # import:FILE, crm:salesforce:USER, refsync, cli
+    kind: Mapped[str] = mapped_column(String(64))  # submitted, attribution_decided, pushed, repaired, ...
+    reason_code: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str | None] = mapped_column(String(64))
+    crm: Mapped[str | None] = mapped_column(String(32))
+    object: Mapped[str | None] = mapped_column(String(64))
+    record_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    referral_id: Mapped[str | None] = mapped_column(ForeignKey("referrals.id"))
+    crm: Mapped[str | None] = mapped_column(String(32))
+    record_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    resolved_at: Mapped[datetime | None]
+
+
+class JobRun(Base):
+    __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_job_started", "job", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(32))  # import, push, poll, reconcile, expire
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, ok, failed
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A named lease (the poller's leader election on several replicas)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]

@@ -1,0 +1,88 @@
+"""Ledger rows as plain JSON-ready dicts: the documented ``--json`` shapes of the contract."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from state.models import AuditEvent, Referral, SyncOp
+
+
+def iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def referral_json(referral: Referral) -> dict[str, Any]:
+    """The contract's referral shape, plus the prospect and attribution details we also know."""
+    return {
+        "id": referral.id,
+        "external_id": referral.external_id,
+        "partner": referral.partner.code,
+        "prospect_email": referral.prospect_email,
+        "prospect_company": referral.prospect_company,
+        "prospect_name": referral.prospect_name,
+        "source": referral.source,
+        "medium": referral.medium,
+        "campaign": referral.campaign,
+        "status": referral.status,
+        "submitted_at": iso(referral.submitted_at),
+        "status_history": [
+            {"status": t.to_status, "at": iso(t.at), "source": t.source, "crm": t.crm, "owner_id": t.owner_id}
+            for t in referral.transitions
+        ],
+        "links": [
+            {"crm": link.crm, "object": link.object, "record_id": link.record_id, "role": link.role,
+             "state": link.state}
+            for link in referral.links
+        ],
+        "outcome": {
+            "amount": float(referral.outcome_amount) if referral.outcome_amount is not None else None,
+            "currency": referral.outcome_currency,
+            "close_date": iso(referral.outcome_close_date),
+            "reason": referral.outcome_reason,
+        },
+        "attribution": {
+            "model": referral.attribution_model,
+            "policy_version": referral.policy_version,
+            "reason": referral.attribution_reason,
+            "credited": referral.credited,
+            "review_required": referral.review_required,
+            "duplicate_of": referral.duplicate_of,
+            "merged_into": referral.merged_into,
+        },
+    }
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "at": iso(event.at),
+        "kind": event.kind,
+        "reason_code": event.reason_code,
+        "actor": event.actor,
+        "policy_version": event.policy_version,
+        "crm": event.crm,
+        "object": event.object,
+        "record_id": event.record_id,
+        "detail": event.detail,
+    }
+
+
+def op_json(op: SyncOp) -> dict[str, Any]:
+    return {
+        "id": op.id,
+        "kind": op.kind,
+        "state": op.state,
+        "referral_id": op.referral_id,
+        "crm": op.crm,
+        "object": op.object,
+        "record_id": op.record_id,
+        "payload": op.payload,
+        "attempts": op.attempts,
+        "next_attempt_at": iso(op.next_attempt_at),
+        "lease_owner": op.lease_owner,
+        "lease_expires_at": iso(op.lease_expires_at),
+        "last_error": (
+            {"class": op.last_error_class, "code": op.last_error_code, "message": op.last_error_message}
+            if op.last_error_class else None
+        ),
+    }

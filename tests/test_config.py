@@ -1,0 +1,111 @@
+"""Config validation: every problem at once, with file, line, key path and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.config import load_config, parse_config
+from connector.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+def problems_of(text: str, path: Path = Path("/etc/refsync/refsync.toml")) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, path)
+    return caught.value.problems
+
+
+def test_shipped_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert config.crm.salesforce is not None and config.crm.hubspot is not None
+    assert config.attribution.model == "first_touch"
+
+
+def test_every_problem_is_reported_at_once_with_line_and_key_path() -> None:
+    text = (
+        "[ledger]\n"
+        'url = "sqlite:///x.db"\n'
+        "[attribution]\n"
+        'model = "first"\n'
+        "expire_after_days = 0\n"
+        "colour = 1\n"
+        "[crm.hubspot]\n"
+        'access_token = "pat-na1-11112222"\n'
+    )
+    problems = problems_of(text)
+    assert len(problems) == 4
+    joined = "\n".join(problems)
+    assert "refsync.toml:4: attribution.model" in joined
+    assert "refsync.toml:5: attribution.expire_after_days" in joined
+    assert "refsync.toml:6: attribution.colour: unknown key" in joined
+    assert "refsync.toml:8: crm.hubspot.access_token: literal secrets are not allowed" in joined
+    assert "env:NAME" in joined  # says how to move the secret out
+
+
+def test_unknown_crm_is_refused_with_the_supported_list() -> None:
+    problems = problems_of('[crm.zoho]\ntoken = "env:X"\n')
+    assert problems == ["/etc/refsync/refsync.toml:1: crm.zoho: unknown CRM; refsync supports hubspot, salesforce"]
+
+
+def test_salesforce_needs_exactly_one_way_to_authenticate() -> None:
+    problems = problems_of('[crm.salesforce]\ninstance_url = "https://x.my.salesforce.com"\n')
+    assert "exactly one way to authenticate" in problems[0]
+    both = problems_of(
+        '[crm.salesforce]\ninstance_url = "https://x"\nsession_id = "env:A"\nusername = "u"\npassword = "env:B"\n'
+    )
+    assert "exactly one way" in both[0]
+
+
+def test_password_in_ledger_url_is_refused() -> None:
+    problems = problems_of('[ledger]\nurl = "postgresql+psycopg://refsync:hunter22@db/refsync"\n')
+    assert "ledger.url" in problems[0] and "env:REFSYNC_LEDGER_URL" in problems[0]
+
+
+def test_env_and_file_secrets_resolve_and_missing_ones_say_where_they_were_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sf.secret").write_text("s3cr3t-from-file\n")
+    config_file = tmp_path / "refsync.toml"
+    config_file.write_text(
+        '[crm.hubspot]\naccess_token = "env:HS_TOKEN_FOR_TEST"\n'
+        '[crm.salesforce]\ninstance_url = "https://x"\nsession_id = "file:sf.secret"\n'
+    )
+    config = load_config(config_file)
+    assert config.crm.salesforce is not None and config.crm.hubspot is not None
+    assert config.crm.salesforce.session_id is not None
+    assert config.crm.salesforce.session_id.resolve("s", config.base_dir) == "s3cr3t-from-file"
+    monkeypatch.delenv("HS_TOKEN_FOR_TEST", raising=False)
+    with pytest.raises(ConfigError, match="environment variable HS_TOKEN_FOR_TEST is not set"):
+        config.crm.hubspot.access_token.resolve("crm.hubspot.access_token")
+    monkeypatch.setenv("HS_TOKEN_FOR_TEST", "tok")
+    assert config.crm.hubspot.access_token.resolve("crm.hubspot.access_token") == "tok"
+
+
+def test_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "conf" / "refsync.toml"
+    config_file.parent.mkdir()
+    config_file.write_text('[ledger]\nurl = "sqlite:///data/ledger.db"\n')
+    assert load_config(config_file).ledger_url() == f"sqlite:///{tmp_path}/conf/data/ledger.db"
+
+
+def test_missing_config_file_lists_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REFSYNC_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=r"REFSYNC_CONFIG \(unset\), ./refsync.toml"):
+        load_config(None)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    problems = problems_of("[ledger\nurl=1\n", tmp_path / "bad.toml")
+    assert problems[0].startswith(f"{tmp_path / 'bad.toml'}: not valid TOML")
+
+
+def test_policy_version_is_stable_and_changes_with_the_policy() -> None:
+    a = parse_config('[attribution]\nmodel = "first_touch"\n').attribution.version()
+    b = parse_config('[attribution]\nmodel = "first_touch"\n').attribution.version()
+    c = parse_config('[attribution]\nmodel = "last_touch"\n').attribution.version()
+    assert a == b != c
+    assert parse_config('[attribution]\npolicy_version = "2026-q4"\n').attribution.version() == "2026-q4"

@@ -1,0 +1,46 @@
+"""The migrated schema equals the models, on SQLite and PostgreSQL, and `init` is idempotent."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from connector.errors import LedgerError
+from state import db
+from state.ledger import Ledger
+from state.models import Base
+
+
+def test_migrated_schema_equals_the_models(ledger_url: str) -> None:
+    engine = db.make_engine(ledger_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+
+
+def test_upgrade_twice_changes_nothing(ledger_url: str) -> None:
+    engine = db.make_engine(ledger_url)
+    head = db.head_revision(engine)
+    assert db.upgrade(engine) == (head, head)
+    engine.dispose()
+
+
+def test_sqlite_ledger_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_uninitialised_ledger_is_refused_with_the_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LedgerError, match="run `refsync init` first"):
+        Ledger.open(f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+def test_unreachable_ledger_is_a_ledger_error() -> None:
+    with pytest.raises(LedgerError, match="cannot reach the ledger"):
+        Ledger.open("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
