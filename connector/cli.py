@@ -278,6 +278,17 @@ def status(obj: Context, as_json: bool) -> None:
         sys.exit(EXIT_PROBLEMS)
 
 
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=".demo",
+              show_default=True, help="Where the demo keeps its config and ledger.")
+@handles_errors
+def demo(directory: Path) -> None:
+    """Run the whole story against an embedded SQLite ledger (and the sandbox CRMs)."""
+    from connector.demo import run_demo
+
+    sys.exit(run_demo(directory))
+
+
 def main() -> None:
     cli(prog_name="refsync")
 

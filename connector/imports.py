@@ -150,7 +150,6 @@ def import_file(
                 [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
             )
             for row in rows:
-                report.notes.extend(row.notes)
                 if row.fingerprint in known or (row.external_id and f"ext:{row.external_id}" in known):
                     report.unchanged += 1
                     continue
@@ -167,6 +166,7 @@ def import_file(
                 if row.external_id:
                     known.add(f"ext:{row.external_id}")
                 report.imported += 1
+                report.notes.extend(row.notes)
                 report.duplicates += contested
         if progress:
             progress(len(batch))

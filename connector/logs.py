@@ -96,7 +96,7 @@ def configure(
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
@@ -128,4 +128,4 @@ def _identity(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mu
 
 def get_logger(name: str = "refsync", **bound: Any) -> Any:
     """A structlog logger; bind referral_id, crm, object, record_id, op_id where they apply."""
-    return structlog.get_logger(name).bind(**bound)
+    return structlog.get_logger(name, **bound)

@@ -276,18 +276,23 @@ class Ledger:
             and_(SyncOp.state.in_(("pending", "failed")), SyncOp.next_attempt_at <= now),
             and_(SyncOp.state == "in_flight", SyncOp.lease_expires_at < now),
         )
-        query = select(SyncOp).where(SyncOp.crm == crm, due).order_by(SyncOp.next_attempt_at, SyncOp.id)
-        query = query.limit(limit)
+        due_ids = (
+            select(SyncOp.id).where(SyncOp.crm == crm, due)
+            .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit)
+        )
         if self.engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
+            due_ids = due_ids.with_for_update(skip_locked=True)
+        # One UPDATE ... RETURNING: atomic on SQLite too, where a SELECT then UPDATE would race.
+        claim = (
+            update(SyncOp)
+            .where(SyncOp.id.in_(due_ids.scalar_subquery()))
+            .values(state="in_flight", lease_owner=owner, lease_expires_at=now + lease,
+                    attempts=SyncOp.attempts + 1, updated_at=now)
+            .returning(SyncOp)
+            .execution_options(synchronize_session=False)
+        )
         with self.transaction() as txn:
-            ops = list(txn.session.scalars(query))
-            for op in ops:
-                op.state = "in_flight"
-                op.lease_owner = owner
-                op.lease_expires_at = now + lease
-                op.attempts += 1
-            txn.session.flush()
+            ops = sorted(txn.session.scalars(claim), key=lambda op: (op.next_attempt_at, op.id))
             return [op_json(op) for op in ops]
 
     def enqueue_op(
