@@ -52,11 +52,41 @@ class ImportReport:
         }
 
 
-def _record(txn: LedgerTxn, row: NewReferral, policy: Policy, actor: str) -> bool:
+class Holders:
+    """The referrals that hold credit for the prospects of one batch, kept current as rows land.
+
+    Loaded with one query per batch; the same matching rules as a per-row lookup: same email, or
+    same company key where one side has no email; the earliest holder within the window counts.
+    """
+
+    def __init__(self, holders: Iterable[Referral], window: timedelta) -> None:
+        self.window = window
+        self.by_email: dict[str, list[Referral]] = {}
+        self.by_company: dict[str, list[Referral]] = {}
+        for holder in holders:
+            self.add(holder)
+
+    def add(self, referral: Referral) -> None:
+        if referral.prospect_email:
+            self.by_email.setdefault(referral.prospect_email, []).append(referral)
+        if referral.company_key:
+            self.by_company.setdefault(referral.company_key, []).append(referral)
+
+    def rival(self, row: NewReferral) -> Referral | None:
+        candidates: list[Referral] = []
+        if row.prospect_email:
+            candidates += self.by_email.get(row.prospect_email, [])
+        if row.company_key:
+            candidates += [r for r in self.by_company.get(row.company_key, [])
+                           if not row.prospect_email or not r.prospect_email]
+        live = [r for r in candidates if r.credited and r.status not in ("declined", "expired")
+                and r.merged_into is None and abs(r.submitted_at - row.submitted_at) <= self.window]
+        return min(live, key=lambda r: r.submitted_at, default=None)
+
+
+def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, actor: str) -> bool:
     """Insert one referral with its attribution decision; True when credit is contested."""
-    holder = txn.credited_rival(
-        row.prospect_email, row.company_key, row.submitted_at, timedelta(days=policy.window_days)
-    )
+    holder = holders.rival(row)
     rival = Rival(holder.id, holder.submitted_at, holder.status) if holder else None
     decision = attribution.decide(row.submitted_at, rival, policy)
     referral = txn.add_referral({
@@ -82,7 +112,6 @@ def _record(txn: LedgerTxn, row: NewReferral, policy: Policy, actor: str) -> boo
         "policy_version": policy.version,
         "attribution_reason": decision.reason,
     })
-    txn.session.flush()
     txn.add_transition(referral.id, None, "submitted", row.submitted_at, "import")
     txn.add_audit(referral.id, "submitted", "imported", actor, detail={"line": row.line, "partner": row.partner})
     txn.add_audit(
@@ -94,12 +123,14 @@ def _record(txn: LedgerTxn, row: NewReferral, policy: Policy, actor: str) -> boo
                            detail=decision.reason)
     if decision.rival_loses and holder is not None:
         _demote(txn, holder, referral.id, decision, policy)
+    holders.add(referral)
     return rival is not None
 
 
 def _demote(
     txn: LedgerTxn, holder: Referral, winner_id: str, decision: attribution.Decision, policy: Policy
 ) -> None:
+    txn.session.flush()  # the winner must exist before the holder points at it (self-referencing FK)
     previous = holder.status
     holder.credited = False
     holder.duplicate_of = winner_id
@@ -128,6 +159,51 @@ def _batches(items: Iterable[NewReferral | list[RowProblem]], size: int) -> Iter
         yield batch
 
 
+def _write_batch(
+    ledger: Ledger, rows: list[NewReferral], policy: Policy, window: timedelta, actor: str,
+    report: ImportReport, per_row: bool,
+) -> None:
+    """Write one batch in one transaction; with ``per_row`` each row gets its own savepoint."""
+    outcome = ImportReport(report.file)
+    with ledger.transaction() as txn, txn.session.no_autoflush:
+        known = txn.known_fingerprints(
+            [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
+        )
+        holders = Holders(txn.credit_holders(
+            {r.prospect_email for r in rows if r.prospect_email}, {r.company_key for r in rows if r.company_key}
+        ), window)
+        for row in rows:
+            if row.fingerprint in known or (row.external_id and f"ext:{row.external_id}" in known):
+                outcome.unchanged += 1
+                continue
+            if per_row:
+                try:
+                    with txn.savepoint():
+                        contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
+                        txn.session.flush()
+                except IntegrityError as exc:
+                    outcome.rejected.append(RowProblem(
+                        row.line, "external_id" if row.external_id else None,
+                        f"the ledger refused the row ({exc.orig}); it conflicts with a row already imported",
+                    ))
+                    continue
+            else:
+                contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
+            known.add(row.fingerprint)
+            if row.external_id:
+                known.add(f"ext:{row.external_id}")
+            outcome.imported += 1
+            outcome.duplicates += contested
+            outcome.notes.extend(row.notes)
+        txn.session.flush()
+    # Counted only once the transaction committed: a failed batch reports nothing twice.
+    report.imported += outcome.imported
+    report.unchanged += outcome.unchanged
+    report.duplicates += outcome.duplicates
+    report.rejected.extend(outcome.rejected)
+    report.notes.extend(outcome.notes)
+
+
 def import_file(
     ledger: Ledger, path: Path, policy: Policy, now: datetime,
     progress: Callable[[int], None] | None = None,
@@ -140,34 +216,18 @@ def import_file(
     actor = f"import:{path.name}"
     with ledger.transaction() as txn:
         run_id = txn.start_run("import")
+    window = timedelta(days=policy.window_days)
     for batch in _batches(validated(parsed, now), BATCH):
         rows = [r for r in batch if isinstance(r, NewReferral)]
         for item in batch:
             if not isinstance(item, NewReferral):
                 report.rejected.extend(item)
-        with ledger.transaction() as txn:
-            known = txn.known_fingerprints(
-                [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
-            )
-            for row in rows:
-                if row.fingerprint in known or (row.external_id and f"ext:{row.external_id}" in known):
-                    report.unchanged += 1
-                    continue
-                try:
-                    with txn.savepoint():
-                        contested = _record(txn, row, policy, f"{actor}:{row.line}")
-                except IntegrityError as exc:
-                    report.rejected.append(RowProblem(
-                        row.line, "external_id" if row.external_id else None,
-                        f"the ledger refused the row ({exc.orig}); it conflicts with a row already imported",
-                    ))
-                    continue
-                known.add(row.fingerprint)
-                if row.external_id:
-                    known.add(f"ext:{row.external_id}")
-                report.imported += 1
-                report.notes.extend(row.notes)
-                report.duplicates += contested
+        try:
+            _write_batch(ledger, rows, policy, window, actor, report, per_row=False)
+        except IntegrityError:
+            # Someone else wrote one of these rows meanwhile: redo the batch row by row, so only
+            # the conflicting rows are reported and the rest still land.
+            _write_batch(ledger, rows, policy, window, actor, report, per_row=True)
         if progress:
             progress(len(batch))
     with ledger.transaction() as txn:

@@ -74,31 +74,21 @@ class LedgerTxn:
         self._partners[code] = partner_id
         return partner_id
 
-    def credited_rival(
-        self, email: str | None, company: str | None, around: datetime, window: timedelta
-    ) -> Referral | None:
-        """The referral that currently holds credit for this prospect within the window, if any."""
+    def credit_holders(self, emails: set[str], companies: set[str]) -> list[Referral]:
+        """Referrals holding credit for any of these prospect emails or company keys."""
         matches = []
-        if email:
-            matches.append(Referral.prospect_email == email)
-        if company:
-            same_company = Referral.company_key == company
-            matches.append(same_company if not email else and_(same_company, Referral.prospect_email.is_(None)))
+        if emails:
+            matches.append(Referral.prospect_email.in_(sorted(emails)))
+        if companies:
+            matches.append(Referral.company_key.in_(sorted(companies)))
         if not matches:
-            return None
-        query = (
-            select(Referral)
-            .where(
-                or_(*matches),
-                Referral.credited.is_(True),
-                Referral.merged_into.is_(None),
-                Referral.status.not_in(("declined", "expired")),
-                Referral.submitted_at.between(around - window, around + window),
-            )
-            .order_by(Referral.submitted_at)
-            .limit(1)
-        )
-        return self.session.scalar(query)
+            return []
+        return list(self.session.scalars(select(Referral).where(
+            or_(*matches),
+            Referral.credited.is_(True),
+            Referral.merged_into.is_(None),
+            Referral.status.not_in(("declined", "expired")),
+        )))
 
     def add_referral(self, values: dict[str, Any]) -> Referral:
         now = self.clock()

@@ -228,6 +228,9 @@ class AuditEvent(Base):
     record_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
+    # Declared so the unit of work inserts referrals before their events within one flush.
+    referral: Mapped[Referral | None] = relationship()
+
 
 class Alert(Base):
     __tablename__ = "alerts"
