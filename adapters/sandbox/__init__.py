@@ -1,0 +1,1 @@
+"""Local emulators of the CRM APIs refsync uses: for the demo, the tests and outside checks."""
