@@ -27,6 +27,7 @@ from pydantic import (
 
 from connector.attribution import Policy
 from connector.errors import ConfigError
+from connector.tomlfile import line_of
 
 CONFIG_ENV = "REFSYNC_CONFIG"
 SECRET_SCHEMES = ("env:", "file:")
@@ -234,33 +235,6 @@ class Config(_Strict):
         return found
 
 
-def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best-effort line number of a key path in a TOML text (tables and dotted keys)."""
-    keys = [str(part) for part in loc if not isinstance(part, int)]
-    if not keys:
-        return None
-    lines = text.splitlines()
-    for depth in range(len(keys), 0, -1):
-        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, keys[:depth])) + r"\s*\]")
-        for number, line in enumerate(lines):
-            if not header.match(line):
-                continue
-            if depth == len(keys):
-                return number + 1
-            key = re.compile(r"^\s*\"?" + re.escape(keys[depth]) + r"\"?\s*[=.]")
-            for offset in range(number + 1, len(lines)):
-                if lines[offset].lstrip().startswith("["):
-                    break
-                if key.match(lines[offset]):
-                    return offset + 1
-            return number + 1
-    top = re.compile(r"^\s*\"?" + re.escape(keys[0]) + r"\"?\s*[=.]")
-    for number, line in enumerate(lines):
-        if top.match(line):
-            return number + 1
-    return None
-
-
 def _describe(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -277,7 +251,7 @@ def _known_crms_problem(raw: dict[str, Any], file: str, text: str) -> list[str]:
         return []
     known = set(CrmConfigs.model_fields)
     return [
-        f"{file}:{_line_of(text, ('crm', name)) or '?'}: crm.{name}: unknown CRM; "
+        f"{file}:{line_of(text, ('crm', name)) or '?'}: crm.{name}: unknown CRM; "
         f"refsync supports {', '.join(sorted(known))}"
         for name in crm
         if name not in known
@@ -300,7 +274,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         for error in exc.errors():
             loc = tuple(error["loc"])
             path = ".".join(str(p) for p in loc if not isinstance(p, int))
-            line = _line_of(text, loc)
+            line = line_of(text, loc)
             problems.append(f"{file}:{line or '?'}: {path}: {_describe(error)}")
         raise ConfigError(problems) from None
     if problems:

@@ -1,0 +1,219 @@
+"""Mapping files (`mappings/*.toml`): which CRM field receives which referral attribute, under
+which sync rule, and how the CRM's deal stages map to referral statuses.
+
+Parsing reports every problem with file and line; :func:`check_against_schema` compares a mapping
+with the live CRM schema (describe / properties API), again reporting every problem at once.
+Applying a mapping to a referral (:func:`field_values`) is a pure function.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapters.base import ObjectSchema, Stage
+from connector.errors import ConfigError
+from connector.tomlfile import line_of
+from state.models import STATUSES
+
+ATTRIBUTES = (
+    "id", "partner", "source", "medium", "campaign", "submitted_at", "prospect_email", "prospect_company",
+    "prospect_name", "external_id", "status", "referral_code",
+)
+Rule = Literal["protect", "fill_blank", "create_only", "ignore"]
+STRING_TYPES = {"string", "text", "textarea", "email", "enum", "picklist", "phone", "url"}
+TIME_TYPES = {"datetime", "date"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Transform(_Strict):
+    format: Literal["datetime", "date", "epoch_ms"] | None = None
+    values: dict[str, str] = Field(default_factory=dict)  # value map, e.g. {"partner" = "Partner"}
+    truncate: bool = False  # cut to the field's length instead of failing the record
+
+
+class FieldMap(_Strict):
+    source: str = Field(alias="from")
+    rule: Rule = "protect"
+    transform: Transform = Transform()
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _known_attribute(self) -> FieldMap:
+        if self.source not in ATTRIBUTES:
+            raise ValueError(f"unknown referral attribute '{self.source}'; use one of: {', '.join(ATTRIBUTES)}")
+        return self
+
+
+class ObjectMap(_Strict):
+    name: str
+    role: Literal["lead", "contact", "opportunity", "deal"]
+    id_field: str
+    match_keys: list[str] = Field(default_factory=list)
+    create: bool = True
+    fields: dict[str, FieldMap]
+
+    @model_validator(mode="after")
+    def _id_field_mapped(self) -> ObjectMap:
+        mapped = self.fields.get(self.id_field)
+        if mapped is None or mapped.source != "id":
+            raise ValueError(f"id_field {self.id_field} must be mapped from \"id\" (the referral id)")
+        return self
+
+
+class MappingFile(_Strict):
+    crm: Literal["salesforce", "hubspot"]
+    lead: ObjectMap
+    deal: ObjectMap
+    stage_field: str
+    stages: dict[str, dict[str, str]]  # pipeline label -> stage label -> referral status
+    restore_limit: int = Field(default=3, ge=1)  # restores within the window before refsync stops fighting
+    restore_window_hours: int = Field(default=24, ge=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _statuses_known(cls, stages: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        wrong = [f"{pipeline}.{label}: '{status}' is not a referral status"
+                 for pipeline, labels in stages.items() for label, status in labels.items() if status not in STATUSES]
+        if wrong:
+            raise ValueError("; ".join(wrong) + f" (use one of: {', '.join(STATUSES)})")
+        return stages
+
+    def objects(self) -> list[ObjectMap]:
+        return [self.lead, self.deal]
+
+    def status_for(self, pipeline: str, stage: str) -> str | None:
+        """The referral status a CRM stage label means, or None when the mapping does not say."""
+        return self.stages.get(pipeline, {}).get(stage)
+
+
+@dataclass(frozen=True)
+class LoadedMapping:
+    mapping: MappingFile
+    path: Path
+    text: str
+
+    def where(self, *keys: str) -> str:
+        return f"{self.path}:{line_of(self.text, tuple(keys)) or '?'}"
+
+
+def load_mapping(path: Path) -> LoadedMapping:
+    """Read and validate a mapping file's own structure; ConfigError lists every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read mapping file ({exc.strerror}); check the crm.*.mapping path") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return LoadedMapping(MappingFile.model_validate(raw), path, text)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(p) for p in error["loc"] if not isinstance(p, int))
+            message = "unknown key; remove it" if error["type"] == "extra_forbidden" else (
+                "required key is missing" if error["type"] == "missing" else str(error["msg"]).removeprefix(
+                    "Value error, "))
+            problems.append(f"{path}:{line_of(text, loc) or '?'}: {'.'.join(loc)}: {message}")
+        raise ConfigError(problems) from None
+
+
+def _needed_length(source: str) -> int:
+    return {"id": 26, "submitted_at": 29}.get(source, 1)
+
+
+def check_against_schema(
+    loaded: LoadedMapping, schemas: MappingABC[str, ObjectSchema], stages: list[Stage]
+) -> list[str]:
+    """Every way the mapping disagrees with the live CRM schema, each with file, line and fix."""
+    mapping = loaded.mapping
+    problems: list[str] = []
+    for role in ("lead", "deal"):
+        obj: ObjectMap = getattr(mapping, role)
+        schema = schemas.get(obj.name)
+        if schema is None:
+            problems.append(f"{loaded.where(role, 'name')}: {role}.name: the CRM has no object '{obj.name}'")
+            continue
+        for key in obj.match_keys:
+            if key not in schema.fields:
+                problems.append(f"{loaded.where(role, 'match_keys')}: {role}.match_keys: '{key}' is not a field "
+                                f"of {obj.name}")
+        for name, field in obj.fields.items():
+            where = loaded.where(role, "fields", name)
+            described = schema.fields.get(name)
+            if described is None:
+                problems.append(f"{where}: {role}.fields.{name}: {obj.name} has no field '{name}'; create it in "
+                                "the CRM or fix the name")
+                continue
+            if field.rule == "ignore":
+                continue
+            kind = described.type.lower()
+            wants_time = field.source == "submitted_at" and field.transform.format in (None, "datetime", "date")
+            if wants_time and kind not in TIME_TYPES | STRING_TYPES:
+                problems.append(f"{where}: {role}.fields.{name}: is a {described.type} field, "
+                                f"{field.source} needs a datetime, date or text field")
+            elif not wants_time and kind not in STRING_TYPES and not (kind in TIME_TYPES and
+                                                                       field.source == "submitted_at"):
+                problems.append(f"{where}: {role}.fields.{name}: is a {described.type} field; "
+                                f"{field.source} needs a text field")
+            if (described.length is not None and kind in STRING_TYPES and not field.transform.truncate
+                    and described.length < _needed_length(field.source)):
+                problems.append(f"{where}: {role}.fields.{name}: holds {described.length} characters, "
+                                f"{field.source} needs {_needed_length(field.source)}; widen the field")
+            if field.rule in ("protect", "fill_blank") and not described.updateable:
+                problems.append(f"{where}: {role}.fields.{name}: is not updateable, so rule '{field.rule}' "
+                                "cannot be kept; make it editable for the integration user or use create_only")
+            if name == obj.id_field and not (described.unique or described.external_id):
+                problems.append(f"{where}: {role}.fields.{name}: the id field must be unique (an external id on "
+                                "Salesforce, a unique-value property on HubSpot)")
+    known = {(s.pipeline, s.label) for s in stages}
+    for pipeline, labels in mapping.stages.items():
+        for label in labels:
+            if (pipeline, label) not in known:
+                problems.append(f"{loaded.where('stages', pipeline, label)}: stages.{pipeline}.{label}: the CRM "
+                                f"has no stage '{label}' in pipeline '{pipeline}'")
+    return problems
+
+
+def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
+    """A referral attribute as the CRM field should receive it."""
+    if value is None:
+        value = field.default
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if field.transform.format == "date":
+            value = value.date().isoformat()
+        elif field.transform.format == "epoch_ms":
+            value = str(int(value.timestamp() * 1000))
+        else:
+            value = value.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    value = field.transform.values.get(str(value), value)
+    if isinstance(value, str) and field.transform.truncate and length is not None:
+        value = value[:length]
+    return value
+
+
+def field_values(
+    obj: ObjectMap, referral: MappingABC[str, Any], schema: ObjectSchema | None = None,
+    rules: tuple[str, ...] = ("protect", "fill_blank", "create_only"),
+) -> dict[str, Any]:
+    """The CRM field values for a referral under ``obj``'s mapping, for fields with these rules."""
+    values: dict[str, Any] = {}
+    for name, field in obj.fields.items():
+        if field.rule not in rules:
+            continue
+        length = schema.fields[name].length if schema and name in schema.fields else None
+        values[name] = format_value(referral.get(field.source), field, length)
+    return values
