@@ -211,8 +211,6 @@ def import_file(
     """Import ``path``; every row either lands, is unchanged, or is reported with its line."""
     parsed = read_file(path)
     report = ImportReport(file=str(path))
-    for problem in parsed.problems:
-        (report.notes if problem.severity == "note" else report.rejected).append(problem)
     actor = f"import:{path.name}"
     with ledger.transaction() as txn:
         run_id = txn.start_run("import")
@@ -230,6 +228,9 @@ def import_file(
             _write_batch(ledger, rows, policy, window, actor, report, per_row=True)
         if progress:
             progress(len(batch))
+    for problem in parsed.problems:  # file-level and unreadable-row problems, known once all rows were read
+        (report.notes if problem.severity == "note" else report.rejected).append(problem)
+    report.rejected.sort(key=lambda p: p.line)
     with ledger.transaction() as txn:
         txn.finish_run(run_id, "ok" if not report.rejected else "rejected_rows", {
             "imported": report.imported, "unchanged": report.unchanged, "rejected": report.rejected_rows,

@@ -89,7 +89,9 @@ class NewReferral:
 
 @dataclass
 class ParsedFile:
-    rows: list[tuple[int, dict[str, Any]]]
+    """Rows are produced lazily; ``problems`` is complete once ``rows`` has been consumed."""
+
+    rows: Iterator[tuple[int, dict[str, Any]]]
     problems: list[RowProblem]
 
 
@@ -121,7 +123,7 @@ def read_csv(text: str) -> ParsedFile:
     try:
         header = next(reader)
     except StopIteration:
-        return ParsedFile([], [RowProblem(1, None, "the file is empty; add a header row and rows")])
+        return ParsedFile(iter(()), [RowProblem(1, None, "the file is empty; add a header row and rows")])
     names = [h.strip().lower() for h in header]
     unknown = [h for h in names if h and h not in COLUMNS]
     for name in unknown:
@@ -136,8 +138,14 @@ def read_csv(text: str) -> ParsedFile:
             RowProblem(1, None, "the header has neither 'prospect_email' nor 'prospect_company'; add one")
         )
     if any(p.severity == "error" for p in problems):
-        return ParsedFile([], problems)
-    rows: list[tuple[int, dict[str, Any]]] = []
+        return ParsedFile(iter(()), problems)
+    return ParsedFile(_csv_rows(reader, names, problems), problems)
+
+
+def _csv_rows(
+    reader: Any, names: list[str], problems: list[RowProblem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows one at a time (a large file is never held as rows in memory); problems appended as met."""
     start = reader.line_num + 1
     try:
         for record in reader:
@@ -151,16 +159,18 @@ def read_csv(text: str) -> ParsedFile:
                                "quote values that contain commas")
                 )
                 continue
-            rows.append((line, {n: v for n, v in zip(names, record, strict=False) if n in COLUMNS}))
+            yield line, {n: v for n, v in zip(names, record, strict=False) if n in COLUMNS}
     except csv.Error as exc:
         problems.append(RowProblem(start, None, f"unreadable CSV ({exc}); the rest of the file was not read"))
-    return ParsedFile(rows, problems)
 
 
 def read_jsonl(text: str) -> ParsedFile:
-    rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[RowProblem] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    return ParsedFile(_jsonl_rows(text, problems), problems)
+
+
+def _jsonl_rows(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(io.StringIO(text), start=1):
         if not line.strip():
             continue
         try:
@@ -174,8 +184,7 @@ def read_jsonl(text: str) -> ParsedFile:
         for key in value:
             if key not in COLUMNS:
                 problems.append(RowProblem(number, str(key), "unknown key, ignored", "note"))
-        rows.append((number, {k: v for k, v in value.items() if k in COLUMNS}))
-    return ParsedFile(rows, problems)
+        yield number, {k: v for k, v in value.items() if k in COLUMNS}
 
 
 def read_file(path: Path) -> ParsedFile:
