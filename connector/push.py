@@ -1,0 +1,272 @@
+"""Push: claimed ops -> mapping -> diff against the CRM -> batched writes -> per-record outcomes.
+
+The decisions (which fields to write to an existing record, whether a value already matches) are
+pure functions at the top of this module; :func:`push_round` does the I/O through the adapter
+contract and the ledger's outbox operations only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from adapters.base import CrmAdapter, ObjectSchema, RecordErrorKind, RecordUpdate, RecordUpsert, WriteResult
+from adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableError
+from connector import retry
+from connector.logs import get_logger
+from connector.mapping import MappingFile, ObjectMap, field_values
+from state.ledger import Ledger
+from state.outbox import OpOutcome, land_outcomes, push_inputs
+
+log = get_logger("refsync.push")
+T = TypeVar("T")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _as_instant(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or len(value) < 19 or value[4] != "-":
+        return None
+    text = value.replace("Z", "+00:00")
+    if len(text) > 5 and text[-5] in "+-" and text[-3] != ":":  # Salesforce: +0000
+        text = text[:-2] + ":" + text[-2:]
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def same_value(ours: Any, theirs: Any) -> bool:
+    """Whether the CRM already holds our value (times compared as instants, blanks as equal)."""
+    if _blank(ours) and _blank(theirs):
+        return True
+    if ours == theirs or str(ours) == str(theirs):
+        return True
+    a, b = _as_instant(ours), _as_instant(theirs)
+    return a is not None and b is not None and a == b
+
+
+def changes_for_existing(obj: ObjectMap, desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields to write to a record that exists: protected ones that differ, fill_blank ones still empty."""
+    changes: dict[str, Any] = {}
+    for name, mapped in obj.fields.items():
+        if name not in desired or _blank(desired[name]):
+            continue
+        if mapped.rule == "protect" and not same_value(desired[name], current.get(name)):
+            changes[name] = desired[name]
+        elif mapped.rule == "fill_blank" and _blank(current.get(name)):
+            changes[name] = desired[name]
+    return changes
+
+
+def write_with_split(write: Callable[[Sequence[T]], list[WriteResult]], items: Sequence[T]) -> list[WriteResult]:
+    """Write a batch; when the CRM fails the whole batch for a conflict, split it until only the
+    conflicting records are held back (HubSpot answers some batch conflicts with one 409)."""
+    results = write(items)
+    whole_batch_conflict = len(items) > 1 and all(
+        r.error is not None and r.error.kind is RecordErrorKind.CONFLICT for r in results)
+    if not whole_batch_conflict:
+        return results
+    middle = len(items) // 2
+    return write_with_split(write, items[:middle]) + write_with_split(write, items[middle:])
+
+
+@dataclass
+class CrmTarget:
+    """One configured CRM: its adapter, its mapping and the live schemas of the mapped objects."""
+
+    name: str
+    adapter: CrmAdapter
+    mapping: MappingFile
+    schemas: dict[str, ObjectSchema]
+    paused_until: datetime | None = None
+
+
+@dataclass
+class PushCounts:
+    pushed: int = 0
+    created: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    dead: int = 0
+    released: int = 0
+    calls: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: PushCounts) -> None:
+        for name in ("pushed", "created", "unchanged", "failed", "dead", "released", "calls"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors
+
+
+@dataclass
+class _Work:
+    op: dict[str, Any]
+    referral: dict[str, Any]
+    outcome: OpOutcome
+
+
+def _fail(work: _Work, kind: str, code: str | None, message: str, now: datetime, max_attempts: int,
+          retry_after: float | None = None) -> None:
+    decision = retry.decide(kind, work.op["attempts"], max_attempts, now, retry_after)
+    work.outcome.state = "failed" if decision.retry else "dead"
+    work.outcome.next_attempt_at = decision.at
+    work.outcome.error_class, work.outcome.error_code, work.outcome.error_message = kind, code, message
+
+
+def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, Any], now: datetime,
+           max_attempts: int) -> None:
+    if result.ok:
+        if result.record_id:
+            work.outcome.links.append((obj.name, result.record_id, obj.role))
+        work.outcome.written.update(values)
+        work.outcome.created = work.outcome.created or result.created
+        return
+    error = result.error
+    assert error is not None
+    kind = {RecordErrorKind.TRANSIENT: "transient", RecordErrorKind.MISSING: "missing"}.get(error.kind, error.kind.value)
+    _fail(work, kind, error.code, error.message, now, max_attempts)
+
+
+def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
+        dict[str, list[tuple[_Work, str]]], list[_Work]]:
+    """Split work into (object -> [(work, linked record id)]) and referrals without a lead record."""
+    linked: dict[str, list[tuple[_Work, str]]] = {}
+    unlinked: list[_Work] = []
+    names = {target.mapping.lead.name, target.mapping.deal.name}
+    for work in works:
+        links = [lk for lk in work.referral["links"] if lk["object"] in names]
+        for link in links:
+            linked.setdefault(link["object"], []).append((work, link["record_id"]))
+        if not any(lk["object"] == target.mapping.lead.name for lk in links):
+            unlinked.append(work)
+    return linked, unlinked
+
+
+def _push_linked(target: CrmTarget, obj: ObjectMap, pairs: list[tuple[_Work, str]], now: datetime,
+                 max_attempts: int) -> None:
+    schema = target.schemas.get(obj.name)
+    fields = list(obj.fields)
+    current = target.adapter.read(obj.name, [rid for _, rid in pairs], fields)
+    updates: list[tuple[_Work, RecordUpdate]] = []
+    for work, record_id in pairs:
+        record = current.get(record_id)
+        if record is None:
+            work.outcome.error_class, work.outcome.error_code = "deleted", "ENTITY_IS_DELETED"
+            work.outcome.error_message = f"{obj.name} {record_id} no longer exists in {target.name}"
+            continue
+        desired = field_values(obj, work.referral, schema, rules=("protect", "fill_blank"))
+        changes = changes_for_existing(obj, desired, record.fields)
+        if changes:
+            updates.append((work, RecordUpdate(record.id, changes)))
+        else:
+            work.outcome.links.append((obj.name, record.id, obj.role))
+    _write_updates(target, obj, updates, now, max_attempts)
+
+
+def _write_updates(target: CrmTarget, obj: ObjectMap, updates: list[tuple[_Work, RecordUpdate]], now: datetime,
+                   max_attempts: int) -> None:
+    for start in range(0, len(updates), target.adapter.max_batch):
+        chunk = updates[start:start + target.adapter.max_batch]
+        results = write_with_split(lambda items: target.adapter.update(obj.name, items), [u for _, u in chunk])
+        for (work, upd), result in zip(chunk, results, strict=True):
+            _apply(work, result, obj, upd.values, now, max_attempts)
+
+
+def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> None:
+    obj = target.mapping.lead
+    schema = target.schemas.get(obj.name)
+    fields = list(obj.fields)
+    remaining = list(works)
+    updates: list[tuple[_Work, RecordUpdate]] = []
+    for key in obj.match_keys:
+        source = obj.fields[key].source if key in obj.fields else "prospect_email"
+        values = sorted({str(w.referral[source]) for w in remaining if w.referral.get(source)})
+        if not values:
+            continue
+        found = target.adapter.find(obj.name, key, values, fields)
+        found_lower = {k.lower(): v for k, v in found.items()}
+        still: list[_Work] = []
+        for work in remaining:
+            value = work.referral.get(source)
+            records = found_lower.get(str(value).lower(), []) if value else []
+            if not records:
+                still.append(work)
+                continue
+            record = next((r for r in records if r.fields.get(obj.id_field) == work.referral["id"]), records[0])
+            desired = field_values(obj, work.referral, schema, rules=("protect", "fill_blank"))
+            changes = changes_for_existing(obj, desired, record.fields)
+            if changes:
+                updates.append((work, RecordUpdate(record.id, changes)))
+            else:
+                work.outcome.links.append((obj.name, record.id, obj.role))
+        remaining = still
+    _write_updates(target, obj, updates, now, max_attempts)
+    if not obj.create:
+        return
+    creates = [(w, RecordUpsert(w.referral["id"], field_values(obj, w.referral, schema))) for w in remaining]
+    for start in range(0, len(creates), target.adapter.max_batch):
+        chunk = creates[start:start + target.adapter.max_batch]
+        results = write_with_split(lambda items: target.adapter.upsert(obj.name, obj.id_field, items),
+                                   [c for _, c in chunk])
+        for (work, ups), result in zip(chunk, results, strict=True):
+            _apply(work, result, obj, ups.values, now, max_attempts)
+
+
+def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lease: timedelta,
+               max_attempts: int) -> PushCounts:
+    """Claim up to ``limit`` due push ops for one CRM and push them; returns what happened."""
+    counts = PushCounts()
+    now = ledger.clock()
+    if target.paused_until and now < target.paused_until:
+        return counts
+    ops = [op for op in ledger.claim_ops(owner, target.name, limit, lease) if op["kind"] == "push"]
+    if not ops:
+        return counts
+    inputs = push_inputs(ledger, [op["referral_id"] for op in ops], target.name)
+    works = [_Work(op, inputs[op["referral_id"]], OpOutcome(op["id"], op["referral_id"], "done"))
+             for op in ops if op["referral_id"] in inputs]
+    before = target.adapter.budget().total_calls
+    try:
+        linked, unlinked = _plan(target, works)
+        for obj in target.mapping.objects():
+            if linked.get(obj.name):
+                _push_linked(target, obj, linked[obj.name], now, max_attempts)
+        if unlinked:
+            _push_unlinked(target, unlinked, now, max_attempts)
+    except RateLimited as exc:
+        wait = exc.retry_after if exc.retry_after is not None else 60.0
+        target.paused_until = now + timedelta(seconds=wait)
+        log.warning("rate limited; pausing this CRM", crm=target.name, seconds=wait)
+        for work in works:
+            if work.outcome.state == "done" and not work.outcome.links:
+                work.outcome.state, work.outcome.next_attempt_at = "released", target.paused_until
+    except RetriableError as exc:
+        for work in works:
+            if work.outcome.state == "done" and not work.outcome.links:
+                _fail(work, "transient", exc.code, str(exc), now, max_attempts, exc.retry_after)
+    except (AuthError, CrmConfigError) as exc:
+        for work in works:
+            if work.outcome.state == "done" and not work.outcome.links:
+                work.outcome.state, work.outcome.next_attempt_at = "released", now + timedelta(minutes=5)
+        land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
+        raise exc
+    for work in works:
+        work.outcome.unchanged = work.outcome.state == "done" and not work.outcome.written
+    land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
+    counts.calls = target.adapter.budget().total_calls - before
+    for work in works:
+        outcome = work.outcome
+        if outcome.state == "done":
+            counts.pushed += 1
+            counts.created += outcome.created
+            counts.unchanged += not outcome.written
+        else:
+            setattr(counts, outcome.state, getattr(counts, outcome.state) + 1)
+    return counts

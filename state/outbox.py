@@ -1,0 +1,142 @@
+"""The outbox side of the ledger: planning push ops from referral changes and landing their results.
+
+A push op is keyed ``push:{crm}:{referral_id}:{revision}``: each revision of a referral's
+attribution is pushed to each CRM once, whatever crashes or replays happen in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, and_, cast, exists, insert, literal, select, update
+from sqlalchemy.orm import selectinload
+
+from state.ledger import Ledger
+from state.models import AuditEvent, CrmLink, Referral, SyncOp
+
+
+def push_key(crm: str, referral_id: str, revision: int) -> str:
+    return f"push:{crm}:{referral_id}:{revision}"
+
+
+def enqueue_pushes(ledger: Ledger, crm: str) -> int:
+    """One set-based statement: a push op for every credited referral revision not yet planned."""
+    now = ledger.clock()
+    key = literal(f"push:{crm}:") + Referral.id + literal(":") + cast(Referral.revision, String)
+    pending = (
+        select(
+            literal("push"), key, Referral.id, literal(crm), literal("pending"), literal(0), literal(now),
+            literal(now), literal(now), literal({}, type_=SyncOp.__table__.c.payload.type),
+        )
+        .where(Referral.credited.is_(True), Referral.merged_into.is_(None),
+               Referral.status.not_in(("declined",)),
+               ~exists().where(SyncOp.dedupe_key == key))
+    )
+    statement = insert(SyncOp).from_select(
+        ["kind", "dedupe_key", "referral_id", "crm", "state", "attempts", "next_attempt_at", "created_at",
+         "updated_at", "payload"],
+        pending,
+    )
+    with ledger.transaction() as txn:
+        return txn.session.execute(statement).rowcount or 0
+
+
+def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[str, dict[str, Any]]:
+    """What the push needs of each referral: its attributes and its active links on ``crm``."""
+    with ledger.transaction() as txn:
+        rows = txn.session.scalars(
+            select(Referral).options(selectinload(Referral.links)).where(Referral.id.in_(list(referral_ids)))
+        )
+        return {
+            r.id: {
+                "id": r.id, "partner": r.partner.code, "source": r.source, "medium": r.medium,
+                "campaign": r.campaign, "submitted_at": r.submitted_at, "prospect_email": r.prospect_email,
+                "prospect_company": r.prospect_company, "prospect_name": r.prospect_name,
+                "external_id": r.external_id, "status": r.status, "referral_code": r.referral_code,
+                "revision": r.revision, "credited": r.credited,
+                "links": [
+                    {"object": lk.object, "record_id": lk.record_id, "role": lk.role}
+                    for lk in r.links if lk.crm == crm and lk.state == "active"
+                ],
+            }
+            for r in rows
+        }
+
+
+@dataclass
+class OpOutcome:
+    """How one claimed op ended, and what it taught us about the CRM."""
+
+    op_id: int
+    referral_id: str | None
+    state: str  # done, failed (retry at next_attempt_at), dead, released (not attempted)
+    next_attempt_at: datetime | None = None
+    error_class: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    links: list[tuple[str, str, str]] = field(default_factory=list)  # (object, record_id, role)
+    written: dict[str, Any] = field(default_factory=dict)
+    created: bool = False
+    unchanged: bool = False
+
+
+def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOutcome]) -> None:
+    """Record op states, new links and audit events in one transaction.
+
+    Only ops still leased to ``owner`` are touched: a replica whose lease ran out does not
+    overwrite the work of the one that took over.
+    """
+    now = ledger.clock()
+    with ledger.transaction() as txn:
+        session = txn.session
+        for outcome in outcomes:
+            values: dict[str, Any] = {"state": outcome.state, "updated_at": now, "lease_owner": None,
+                                      "lease_expires_at": None}
+            if outcome.state == "done":
+                values["done_at"] = now
+            if outcome.state in ("failed", "released") and outcome.next_attempt_at is not None:
+                values["next_attempt_at"] = outcome.next_attempt_at
+            if outcome.state == "released":
+                values["state"] = "pending"
+                values["attempts"] = SyncOp.attempts - 1  # never attempted: does not count
+            if outcome.error_class:
+                values.update(last_error_class=outcome.error_class, last_error_code=outcome.error_code,
+                              last_error_message=(outcome.error_message or "")[:2000])
+            result = session.execute(update(SyncOp).where(
+                and_(SyncOp.id == outcome.op_id, SyncOp.lease_owner == owner)).values(**values))
+            if result.rowcount == 0 or outcome.referral_id is None:
+                continue
+            for obj, record_id, role in outcome.links:
+                known = session.scalar(select(CrmLink).where(
+                    CrmLink.referral_id == outcome.referral_id, CrmLink.crm == crm, CrmLink.object == obj,
+                    CrmLink.record_id == record_id))
+                if known is None:
+                    session.add(CrmLink(referral_id=outcome.referral_id, crm=crm, object=obj, record_id=record_id,
+                                        role=role, created_at=now, updated_at=now))
+            if outcome.state == "done" and not outcome.unchanged:
+                for obj, record_id, _role in outcome.links[:1]:
+                    session.add(AuditEvent(
+                        referral_id=outcome.referral_id, at=now, actor="refsync", kind="pushed",
+                        reason_code="created" if outcome.created else "updated", crm=crm, object=obj,
+                        record_id=record_id, detail={"fields": outcome.written, "op_id": outcome.op_id},
+                    ))
+            elif outcome.state == "dead":
+                session.add(AuditEvent(
+                    referral_id=outcome.referral_id, at=now, actor="refsync", kind="push_dead",
+                    reason_code=outcome.error_code or outcome.error_class or "dead", crm=crm,
+                    detail={"message": outcome.error_message, "op_id": outcome.op_id},
+                ))
+
+
+def retry_dead(ledger: Ledger, op_ids: Sequence[int] | None = None) -> int:
+    """Requeue dead ops (all, or these ids) after a fix; returns how many."""
+    now = ledger.clock()
+    condition = SyncOp.state == "dead"
+    if op_ids:
+        condition = and_(condition, SyncOp.id.in_(list(op_ids)))
+    with ledger.transaction() as txn:
+        return txn.session.execute(update(SyncOp).where(condition).values(
+            state="pending", attempts=0, next_attempt_at=now, updated_at=now)).rowcount or 0
