@@ -289,6 +289,9 @@ def demo(directory: Path) -> None:
     sys.exit(run_demo(directory))
 
 
+from connector import cli_sync  # noqa: E402,F401 - registers the CRM and outbox commands
+
+
 def main() -> None:
     cli(prog_name="refsync")
 

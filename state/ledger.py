@@ -247,6 +247,16 @@ class Ledger:
                 select(Referral.status, func.count()).group_by(Referral.status)).all())
             return {"ops": ops, "cursors": cursors, "last_runs": runs, "referrals": referrals}
 
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent job runs, newest first."""
+        with self._read() as session:
+            return [
+                {"id": r.id, "job": r.job, "started_at": r.started_at.isoformat(),
+                 "finished_at": r.finished_at.isoformat() if r.finished_at else None, "status": r.status,
+                 "counts": r.counts, "error": r.error}
+                for r in session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(limit))
+            ]
+
     def ops(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = select(SyncOp).order_by(SyncOp.id).limit(limit)
         if state:

@@ -1,0 +1,134 @@
+"""CLI commands that talk to CRMs or the outbox: sync, ops, retry, runs, mappings check, sandbox."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from connector.cli import EXIT_PROBLEMS, Context, _print_json, _table, cli, handles_errors
+from connector.errors import ConfigError
+
+
+def _targets(obj: Context):  # type: ignore[no-untyped-def]
+    from connector.crms import build_targets
+
+    targets, problems = build_targets(obj.config)
+    if problems:
+        raise ConfigError(problems)
+    return targets
+
+
+@cli.command()
+@click.option("--once", is_flag=True, required=True, help="Run one full cycle and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the cycle's counts as JSON.")
+@click.pass_obj
+@handles_errors
+def sync(obj: Context, once: bool, as_json: bool) -> None:
+    """One full cycle: push attribution to every CRM (and poll back)."""
+    from connector.sync import CycleSettings, run_cycle
+
+    ledger = obj.ledger()
+    daemon = obj.config.daemon
+    settings = CycleSettings(daemon.batch_size, daemon.lease_seconds, daemon.max_attempts)
+    report = run_cycle(ledger, _targets(obj), settings)
+    counts = report.counts()
+    if as_json:
+        _print_json({**counts, "errors": report.errors})
+    else:
+        click.echo(f"planned {counts['planned']}, pushed {counts['pushed']} (created {counts['created']}, "
+                   f"unchanged {counts['unchanged']}), failed {counts['failed']}, dead {counts['dead']}, "
+                   f"{counts['api_calls']} API calls")
+        for error in report.errors:
+            click.echo(f"refsync: problem: {error}", err=True)
+    if report.errors or counts["dead"]:
+        sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command()
+@click.option("--dead", is_flag=True, help="Only dead ops (they need a fix, then `refsync retry`).")
+@click.option("--state", type=click.Choice(["pending", "in_flight", "done", "failed", "dead"]))
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handles_errors
+def ops(obj: Context, dead: bool, state: str | None, limit: int, as_json: bool) -> None:
+    """Outbound ops by state, with their last error."""
+    rows = obj.ledger().ops(state="dead" if dead else state, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    _table(f"{len(rows)} ops", ["id", "kind", "state", "crm", "referral", "attempts", "next attempt", "last error"], [
+        [o["id"], o["kind"], o["state"], o["crm"], o["referral_id"], o["attempts"], o["next_attempt_at"],
+         f"{o['last_error']['code'] or o['last_error']['class']}: {o['last_error']['message']}"
+         if o["last_error"] else ""] for o in rows])
+
+
+@cli.command()
+@click.argument("op_ids", nargs=-1, type=int)
+@click.pass_obj
+@handles_errors
+def retry(obj: Context, op_ids: tuple[int, ...]) -> None:
+    """Requeue dead ops (all of them, or the given ids) after fixing their cause."""
+    from state.outbox import retry_dead
+
+    count = retry_dead(obj.ledger(), list(op_ids) or None)
+    click.echo(f"{count} dead ops requeued")
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handles_errors
+def runs(obj: Context, limit: int, as_json: bool) -> None:
+    """The last runs of each job, with their counts."""
+    rows = obj.ledger().runs(limit)
+    if as_json:
+        _print_json(rows)
+        return
+    _table(f"{len(rows)} runs", ["id", "job", "started", "finished", "status", "counts"],
+           [[r["id"], r["job"], r["started_at"], r["finished_at"], r["status"], json.dumps(r["counts"])]
+            for r in rows])
+
+
+@cli.group()
+def mappings() -> None:
+    """Mapping files."""
+
+
+@mappings.command("check")
+@click.pass_obj
+@handles_errors
+def mappings_check(obj: Context) -> None:
+    """Validate the mapping files against the live CRM schemas; every problem with file and line."""
+    targets = _targets(obj)
+    for name, target in targets.items():
+        click.echo(f"{name}: mapping OK ({target.mapping.lead.name}, {target.mapping.deal.name}, "
+                   f"{sum(len(s) for s in target.mapping.stages.values())} stages)")
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=".sandbox",
+              show_default=True, help="Where the sandbox keeps its CA and certificates.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--salesforce-port", type=int, default=0, help="0 picks a free port.")
+@click.option("--hubspot-port", type=int, default=0, help="0 picks a free port.")
+@handles_errors
+def sandbox(directory: Path, host: str, salesforce_port: int, hubspot_port: int) -> None:
+    """Start both CRM emulators and print one JSON line with their URLs and credentials."""
+    from adapters.sandbox.run import start_sandbox
+
+    running = start_sandbox(directory, host=host, salesforce_port=salesforce_port, hubspot_port=hubspot_port)
+    click.echo(json.dumps(running.info()), nl=True)
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
