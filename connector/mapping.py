@@ -76,6 +76,12 @@ class MappingFile(_Strict):
     deal: ObjectMap
     stage_field: str
     stages: dict[str, dict[str, str]]  # pipeline label -> stage label -> referral status
+    owner_field: str | None = None  # OwnerId / hubspot_owner_id: recorded with every transition
+    pipeline_field: str | None = None  # HubSpot: pipeline; Salesforce has one stage list
+    amount_field: str | None = None
+    currency_field: str | None = None
+    close_date_field: str | None = None
+    lost_reason_field: str | None = None
     restore_limit: int = Field(default=3, ge=1)  # restores within the window before refsync stops fighting
     restore_window_hours: int = Field(default=24, ge=1)
 

@@ -171,6 +171,8 @@ class CrmLink(Base):
     role: Mapped[str] = mapped_column(String(32))  # lead, contact, account, opportunity, deal
     state: Mapped[str] = mapped_column(String(16), default="active")
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("crm_links.id"))
+    owner_id: Mapped[str | None] = mapped_column(String(64))  # the CRM owner when last seen
+    last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

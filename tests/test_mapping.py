@@ -14,6 +14,11 @@ from connector.mapping import check_against_schema, field_values, load_mapping
 SHIPPED = Path(__file__).resolve().parents[1] / "mappings"
 
 
+def first_line(path: Path, text: str) -> int:
+    """The line where ``text`` first appears: the line a problem report must name."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
 def sf_schemas(**overrides: FieldSchema | None) -> dict[str, ObjectSchema]:
     def fields(extra: list[FieldSchema]) -> dict[str, FieldSchema]:
         base = [
@@ -63,7 +68,8 @@ def test_schema_problems_are_all_reported_with_file_and_line() -> None:
     problems = check_against_schema(loaded, schemas, SF_STAGES[:-1])  # "Closed Lost" unknown
     text = "\n".join(problems)
     path = str(SHIPPED / "salesforce.toml")
-    assert f"{path}:30: lead.fields.Referral_Medium__c: Lead has no field" in text
+    medium_line = first_line(SHIPPED / "salesforce.toml", "Referral_Medium__c =")
+    assert f"{path}:{medium_line}: lead.fields.Referral_Medium__c: Lead has no field" in text
     assert "lead.fields.Referral_Partner__c: is a double field" in text
     assert "lead.fields.Referral_Id__c: holds 10 characters, id needs 26" in text
     assert "lead.fields.Referral_Source__c: is not updateable" in text
@@ -81,7 +87,7 @@ def test_structure_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_mapping(path)
     text = "\n".join(caught.value.problems)
-    assert f"{path}:23: lead.fields.referral_partner.rule" in text
+    assert f"{path}:{first_line(path, 'referral_partner =')}: lead.fields.referral_partner.rule" in text
     assert "'victory' is not a referral status" in text
 
 

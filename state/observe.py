@@ -1,0 +1,156 @@
+"""The ledger side of poll-back and the attribution guard: cursors, links, transitions, alerts.
+
+Everything an observed CRM change does to the ledger goes through :class:`Observation`, one
+transaction per batch of changes, so a crash mid-poll replays the batch from the old cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+
+from state.ledger import Ledger, LedgerTxn
+from state.models import Alert, AuditEvent, CrmLink, Cursor, Referral, SyncOp
+
+
+def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
+    with ledger.transaction() as txn:
+        row = txn.session.get(Cursor, (crm, obj))
+        return row.position if row else None
+
+
+class Observation:
+    """Named ledger writes for what a poll observed, inside one transaction."""
+
+    def __init__(self, txn: LedgerTxn, crm: str) -> None:
+        self.txn = txn
+        self.session = txn.session
+        self.crm = crm
+        self.now = txn.clock()
+
+    def set_cursor(self, obj: str, position: datetime) -> None:
+        row = self.session.get(Cursor, (self.crm, obj))
+        if row is None:
+            self.session.add(Cursor(crm=self.crm, object=obj, position=position, updated_at=self.now))
+        elif position > row.position:
+            row.position = position
+            row.updated_at = self.now
+
+    def links(self, obj: str, record_ids: Sequence[str]) -> dict[str, list[CrmLink]]:
+        """Active (and converted) links of these records, by record id."""
+        found: dict[str, list[CrmLink]] = {}
+        if not record_ids:
+            return found
+        for link in self.session.scalars(select(CrmLink).where(
+                CrmLink.crm == self.crm, CrmLink.object == obj, CrmLink.record_id.in_(list(record_ids)),
+                CrmLink.state.in_(("active", "converted")))):
+            found.setdefault(link.record_id, []).append(link)
+        return found
+
+    def links_of_referrals(self, referral_ids: Sequence[str]) -> list[CrmLink]:
+        return list(self.session.scalars(select(CrmLink).where(
+            CrmLink.crm == self.crm, CrmLink.referral_id.in_(list(referral_ids)), CrmLink.state == "active")))
+
+    def referral(self, referral_id: str) -> Referral | None:
+        return self.session.get(Referral, referral_id)
+
+    def link(self, referral_id: str, obj: str, record_id: str, role: str, owner_id: str | None = None) -> CrmLink:
+        """The active link of a referral to a record, created when missing."""
+        existing = self.session.scalar(select(CrmLink).where(
+            CrmLink.referral_id == referral_id, CrmLink.crm == self.crm, CrmLink.object == obj,
+            CrmLink.record_id == record_id))
+        if existing is not None:
+            if existing.state != "active" and existing.state != "converted":
+                existing.state = "active"
+            return existing
+        link = CrmLink(referral_id=referral_id, crm=self.crm, object=obj, record_id=record_id, role=role,
+                       owner_id=owner_id, last_seen_at=self.now, created_at=self.now, updated_at=self.now)
+        self.session.add(link)
+        self.session.flush()
+        self.audit(referral_id, "linked", role, obj=obj, record_id=record_id)
+        return link
+
+    def audit(self, referral_id: str | None, kind: str, reason: str, *, actor: str = "refsync",
+              obj: str | None = None, record_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        self.session.add(AuditEvent(referral_id=referral_id, at=self.now, actor=actor, kind=kind, reason_code=reason,
+                                    crm=self.crm, object=obj, record_id=record_id, detail=detail or {}))
+
+    def transition(self, referral: Referral, to_status: str, at: datetime, owner_id: str | None,
+                   detail: str | None = None) -> bool:
+        """Move a referral to ``to_status`` as observed on the CRM; False when it is already there."""
+        if referral.status == to_status:
+            return False
+        self.txn.add_transition(referral.id, referral.status, to_status, at, "crm_poll", crm=self.crm,
+                                owner_id=owner_id, detail=detail)
+        referral.status = to_status
+        referral.status_changed_at = at
+        return True
+
+    def outcome(self, referral: Referral, amount: float | None, currency: str | None, close_date: date | None,
+                reason: str | None) -> None:
+        referral.outcome_amount = Decimal(str(amount)) if amount is not None else None
+        referral.outcome_currency = currency
+        referral.outcome_close_date = close_date
+        referral.outcome_reason = reason
+
+    def enqueue_restore(self, referral_id: str, obj: str, record_id: str, stamp: str) -> bool:
+        key = f"restore:{self.crm}:{obj}:{record_id}:{stamp}"
+        if self.session.scalar(select(SyncOp.id).where(SyncOp.dedupe_key == key)) is not None:
+            return False
+        self.session.add(SyncOp(kind="push", dedupe_key=key, referral_id=referral_id, crm=self.crm, object=obj,
+                                record_id=record_id, payload={"reason": "restore"}, next_attempt_at=self.now,
+                                created_at=self.now, updated_at=self.now))
+        return True
+
+    def enqueue_push(self, referral_id: str, reason: str) -> None:
+        """A push of the referral's attribution to this CRM (e.g. onto a newly linked deal)."""
+        key = f"push:{self.crm}:{referral_id}:{reason}"
+        if self.session.scalar(select(SyncOp.id).where(SyncOp.dedupe_key == key)) is None:
+            self.session.add(SyncOp(kind="push", dedupe_key=key, referral_id=referral_id, crm=self.crm,
+                                    payload={"reason": reason}, next_attempt_at=self.now, created_at=self.now,
+                                    updated_at=self.now))
+
+    def restores_since(self, record_id: str, field: str, window: timedelta) -> int:
+        return self.session.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.kind == "restore_planned", AuditEvent.crm == self.crm, AuditEvent.record_id == record_id,
+            AuditEvent.reason_code == field, AuditEvent.at >= self.now - window)) or 0
+
+    def raise_alert(self, kind: str, key: str, message: str, *, referral_id: str | None = None,
+                    record_id: str | None = None) -> None:
+        """Raise an alert, or count it again when the same problem is already open."""
+        alert = self.session.scalar(select(Alert).where(Alert.dedupe_key == key))
+        if alert is None:
+            self.session.add(Alert(kind=kind, dedupe_key=key, referral_id=referral_id, crm=self.crm,
+                                   record_id=record_id, message=message, first_seen=self.now, last_seen=self.now))
+        else:
+            alert.count += 1
+            alert.last_seen = self.now
+            alert.message = message
+            alert.resolved_at = None
+
+
+@contextmanager
+def observing(ledger: Ledger, crm: str) -> Iterator[Observation]:
+    with ledger.transaction() as txn, txn.session.no_autoflush:
+        yield Observation(txn, crm)
+
+
+def alerts(ledger: Ledger, kind: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
+    """Alerts in the contract's ``alerts --json`` shape, newest first."""
+    query = select(Alert).order_by(Alert.last_seen.desc(), Alert.id.desc())
+    if kind:
+        query = query.where(Alert.kind == kind)
+    if open_only:
+        query = query.where(Alert.resolved_at.is_(None))
+    with ledger.transaction() as txn:
+        return [
+            {"id": a.id, "kind": a.kind, "referral_id": a.referral_id, "crm": a.crm, "record_id": a.record_id,
+             "message": a.message, "first_seen": a.first_seen.isoformat(), "last_seen": a.last_seen.isoformat(),
+             "count": a.count, "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None}
+            for a in txn.session.scalars(query)
+        ]
