@@ -14,6 +14,7 @@ from typing import Any
 
 from adapters.errors import AuthError, CrmConfigError, CrmError
 from connector.logs import get_logger
+from connector.poll import PollCounts, poll_target
 from connector.push import CrmTarget, PushCounts, push_round
 from state.ledger import Ledger
 from state.outbox import enqueue_pushes
@@ -32,12 +33,14 @@ class CycleSettings:
     lease_seconds: int = 300
     max_attempts: int = 8
     max_rounds: int = 10_000
+    poll: bool = True
 
 
 @dataclass
 class CycleReport:
     planned: dict[str, int] = field(default_factory=dict)
     push: dict[str, PushCounts] = field(default_factory=dict)
+    poll: dict[str, PollCounts] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
@@ -51,7 +54,10 @@ class CycleReport:
             "unchanged": total.unchanged,
             "failed": total.failed,
             "dead": total.dead,
-            "api_calls": total.calls,
+            "transitions": sum(p.transitions for p in self.poll.values()),
+            "repairs": sum(p.repairs for p in self.poll.values()),
+            "conflicts": sum(p.conflicts for p in self.poll.values()),
+            "api_calls": total.calls + sum(p.calls for p in self.poll.values()),
             "per_crm": {name: {k: v for k, v in asdict(c).items() if k != "errors"} for name, c in self.push.items()},
         }
 
@@ -79,6 +85,10 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
         report.planned[name] = enqueue_pushes(ledger, name)
         try:
             report.push[name] = push_all(ledger, target, settings, owner)
+            if settings.poll:
+                report.poll[name] = poll_target(ledger, target)
+                # What the poll found (a converted lead's new opportunity, a repair) goes out now.
+                report.push[name].add(push_all(ledger, target, settings, owner))
         except (AuthError, CrmConfigError) as exc:
             report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log.error("CRM refused our credentials or setup; its work waits", crm=name, error=str(exc))

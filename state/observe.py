@@ -115,6 +115,12 @@ class Observation:
                                     payload={"reason": reason}, next_attempt_at=self.now, created_at=self.now,
                                     updated_at=self.now))
 
+    def was_pushed(self, referral_id: str, record_id: str) -> bool:
+        """Whether refsync already wrote this referral's attribution onto this record."""
+        return self.session.scalar(select(AuditEvent.id).where(
+            AuditEvent.referral_id == referral_id, AuditEvent.kind == "pushed", AuditEvent.crm == self.crm,
+            AuditEvent.record_id == record_id).limit(1)) is not None
+
     def restores_since(self, record_id: str, field: str, window: timedelta) -> int:
         return self.session.scalar(select(func.count()).select_from(AuditEvent).where(
             AuditEvent.kind == "restore_planned", AuditEvent.crm == self.crm, AuditEvent.record_id == record_id,

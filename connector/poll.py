@@ -1,0 +1,300 @@
+"""Poll-back and the attribution guard: what changed on the CRM, and what it means for a referral.
+
+Per CRM and object: read changes since the cursor (minus an overlap window, so late-indexed or
+same-millisecond changes are not lost), then in one ledger transaction per object:
+- stage moves become status transitions (with the owner at that moment) and outcomes;
+- a protected field that someone else changed is restored, until another writer has overwritten
+  it ``restore_limit`` times within the window: then refsync stops and raises a conflict;
+- owner changes are recorded, attribution stays;
+- a converted lead links its contact, account and opportunity, and the opportunity gets the
+  attribution; on HubSpot a deal associated with a referred contact becomes the referral's deal;
+- a merge moves the link to the survivor (the attribution model decides between two referrals);
+- a deleted record marks its link deleted and raises an alert, nothing is re-created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from adapters.base import Change, ChangeKind, CrmRecord, Stage, StageChange
+from connector.logs import get_logger
+from connector.mapping import ObjectMap, field_values
+from connector.push import CrmTarget, same_value
+from state.ledger import Ledger
+from state.models import OPEN_STATUSES, STATUSES, Referral
+from state.observe import Observation, cursor, observing
+
+log = get_logger("refsync.poll")
+OVERLAP = timedelta(minutes=2)
+FIRST_POLL_LOOKBACK = timedelta(days=30)
+EARLY = set(STATUSES[:4])  # submitted, accepted, contacted, qualified: before an opportunity exists
+
+
+@dataclass
+class PollCounts:
+    changes: int = 0
+    transitions: int = 0
+    repairs: int = 0
+    conflicts: int = 0
+    links: int = 0
+    merges: int = 0
+    deletions: int = 0
+    owner_changes: int = 0
+    calls: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _date(value: Any) -> date | None:
+    if not value:
+        return None
+    text = str(value)
+    if text.isdigit():  # HubSpot epoch milliseconds
+        return datetime.fromtimestamp(int(text) / 1000).date()
+    try:
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        return None
+
+
+def _amount(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+class StageBook:
+    """Resolves a deal's stage (label or internal id) to the referral status the mapping gives it."""
+
+    def __init__(self, target: CrmTarget, stages: list[Stage]) -> None:
+        self.mapping = target.mapping
+        self.by_id = {s.internal_id: s for s in stages}
+        self.by_label = {(s.pipeline, s.label): s for s in stages}
+        self.pipelines = {s.internal_id: s.pipeline for s in stages} | {s.pipeline: s.pipeline for s in stages}
+
+    def pipeline_of(self, record: CrmRecord) -> str:
+        field_name = self.mapping.pipeline_field
+        if field_name and record.fields.get(field_name):
+            raw = str(record.fields[field_name])
+            for stage in self.by_id.values():
+                if raw in (stage.pipeline, getattr(stage, "pipeline_id", None)):
+                    return stage.pipeline
+            return self.pipelines.get(raw, raw)
+        stage = self.by_id.get(str(record.fields.get(self.mapping.stage_field, "")))
+        return stage.pipeline if stage else "default"
+
+    def status(self, pipeline: str, stage_value: str | None) -> str | None:
+        if not stage_value:
+            return None
+        stage = self.by_id.get(stage_value)
+        label = stage.label if stage else stage_value
+        pipeline = stage.pipeline if stage else pipeline
+        return self.mapping.status_for(pipeline, label)
+
+
+def _move(ob: Observation, referral: Referral, status: str, at: datetime, owner: str | None) -> bool:
+    if referral.status == status or referral.merged_into:
+        return False
+    detail = "reopened" if referral.status in ("won", "lost") and status in OPEN_STATUSES else None
+    return ob.transition(referral, status, at, owner, detail)
+
+
+def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referral, record: CrmRecord,
+           counts: PollCounts) -> None:
+    """Restore protected fields someone else changed; stop fighting a writer that keeps at it."""
+    mapping = target.mapping
+    schema = target.schemas.get(obj.name)
+    view = {"id": referral.id, "partner": referral.partner.code, "source": referral.source,
+            "medium": referral.medium, "campaign": referral.campaign, "submitted_at": referral.submitted_at,
+            "prospect_email": referral.prospect_email, "prospect_company": referral.prospect_company,
+            "prospect_name": referral.prospect_name, "external_id": referral.external_id,
+            "status": referral.status, "referral_code": referral.referral_code}
+    desired = field_values(obj, view, schema, rules=("protect",))
+    window = timedelta(hours=mapping.restore_window_hours)
+    changed = [name for name, value in desired.items()
+               if value not in (None, "") and name in record.fields and not same_value(value, record.fields[name])]
+    if not changed:
+        return
+    writer = record.modified_by or "unknown writer"
+    stamp = record.modified_at.isoformat() if record.modified_at else ob.now.isoformat()
+    restore = False
+    for name in changed:
+        key = f"{target.name}:{record.id}:{name}"
+        if ob.restores_since(record.id, name, window) >= mapping.restore_limit:
+            counts.conflicts += 1
+            ob.raise_alert(
+                "attribution_conflict", f"attribution_conflict:{key}",
+                f"{writer} keeps overwriting {obj.name}.{name} on {record.id} (referral {referral.id}); refsync "
+                f"stopped restoring it after {mapping.restore_limit} restores in {mapping.restore_window_hours}h. "
+                "Find that writer (workflow, integration, user) and stop it, then run `refsync sync --once`.",
+                referral_id=referral.id, record_id=record.id)
+            continue
+        restore = True
+        ob.audit(referral.id, "restore_planned", name, actor=f"crm:{target.name}:{writer}", obj=obj.name,
+                 record_id=record.id, detail={"field": name, "found": record.fields.get(name),
+                                              "restoring": desired[name]})
+        ob.raise_alert(
+            "attribution_overwritten", f"attribution_overwritten:{key}",
+            f"{obj.name}.{name} on {record.id} was changed by {writer}; refsync restored the referral's "
+            f"value ({referral.id}). Nothing to do unless it happens again.",
+            referral_id=referral.id, record_id=record.id)
+    if restore and ob.enqueue_restore(referral.id, obj.name, record.id, stamp):
+        counts.repairs += 1
+
+
+def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, book: StageBook,
+                    stage_changes: list[StageChange], counts: PollCounts) -> None:
+    mapping = target.mapping
+    links = ob.links(obj.name, [record.id]).get(record.id, [])
+    if not links:
+        links = _discover(ob, target, obj, record, counts)
+    owner = str(record.fields.get(mapping.owner_field)) if mapping.owner_field and record.fields.get(
+        mapping.owner_field) else record.owner_id
+    for link in links:
+        referral = ob.referral(link.referral_id)
+        if referral is None or referral.merged_into:
+            continue
+        if owner and link.owner_id and owner != link.owner_id:
+            counts.owner_changes += 1
+            ob.audit(referral.id, "owner_changed", "crm_owner_changed", actor=f"crm:{target.name}",
+                     obj=obj.name, record_id=record.id, detail={"from": link.owner_id, "to": owner})
+        link.owner_id = owner or link.owner_id
+        link.last_seen_at = ob.now
+        if link.state == "active" and referral.credited and ob.was_pushed(referral.id, record.id):
+            _guard(ob, target, obj, referral, record, counts)
+        if obj is not mapping.deal:
+            continue
+        pipeline = book.pipeline_of(record)
+        for change in sorted(stage_changes, key=lambda c: c.at):
+            status = book.status(pipeline, change.stage)
+            if status and change.at > referral.status_changed_at and _move(ob, referral, status, change.at, owner):
+                counts.transitions += 1
+        status = book.status(pipeline, str(record.fields.get(mapping.stage_field) or ""))
+        if status and _move(ob, referral, status, record.modified_at or ob.now, owner):
+            counts.transitions += 1
+        if referral.status in ("won", "lost"):
+            ob.outcome(referral, _amount(record.fields.get(mapping.amount_field or "")),
+                       record.fields.get(mapping.currency_field or "") or None,
+                       _date(record.fields.get(mapping.close_date_field or "")),
+                       record.fields.get(mapping.lost_reason_field or "") or None)
+
+
+def _discover(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, counts: PollCounts) -> list:
+    """Link a record we did not know: it carries our referral id, or (HubSpot) it is a deal
+    associated with a referred contact."""
+    found = []
+    referral_id = record.fields.get(obj.id_field)
+    if referral_id and ob.referral(str(referral_id)) is not None:
+        found.append(ob.link(str(referral_id), obj.name, record.id, obj.role))
+    elif obj is target.mapping.deal:
+        contacts = record.fields.get("associations.contacts") or []
+        lead_links = ob.links(target.mapping.lead.name, [str(c) for c in contacts])
+        for links in lead_links.values():
+            for lead_link in links:
+                found.append(ob.link(lead_link.referral_id, obj.name, record.id, obj.role))
+                ob.enqueue_push(lead_link.referral_id, f"deal:{record.id}")
+    counts.links += len(found)
+    return found
+
+
+def _merge(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, counts: PollCounts) -> None:
+    survivor = change.merged_into
+    old_links = ob.links(obj.name, [change.record_id]).get(change.record_id, [])
+    if not survivor or not old_links:
+        return
+    counts.merges += 1
+    survivor_links = ob.links(obj.name, [survivor]).get(survivor, [])
+    for link in old_links:
+        link.state = "merged"
+        new = ob.link(link.referral_id, obj.name, survivor, link.role, link.owner_id)
+        link.superseded_by = new.id
+        ob.audit(link.referral_id, "record_merged", "link_moved_to_survivor", actor=f"crm:{target.name}",
+                 obj=obj.name, record_id=survivor, detail={"merged_away": change.record_id})
+        ob.enqueue_push(link.referral_id, f"merge:{survivor}")
+    referrals = {lk.referral_id for lk in [*old_links, *survivor_links]}
+    candidates = [r for r in (ob.referral(rid) for rid in referrals) if r is not None and r.merged_into is None]
+    if len(candidates) < 2:
+        return
+    model = candidates[0].attribution_model
+    ordered = sorted(candidates, key=lambda r: (r.submitted_at, r.id))
+    winner = ordered[-1] if model == "last_touch" else ordered[0]
+    for loser in candidates:
+        if loser is winner:
+            continue
+        loser.merged_into = winner.id
+        loser.credited = False
+        loser.attribution_reason = "merged_into_other_referral"
+        loser.revision += 1
+        ob.audit(loser.id, "referral_merged", "merged_into_other_referral", obj=obj.name, record_id=survivor,
+                 detail={"winner": winner.id, "model": model})
+        ob.audit(winner.id, "referral_merged", "kept_credit_on_merge", obj=obj.name, record_id=survivor,
+                 detail={"loser": loser.id, "model": model})
+
+
+def _convert(ob: Observation, target: CrmTarget, change: Change, counts: PollCounts) -> None:
+    mapping = target.mapping
+    links = ob.links(mapping.lead.name, [change.record_id]).get(change.record_id, [])
+    objects = {"opportunity": mapping.deal.name, "contact": "Contact", "account": "Account"}
+    for link in links:
+        if link.state == "converted":
+            continue
+        link.state = "converted"
+        referral = ob.referral(link.referral_id)
+        for role, record_id in change.converted_to.items():
+            if record_id and role in objects:
+                ob.link(link.referral_id, objects[role], record_id, role)
+                counts.links += 1
+        ob.audit(link.referral_id, "lead_converted", "followed_conversion", actor=f"crm:{target.name}",
+                 obj=mapping.lead.name, record_id=change.record_id, detail=dict(change.converted_to))
+        ob.enqueue_push(link.referral_id, f"converted:{change.record_id}")
+        if referral is not None and referral.status in EARLY and change.converted_to.get("opportunity"):
+            if _move(ob, referral, "opportunity", change.at, link.owner_id):
+                counts.transitions += 1
+
+
+def _delete(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, counts: PollCounts) -> None:
+    for link in ob.links(obj.name, [change.record_id]).get(change.record_id, []):
+        link.state = "deleted"
+        counts.deletions += 1
+        ob.audit(link.referral_id, "record_deleted", "link_orphaned", actor=f"crm:{target.name}", obj=obj.name,
+                 record_id=change.record_id)
+        ob.raise_alert(
+            "orphaned_link", f"orphaned_link:{target.name}:{obj.name}:{change.record_id}",
+            f"{obj.name} {change.record_id} carrying referral {link.referral_id} was deleted in {target.name}; "
+            "refsync will not re-create it. Restore it from the recycle bin, or accept the loss.",
+            referral_id=link.referral_id, record_id=change.record_id)
+
+
+def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
+    """Poll the lead-like and deal-like objects of one CRM once."""
+    counts = PollCounts()
+    before = target.adapter.budget().total_calls
+    book = StageBook(target, target.adapter.stages(target.mapping.deal.name))
+    mapping = target.mapping
+    for obj in (mapping.lead, mapping.deal):
+        since = cursor(ledger, target.name, obj.name) or (ledger.clock() - FIRST_POLL_LOOKBACK)
+        extra = [f for f in (mapping.owner_field, mapping.stage_field, mapping.pipeline_field, mapping.amount_field,
+                             mapping.currency_field, mapping.close_date_field, mapping.lost_reason_field)
+                 if f and (obj is mapping.deal or f == mapping.owner_field)]
+        fields = list(dict.fromkeys([*obj.fields, *extra]))
+        changes = target.adapter.changes(obj.name, since - OVERLAP, fields)
+        by_record: dict[str, list[StageChange]] = {}
+        for stage_change in changes.stage_changes:
+            by_record.setdefault(stage_change.record_id, []).append(stage_change)
+        with observing(ledger, target.name) as ob:
+            for change in changes.changes:
+                counts.changes += 1
+                if change.kind is ChangeKind.UPDATED and change.record is not None:
+                    _observe_record(ob, target, obj, change.record, book, by_record.get(change.record_id, []),
+                                    counts)
+                elif change.kind is ChangeKind.MERGED:
+                    _merge(ob, target, obj, change, counts)
+                elif change.kind is ChangeKind.CONVERTED:
+                    _convert(ob, target, change, counts)
+                elif change.kind is ChangeKind.DELETED:
+                    _delete(ob, target, obj, change, counts)
+            ob.set_cursor(obj.name, changes.cursor)
+    counts.calls = target.adapter.budget().total_calls - before
+    return counts
