@@ -132,3 +132,23 @@ def sandbox(directory: Path, host: str, salesforce_port: int, hubspot_port: int)
         pass
     finally:
         running.stop()
+
+
+@cli.command()
+@click.option("--kind", help="Only alerts of this kind (e.g. attribution_overwritten, orphaned_link).")
+@click.option("--open", "open_only", is_flag=True, help="Only alerts not resolved yet.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handles_errors
+def alerts(obj: Context, kind: str | None, open_only: bool, as_json: bool) -> None:
+    """Discrepancy alerts, newest first; exits 1 while any is open."""
+    from state.observe import alerts as list_alerts
+
+    rows = list_alerts(obj.ledger(), kind=kind, open_only=open_only)
+    if as_json:
+        _print_json(rows)
+    else:
+        _table(f"{len(rows)} alerts", ["id", "kind", "count", "last seen", "resolved", "message"], [
+            [a["id"], a["kind"], a["count"], a["last_seen"], a["resolved_at"], a["message"]] for a in rows])
+    if any(a["resolved_at"] is None for a in rows):
+        sys.exit(EXIT_PROBLEMS)
