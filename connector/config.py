@@ -193,7 +193,7 @@ class Config(_Strict):
     attribution: AttributionConfig = AttributionConfig()
     crm: CrmConfigs = CrmConfigs()
     daemon: DaemonConfig = DaemonConfig()
-    http: HttpConfig = HttpConfig()
+    http: HttpConfig = HttpConfig(intake_token=None)
     logging: LoggingConfig = LoggingConfig()
 
     # Set by load_config; not part of the file.
@@ -235,7 +235,7 @@ class Config(_Strict):
         return found
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key; remove it or check its spelling against config.example.toml"

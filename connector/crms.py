@@ -20,7 +20,8 @@ def build_adapters(config: Config) -> dict:  # type: ignore[type-arg]
         try:
             adapters["salesforce"] = SalesforceAdapter(
                 sf.instance_url,
-                session_id=sf.session_id.resolve("crm.salesforce.session_id", config.base_dir) if sf.session_id else None,
+                session_id=(sf.session_id.resolve("crm.salesforce.session_id", config.base_dir)
+                            if sf.session_id else None),
                 username=sf.username,
                 password=sf.password.resolve("crm.salesforce.password", config.base_dir) if sf.password else None,
                 security_token=(sf.security_token.resolve("crm.salesforce.security_token", config.base_dir)

@@ -148,8 +148,11 @@ def _demote(
     )
 
 
-def _batches(items: Iterable[NewReferral | list[RowProblem]], size: int) -> Iterable[list[NewReferral | list[RowProblem]]]:
-    batch: list[NewReferral | list[RowProblem]] = []
+Validated = NewReferral | list[RowProblem]
+
+
+def _batches(items: Iterable[Validated], size: int) -> Iterable[list[Validated]]:
+    batch: list[Validated] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:

@@ -78,12 +78,9 @@ class StageBook:
         field_name = self.mapping.pipeline_field
         if field_name and record.fields.get(field_name):
             raw = str(record.fields[field_name])
-            for stage in self.by_id.values():
-                if raw in (stage.pipeline, getattr(stage, "pipeline_id", None)):
-                    return stage.pipeline
             return self.pipelines.get(raw, raw)
-        stage = self.by_id.get(str(record.fields.get(self.mapping.stage_field, "")))
-        return stage.pipeline if stage else "default"
+        current = self.by_id.get(str(record.fields.get(self.mapping.stage_field, "")))
+        return current.pipeline if current else "default"
 
     def status(self, pipeline: str, stage_value: str | None) -> str | None:
         if not stage_value:

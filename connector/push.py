@@ -130,8 +130,7 @@ def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, A
         return
     error = result.error
     assert error is not None
-    kind = {RecordErrorKind.TRANSIENT: "transient", RecordErrorKind.MISSING: "missing"}.get(error.kind, error.kind.value)
-    _fail(work, kind, error.code, error.message, now, max_attempts)
+    _fail(work, error.kind.value, error.code, error.message, now, max_attempts)
 
 
 def _plan(target: CrmTarget, works: list[_Work]) -> tuple[

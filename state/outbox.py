@@ -41,7 +41,7 @@ def enqueue_pushes(ledger: Ledger, crm: str) -> int:
         pending,
     )
     with ledger.transaction() as txn:
-        return txn.session.execute(statement).rowcount or 0
+        return int(getattr(txn.session.execute(statement), "rowcount", 0) or 0)
 
 
 def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[str, dict[str, Any]]:
@@ -107,7 +107,7 @@ def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOut
                               last_error_message=(outcome.error_message or "")[:2000])
             result = session.execute(update(SyncOp).where(
                 and_(SyncOp.id == outcome.op_id, SyncOp.lease_owner == owner)).values(**values))
-            if result.rowcount == 0 or outcome.referral_id is None:
+            if getattr(result, "rowcount", 1) == 0 or outcome.referral_id is None:
                 continue
             for obj, record_id, role in outcome.links:
                 known = session.scalar(select(CrmLink).where(
@@ -138,5 +138,6 @@ def retry_dead(ledger: Ledger, op_ids: Sequence[int] | None = None) -> int:
     if op_ids:
         condition = and_(condition, SyncOp.id.in_(list(op_ids)))
     with ledger.transaction() as txn:
-        return txn.session.execute(update(SyncOp).where(condition).values(
-            state="pending", attempts=0, next_attempt_at=now, updated_at=now)).rowcount or 0
+        result = txn.session.execute(update(SyncOp).where(condition).values(
+            state="pending", attempts=0, next_attempt_at=now, updated_at=now))
+        return int(getattr(result, "rowcount", 0) or 0)
