@@ -130,6 +130,11 @@ def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, A
         return
     error = result.error
     assert error is not None
+    if error.kind in (RecordErrorKind.CONVERTED, RecordErrorKind.DELETED):
+        # Not a failure of this push: the poll follows the conversion or records the deletion.
+        work.outcome.error_class, work.outcome.error_code = error.kind.value, error.code
+        work.outcome.error_message = error.message
+        return
     _fail(work, error.kind.value, error.code, error.message, now, max_attempts)
 
 

@@ -44,3 +44,25 @@ def test_uninitialised_ledger_is_refused_with_the_fix(tmp_path) -> None:  # type
 def test_unreachable_ledger_is_a_ledger_error() -> None:
     with pytest.raises(LedgerError, match="cannot reach the ledger"):
         Ledger.open("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
+
+
+def test_upgrading_an_old_ledger_keeps_its_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(db.alembic_config(engine), "0001")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO partners (id, code, created_at) VALUES (1, 'acme', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO referrals (id, fingerprint, partner_id, submitted_at, status, status_changed_at, credited,"
+            " review_required, attribution_model, policy_version, attribution_reason, revision, created_at,"
+            " updated_at) VALUES ('01OLD', 'fp', 1, '2026-01-01', 'submitted', '2026-01-01', 1, 0, 'first_touch',"
+            " 'v1', 'sole_referral', 1, '2026-01-01', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO crm_links (referral_id, crm, object, record_id, role, state, created_at, updated_at)"
+            " VALUES ('01OLD', 'salesforce', 'Lead', '00Q1', 'lead', 'active', '2026-01-01', '2026-01-01')"))
+    before, after = db.upgrade(engine)
+    assert (before, after) == ("0001", db.head_revision(engine))
+    ledger = Ledger(engine)
+    [referral] = ledger.referrals()
+    assert referral["id"] == "01OLD" and referral["links"][0]["record_id"] == "00Q1"
