@@ -49,6 +49,21 @@ def sync(obj: Context, once: bool, as_json: bool) -> None:
 
 
 @cli.command()
+@click.pass_obj
+@handles_errors
+def run(obj: Context) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from connector.daemon import Daemon
+    from connector.sync import CycleSettings
+
+    ledger = obj.ledger()  # refuses an unreachable or unmigrated ledger before anything starts
+    daemon = obj.config.daemon
+    targets = _targets(obj)  # refuses a broken mapping file
+    settings = CycleSettings(daemon.batch_size, daemon.lease_seconds, daemon.max_attempts)
+    Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds).run()
+
+
+@cli.command()
 @click.option("--dead", is_flag=True, help="Only dead ops (they need a fix, then `refsync retry`).")
 @click.option("--state", type=click.Choice(["pending", "in_flight", "done", "failed", "dead"]))
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ulid import ULID
 
@@ -23,6 +23,7 @@ from state.models import (
     AuditEvent,
     Cursor,
     JobRun,
+    Lease,
     Partner,
     Referral,
     StatusTransition,
@@ -243,6 +244,29 @@ class Ledger:
             referrals = dict(session.execute(
                 select(Referral.status, func.count()).group_by(Referral.status)).all())
             return {"ops": ops, "cursors": cursors, "last_runs": runs, "referrals": referrals}
+
+    def hold_lease(self, name: str, owner: str, ttl: timedelta) -> bool:
+        """Take or renew the named lease (leader election for the pollers); False while another
+        live owner holds it. A lease row works the same on SQLite and PostgreSQL."""
+        now = self.clock()
+        with self.transaction() as txn:
+            taken = txn.session.execute(
+                update(Lease).where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
+                .values(owner=owner, expires_at=now + ttl))
+            if getattr(taken, "rowcount", 0):
+                return True
+            if txn.session.get(Lease, name) is not None:
+                return False
+            try:
+                with txn.session.begin_nested():
+                    txn.session.add(Lease(name=name, owner=owner, expires_at=now + ttl))
+            except IntegrityError:
+                return False
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self.transaction() as txn:
+            txn.session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent job runs, newest first."""

@@ -54,3 +54,15 @@ def test_concurrent_claimers_never_share_an_op(ledger_url: str, clock: FakeClock
     every = [op_id for ids in claimed.values() for op_id in ids]
     assert len(every) == 200 and len(set(every)) == 200
     ledger.close()
+
+
+def test_one_leader_holds_the_poller_lease_until_it_expires(ledger: Ledger, clock: FakeClock) -> None:
+    ttl = timedelta(seconds=30)
+    assert ledger.hold_lease("poller", "replica-a", ttl)
+    assert not ledger.hold_lease("poller", "replica-b", ttl)
+    assert ledger.hold_lease("poller", "replica-a", ttl)  # renewal
+    clock.advance(seconds=31)  # replica-a died
+    assert ledger.hold_lease("poller", "replica-b", ttl)
+    assert not ledger.hold_lease("poller", "replica-a", ttl)
+    ledger.release_lease("poller", "replica-b")
+    assert ledger.hold_lease("poller", "replica-a", ttl)
