@@ -24,16 +24,20 @@ def _targets(obj: Context):  # type: ignore[no-untyped-def]
 
 @cli.command()
 @click.option("--once", is_flag=True, required=True, help="Run one full cycle and exit.")
+@click.option("--dry-run", is_flag=True, help="Print what would be written, per record and field; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the cycle's counts as JSON.")
 @click.pass_obj
 @handles_errors
-def sync(obj: Context, once: bool, as_json: bool) -> None:
-    """One full cycle: push attribution to every CRM (and poll back)."""
+def sync(obj: Context, once: bool, dry_run: bool, as_json: bool) -> None:
+    """One full cycle: push attribution to every CRM, poll back, guard, push repairs."""
     from connector.sync import CycleSettings, run_cycle
 
     ledger = obj.ledger()
     daemon = obj.config.daemon
     settings = CycleSettings(daemon.batch_size, daemon.lease_seconds, daemon.max_attempts)
+    if dry_run:
+        _dry_run(ledger, _targets(obj), settings, as_json)
+        return
     report = run_cycle(ledger, _targets(obj), settings)
     counts = report.counts()
     if as_json:
@@ -46,6 +50,29 @@ def sync(obj: Context, once: bool, as_json: bool) -> None:
             click.echo(f"refsync: problem: {error}", err=True)
     if report.errors or counts["dead"]:
         sys.exit(EXIT_PROBLEMS)
+
+
+def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from connector.dryrun import DryRunAdapter
+    from connector.push import push_round
+
+    planned = []
+    for target in targets.values():
+        target.adapter = DryRunAdapter(target.adapter)
+        push_round(ledger, target, "dry-run", limit=10**9, lease=timedelta(seconds=1),
+                   max_attempts=settings.max_attempts, dry_run=True)
+        planned += target.adapter.planned
+    if as_json:
+        _print_json([{"crm": p.crm, "object": p.object, "action": p.action, "key": p.key, "values": p.values}
+                     for p in planned])
+        return
+    for p in planned:
+        click.echo(f"{p.crm} {p.object} {p.action} {p.key}:")
+        for name, value in p.values.items():
+            click.echo(f"    {name} = {value!r}")
+    click.echo(f"dry run: {len(planned)} records would be written; nothing was written")
 
 
 @cli.command()

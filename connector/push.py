@@ -18,7 +18,7 @@ from connector import retry
 from connector.logs import get_logger
 from connector.mapping import MappingFile, ObjectMap, field_values
 from state.ledger import Ledger
-from state.outbox import OpOutcome, land_outcomes, push_inputs
+from state.outbox import OpOutcome, land_outcomes, preview_pushes, push_inputs
 
 log = get_logger("refsync.push")
 T = TypeVar("T")
@@ -224,13 +224,19 @@ def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_att
 
 
 def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lease: timedelta,
-               max_attempts: int) -> PushCounts:
-    """Claim up to ``limit`` due push ops for one CRM and push them; returns what happened."""
+               max_attempts: int, dry_run: bool = False) -> PushCounts:
+    """Claim up to ``limit`` due push ops for one CRM and push them; returns what happened.
+
+    ``dry_run``: look at the ops that are due without claiming them and land nothing (the target's
+    adapter is then a :class:`connector.dryrun.DryRunAdapter`, which sends no write)."""
     counts = PushCounts()
     now = ledger.clock()
     if target.paused_until and now < target.paused_until:
         return counts
-    ops = [op for op in ledger.claim_ops(owner, target.name, limit, lease) if op["kind"] == "push"]
+    if dry_run:
+        ops = preview_pushes(ledger, target.name, limit)
+    else:
+        ops = [op for op in ledger.claim_ops(owner, target.name, limit, lease) if op["kind"] == "push"]
     if not ops:
         return counts
     inputs = push_inputs(ledger, [op["referral_id"] for op in ops], target.name)
@@ -259,11 +265,13 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
         for work in works:
             if work.outcome.state == "done" and not work.outcome.links:
                 work.outcome.state, work.outcome.next_attempt_at = "released", now + timedelta(minutes=5)
-        land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
+        if not dry_run:
+            land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
         raise exc
     for work in works:
         work.outcome.unchanged = work.outcome.state == "done" and not work.outcome.written
-    land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
+    if not dry_run:
+        land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
     counts.calls = target.adapter.budget().total_calls - before
     for work in works:
         outcome = work.outcome

@@ -44,6 +44,22 @@ def enqueue_pushes(ledger: Ledger, crm: str) -> int:
         return int(getattr(txn.session.execute(statement), "rowcount", 0) or 0)
 
 
+def preview_pushes(ledger: Ledger, crm: str, limit: int) -> list[dict[str, Any]]:
+    """Read-only stand-ins for the push ops a cycle would claim now (for dry runs)."""
+    now = ledger.clock()
+    with ledger.transaction() as txn:
+        due = txn.session.scalars(select(SyncOp.referral_id).where(
+            SyncOp.crm == crm, SyncOp.kind == "push", SyncOp.state.in_(("pending", "failed")),
+            SyncOp.next_attempt_at <= now).limit(limit))
+        referral_ids = list(dict.fromkeys(r for r in due if r))
+        key = literal(f"push:{crm}:") + Referral.id + literal(":") + cast(Referral.revision, String)
+        unplanned = txn.session.scalars(select(Referral.id).where(
+            Referral.credited.is_(True), Referral.merged_into.is_(None), Referral.status.not_in(("declined",)),
+            ~exists().where(SyncOp.dedupe_key == key)).limit(max(limit - len(referral_ids), 0)))
+        referral_ids += [r for r in unplanned if r not in referral_ids]
+    return [{"id": 0, "kind": "push", "referral_id": r, "attempts": 0} for r in referral_ids]
+
+
 def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[str, dict[str, Any]]:
     """What the push needs of each referral: its attributes and its active links on ``crm``."""
     with ledger.transaction() as txn:
