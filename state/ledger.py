@@ -162,6 +162,14 @@ class Ledger:
         except OperationalError as exc:
             raise LedgerError(f"cannot read the ledger: {exc.orig}") from exc
 
+    def refresh_statistics(self) -> None:
+        """Let PostgreSQL's planner see a table that grew fast (a large import): with the stats of
+        an empty table it scans instead of using the indexes."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    "ANALYZE referrals, audit_events, status_transitions")
+
     def referrals(
         self, partner: str | None = None, status: str | None = None, since: datetime | None = None,
         limit: int | None = None,
