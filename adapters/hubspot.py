@@ -1,0 +1,551 @@
+"""The HubSpot adapter: the CrmAdapter contract over hubspot-api-client 12 (CRM v3, associations v4).
+
+Shapes of HubSpot's behaviour it copes with (crm-api/hubspot/README.md):
+- batch endpoints take 100 inputs; 207 carries per-record ``errors[]`` (ids in ``context``); an input
+  can be left out of ``results`` with no error (a merged-away id): that is MISSING, never success;
+  a unique-value collision answers one 409 for the whole batch: every record of it is CONFLICT and
+  the engine splits the batch;
+- merges mint a new id; ``hs_merged_object_ids`` on the survivor lists the old ones, and reading an
+  old id answers the survivor;
+- search is 200 a page, 10,000 results a query, about 5 requests a second, and eventually
+  consistent: changes read back with a look-back window and restart past the cap from the last
+  timestamp seen; deal stages are internal ids, resolved to labels through the pipelines API.
+
+The client is built once with its own retries off (the engine owns retries) and a timeout on every
+call; each generated package's ``ApiException`` is turned into :mod:`adapters.errors` in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import urllib3
+from hubspot import HubSpot
+from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsApiException
+from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
+from hubspot.crm.pipelines.exceptions import ApiException as PipelinesApiException
+from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
+
+from adapters.base import (
+    ApiBudget,
+    Change,
+    ChangeKind,
+    ChangeSet,
+    CrmRecord,
+    FieldSchema,
+    ObjectSchema,
+    RecordError,
+    RecordErrorKind,
+    RecordUpdate,
+    RecordUpsert,
+    Stage,
+    StageChange,
+    WriteResult,
+)
+from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
+
+API_EXCEPTIONS = (ObjectsApiException, PropertiesApiException, PipelinesApiException, AssociationsApiException)
+CRM = "hubspot"
+BATCH = 100
+HISTORY_BATCH = 50  # HubSpot halves batch reads that ask for property history
+SEARCH_PAGE = 200
+IN_VALUES = 100
+SEARCH_WINDOW = 1.1  # seconds: HubSpot counts searches per second; a margin for clock and latency
+POLICY_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
+CONFIG_CODES = {"PROPERTY_DOESNT_EXIST", "READ_ONLY_VALUE", "MISSING_SCOPES", "INVALID_PROPERTY"}
+ERROR_KINDS = {"LOCKED": RecordErrorKind.TRANSIENT, "OBJECT_NOT_FOUND": RecordErrorKind.DELETED,
+               "CONFLICT": RecordErrorKind.CONFLICT, "RATE_LIMITS": RecordErrorKind.TRANSIENT}
+EXTRA_FIELDS = ("hs_object_id", "hs_merged_object_ids", "hubspot_owner_id", "hs_updated_by_user_id")
+DEAL_FIELDS = ("dealstage", "pipeline", "amount", "closedate")
+
+
+def _body(exc: Any) -> dict[str, Any]:
+    try:
+        parsed = json.loads(exc.body) if getattr(exc, "body", None) else {}
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _seconds_to_utc_midnight(now: datetime | None = None) -> float:
+    now = now or datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max((midnight - now).total_seconds(), 1.0)
+
+
+def classify(exc: BaseException) -> CrmError:
+    """The one translation of client and transport failures into the engine's error classes."""
+    if not isinstance(exc, API_EXCEPTIONS):
+        return TransientError(f"HubSpot unreachable: {type(exc).__name__}: {exc}", crm=CRM)
+    status = int(getattr(exc, "status", 0) or 0)
+    body = _body(exc)
+    message = str(body.get("message") or getattr(exc, "reason", "") or f"HTTP {status}")
+    details = body.get("errors") or []
+    code = next((d.get("code") for d in details if isinstance(d, dict) and d.get("code")), None) \
+        or body.get("policyName") or body.get("category")
+    if status == 429:
+        headers = getattr(exc, "headers", None) or {}
+        retry_after: float | None = None
+        if headers.get("Retry-After"):
+            try:
+                retry_after = float(headers["Retry-After"])
+            except ValueError:
+                retry_after = None
+        policy = str(body.get("policyName") or "")
+        if retry_after is None:
+            retry_after = _seconds_to_utc_midnight() if policy == "DAILY" else POLICY_WAIT.get(policy, 10.0)
+        return RateLimited(message, crm=CRM, code=policy or "RATE_LIMIT", retry_after=retry_after)
+    if status == 0 or status >= 500:
+        return TransientError(message, crm=CRM, code=code)
+    if status == 401:
+        return AuthError(message, crm=CRM, code=code)
+    if status == 403:
+        if body.get("category") == "MISSING_SCOPES" or "scope" in message.lower():
+            return CrmConfigError(f"the private app lacks scopes: {message}", crm=CRM, code="MISSING_SCOPES")
+        return AuthError(message, crm=CRM, code=code)
+    return CrmConfigError(message, crm=CRM, code=code)
+
+
+def _value(value: Any) -> str:
+    """A field value as HubSpot's API takes it: strings; datetimes ISO with ms and Z; blank clears."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _moment(value: Any) -> datetime | None:
+    """A HubSpot timestamp (ISO 8601 or epoch ms) as an aware datetime."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value)
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _field_type(prop: Any) -> str:
+    name, kind, widget = prop.name, prop.type, prop.field_type
+    if name == "hs_object_id":
+        return "id"
+    if kind == "string":
+        if name == "email" or getattr(prop, "text_display_hint", None) == "email":
+            return "email"
+        return "text" if widget == "textarea" else "string"
+    if kind == "enumeration":
+        return "boolean" if widget == "booleancheckbox" else "enum"
+    return {"number": "number", "datetime": "datetime", "date": "date", "bool": "boolean"}.get(kind, "string")
+
+
+def _modified_field(object_name: str) -> str:
+    """HubSpot's search property for "last modified": contacts keep the legacy name."""
+    return "lastmodifieddate" if object_name == "contacts" else "hs_lastmodifieddate"
+
+
+class HubSpotAdapter:
+    """CrmAdapter for HubSpot; ``base_url`` is https://api.hubapi.com or the sandbox's."""
+
+    name = "hubspot"
+    max_batch = BATCH
+
+    def __init__(self, base_url: str, access_token: str, *, timeout: float = 30.0,
+                 lookback: timedelta = timedelta(minutes=2), search_cap: int = 10_000,
+                 search_per_second: float | None = 5.0) -> None:
+        self.timeout = timeout
+        self.lookback = lookback
+        self.search_cap = search_cap
+        self.search_per_second = search_per_second
+        # retries=False: urllib3 neither retries nor wraps; the engine decides about retries.
+        client = HubSpot(access_token=access_token, host=base_url.rstrip("/"), retry=False)
+        # Each property access builds a new ApiClient and pool: build each API object once.
+        objects = client.crm.objects
+        self._basic = objects.basic_api
+        self._batch = objects.batch_api
+        self._search_api = objects.search_api
+        self._properties = client.crm.properties.core_api
+        self._pipelines = client.crm.pipelines.pipelines_api
+        self._associations = client.crm.associations.v4.batch_api
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        self._daily: tuple[int, int] | None = None  # (limit, remaining) from the last answer
+        self._searches: deque[float] = deque()
+        self._stages: dict[str, list[Stage]] = {}
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _call(self, kind: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+        """One API call: counted, timed out, its rate-limit headers noted, its failure classified."""
+        with self._lock:
+            self._calls[kind] += 1
+        try:
+            data, status, headers = method(*args, _request_timeout=self.timeout, **kwargs)
+        except API_EXCEPTIONS as exc:
+            self._note(getattr(exc, "headers", None))
+            raise classify(exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise classify(exc) from exc
+        self._note(headers)
+        return data, status
+
+    def _note(self, headers: Any) -> None:
+        if not headers:
+            return
+        limit, remaining = headers.get("X-HubSpot-RateLimit-Daily"), headers.get("X-HubSpot-RateLimit-Daily-Remaining")
+        if limit and remaining and limit.isdigit() and remaining.isdigit():
+            with self._lock:
+                self._daily = (int(limit), int(remaining))
+
+    def _pace_search(self) -> None:
+        """Keep under HubSpot's per-second search limit (pacing, not retrying)."""
+        if not self.search_per_second:
+            return
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._searches and self._searches[0] <= now - SEARCH_WINDOW:
+                    self._searches.popleft()
+                if len(self._searches) < self.search_per_second:
+                    self._searches.append(now)
+                    return
+                time.sleep(self._searches[0] + SEARCH_WINDOW - now + 0.001)
+
+    def _search(self, object_name: str, body: dict[str, Any]) -> Any:
+        self._pace_search()
+        data, _status = self._call("search", self._search_api.do_search_with_http_info, object_name, body)
+        return data
+
+    def _record(self, object_name: str, obj: Any, fields: Sequence[str]) -> CrmRecord:
+        props = obj.properties or {}
+        values: dict[str, Any] = {name: props.get(name) for name in fields}
+        for name in EXTRA_FIELDS:
+            values.setdefault(name, props.get(name))
+        modified = _moment(props.get("hs_lastmodifieddate") or props.get("lastmodifieddate")) \
+            or _moment(getattr(obj, "updated_at", None))
+        return CrmRecord(object_name, str(obj.id), values, modified_at=modified,
+                         owner_id=props.get("hubspot_owner_id") or None,
+                         modified_by=props.get("hs_updated_by_user_id") or None)
+
+    @staticmethod
+    def _props(fields: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+        return list(dict.fromkeys([*fields, *EXTRA_FIELDS, "hs_lastmodifieddate", "lastmodifieddate", *extra]))
+
+    # -- schema ----------------------------------------------------------------------------------
+    def describe(self, object_name: str) -> ObjectSchema:
+        data, _status = self._call("properties", self._properties.get_all_with_http_info, object_name)
+        fields = {}
+        for prop in data.results or []:
+            meta = prop.modification_metadata
+            writable = not (meta.read_only_value if meta is not None else False) and not prop.calculated
+            unique = bool(prop.has_unique_value)
+            fields[prop.name] = FieldSchema(
+                name=prop.name, type=_field_type(prop), label=prop.label or "", updateable=writable,
+                createable=writable, unique=unique, external_id=unique and prop.name != "hs_object_id",
+                options=tuple(o.value for o in prop.options or []))
+        return ObjectSchema(object_name, fields)
+
+    def stages(self, object_name: str) -> list[Stage]:
+        if object_name not in self._stages:
+            data, _status = self._call("pipelines", self._pipelines.get_all_with_http_info, object_name)
+            found = []
+            for pipeline in data.results or []:
+                for stage in pipeline.stages or []:
+                    meta = stage.metadata or {}
+                    found.append(Stage(pipeline.label, stage.label, stage.id,
+                                       is_closed=str(meta.get("isClosed", "")).lower() == "true",
+                                       is_won=str(meta.get("probability")) in ("1.0", "1") or stage.id == "closedwon"))
+            self._stages[object_name] = found
+        return list(self._stages[object_name])
+
+    # -- find ------------------------------------------------------------------------------------
+    def find(self, object_name: str, match_field: str, values: Sequence[str],
+             fields: Sequence[str]) -> dict[str, list[CrmRecord]]:
+        fold = match_field == "email" or match_field.endswith("email")
+        wanted: dict[str, str] = {}
+        for value in values:
+            if value not in (None, ""):
+                wanted.setdefault(str(value).lower() if fold else str(value), str(value))
+        found: dict[str, list[CrmRecord]] = {}
+        props = self._props([*fields, match_field])
+        for chunk in _chunks(list(wanted), IN_VALUES):
+            filters = [{"propertyName": match_field, "operator": "IN", "values": list(chunk)}]
+            for obj in self._search_all(object_name, [filters], "hs_object_id", props):
+                raw = str((obj.properties or {}).get(match_field) or "")
+                original = wanted.get(raw.lower() if fold else raw)
+                if original is not None:
+                    found.setdefault(original, []).append(self._record(object_name, obj, fields))
+        return found
+
+    def _search_all(self, object_name: str, groups: list[list[dict[str, Any]]], sort: str,
+                    props: list[str]) -> Iterable[Any]:
+        """Every result of a search ordered by ``sort``; restarts by id past the result cap."""
+        after: str | None = None
+        last_id = 0
+        while True:
+            filter_groups = [{"filters": g + ([{"propertyName": "hs_object_id", "operator": "GT",
+                                                "value": str(last_id)}] if last_id else [])} for g in groups]
+            body: dict[str, Any] = {"filterGroups": filter_groups, "properties": props, "limit": SEARCH_PAGE,
+                                    "sorts": [{"propertyName": sort, "direction": "ASCENDING"}]}
+            if after:
+                body["after"] = after
+            page = self._search(object_name, body)
+            for obj in page.results or []:
+                last_id = max(last_id, int(obj.id))
+                yield obj
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if after is None:
+                return
+            if int(after) >= self.search_cap:
+                if sort != "hs_object_id":
+                    raise TransientError(f"search past {self.search_cap} results needs a restartable sort", crm=CRM)
+                after = None
+
+    # -- writes ----------------------------------------------------------------------------------
+    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert]) -> list[WriteResult]:
+        results: list[WriteResult] = []
+        for chunk in _chunks(list(records), BATCH):
+            inputs = [{"id": r.external_id, "idProperty": id_field,
+                       "properties": {**{k: _value(v) for k, v in r.values.items()}, id_field: r.external_id}}
+                      for r in chunk]
+            keys = [r.external_id for r in chunk]
+            answer = self._write("batch_upsert", self._batch.upsert_with_http_info, object_name, inputs, keys)
+            if isinstance(answer, list):
+                results += answer
+                continue
+            by_key = {str((o.properties or {}).get(id_field)): o for o in answer.results or []}
+            results += self._results(keys, by_key, self._errors(answer), created=lambda o: bool(o.new))
+        return results
+
+    def update(self, object_name: str, records: Sequence[RecordUpdate]) -> list[WriteResult]:
+        results: list[WriteResult] = []
+        for chunk in _chunks(list(records), BATCH):
+            inputs = [{"id": r.record_id, "properties": {k: _value(v) for k, v in r.values.items()}} for r in chunk]
+            keys = [r.record_id for r in chunk]
+            answer = self._write("batch_update", self._batch.update_with_http_info, object_name, inputs, keys)
+            if isinstance(answer, list):
+                results += answer
+                continue
+            by_key = {str(o.id): o for o in answer.results or []}
+            results += self._results(keys, by_key, self._errors(answer), created=lambda o: False)
+        return results
+
+    def _write(self, kind: str, method: Callable[..., Any], object_name: str, inputs: list[dict[str, Any]],
+               keys: list[str]) -> Any:
+        """One batch write; a whole-batch 409 (or a 400 on one record's value) becomes per-record results."""
+        try:
+            data, _status = self._call(kind, method, object_name, {"inputs": inputs})
+            return data
+        except CrmConfigError as exc:
+            cause = exc.__cause__
+            status = int(getattr(cause, "status", 0) or 0)
+            if status == 409:
+                error = RecordError(RecordErrorKind.CONFLICT, exc.code or "CONFLICT", exc.message)
+            elif status == 400 and exc.code not in CONFIG_CODES and "idProperty" not in exc.message \
+                    and "Too many inputs" not in exc.message:
+                # HubSpot rejects the whole batch for one bad value without saying which input:
+                # several records -> CONFLICT so the engine splits; one record -> rejected for good.
+                kind_ = RecordErrorKind.CONFLICT if len(keys) > 1 else RecordErrorKind.REJECTED
+                error = RecordError(kind_, exc.code or "VALIDATION_ERROR", exc.message)
+            else:
+                raise
+            return [WriteResult(key, False, error=error) for key in keys]
+
+    @staticmethod
+    def _errors(answer: Any) -> dict[str, RecordError]:
+        found: dict[str, RecordError] = {}
+        for err in getattr(answer, "errors", None) or []:
+            category = err.category or "ERROR"
+            kind = ERROR_KINDS.get(category, RecordErrorKind.REJECTED)
+            context = err.context or {}
+            for key in context.get("ids") or context.get("id") or []:
+                found[str(key)] = RecordError(kind, category, err.message or category)
+        return found
+
+    @staticmethod
+    def _results(keys: list[str], by_key: dict[str, Any], errors: dict[str, RecordError],
+                 created: Callable[[Any], bool]) -> list[WriteResult]:
+        out = []
+        for key in keys:
+            obj = by_key.get(key)
+            if obj is not None:
+                out.append(WriteResult(key, True, record_id=str(obj.id), created=created(obj)))
+            elif key in errors:
+                out.append(WriteResult(key, False, error=errors[key]))
+            else:
+                out.append(WriteResult(key, False, error=RecordError(
+                    RecordErrorKind.MISSING, "MISSING_FROM_RESULTS",
+                    "HubSpot answered without this record (merged away or not written)")))
+        return out
+
+    # -- reads -----------------------------------------------------------------------------------
+    def read(self, object_name: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, CrmRecord | None]:
+        out: dict[str, CrmRecord | None] = {}
+        props = self._props(fields)
+        for chunk in _chunks(list(dict.fromkeys(str(i) for i in ids)), BATCH):
+            data, _status = self._call("batch_read", self._batch.read_with_http_info, object_name,
+                                       {"inputs": [{"id": i} for i in chunk], "properties": props,
+                                        "propertiesWithHistory": []}, archived=False)
+            by_id = {str(o.id): o for o in data.results or []}
+            gone = self._errors(data)
+            for record_id in chunk:
+                if record_id in by_id:
+                    out[record_id] = self._record(object_name, by_id[record_id], fields)
+                elif record_id in gone:
+                    out[record_id] = None
+                else:  # left out without an error: merged away; the old id reads as the survivor
+                    out[record_id] = self._get(object_name, record_id, props, fields)
+        return out
+
+    def _get(self, object_name: str, record_id: str, props: list[str], fields: Sequence[str]) -> CrmRecord | None:
+        try:
+            data, _status = self._call("object_get", self._basic.get_by_id_with_http_info, object_name, record_id,
+                                       properties=props)
+        except CrmConfigError as exc:
+            if getattr(exc.__cause__, "status", None) == 404:
+                return None
+            raise
+        return self._record(object_name, data, fields)
+
+    # -- changes ---------------------------------------------------------------------------------
+    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
+        lower = (since if since.tzinfo else since.replace(tzinfo=UTC)) - self.lookback
+        extra = DEAL_FIELDS if object_name == "deals" else ()
+        props = self._props(fields, extra)
+        found = self._changed_since(object_name, _ms(lower), props)
+        records = sorted((self._record(object_name, o, [*fields, *extra]) for o in found.values()),
+                         key=lambda r: (r.modified_at or lower, int(r.id)))
+        if object_name == "deals" and records:
+            contacts = self._associated(object_name, "contacts", [r.id for r in records])
+            for rec in records:
+                rec.fields["associations.contacts"] = contacts.get(rec.id, [])
+        changes: list[Change] = []
+        for rec in records:
+            at = rec.modified_at or lower
+            changes.append(Change(ChangeKind.UPDATED, object_name, rec.id, at, record=rec))
+            for old in str(rec.fields.get("hs_merged_object_ids") or "").split(";"):
+                if old.strip() and old.strip() != rec.id:
+                    changes.append(Change(ChangeKind.MERGED, object_name, old.strip(), at, merged_into=rec.id))
+        changes += self._deleted(object_name, lower)
+        stage_changes = self._stage_history(object_name, [r.id for r in records], lower) \
+            if object_name == "deals" else []
+        moments = [c.at for c in changes] + [since if since.tzinfo else since.replace(tzinfo=UTC)]
+        return ChangeSet(changes, stage_changes, max(moments))
+
+    def _changed_since(self, object_name: str, lower_ms: int, props: list[str]) -> dict[str, Any]:
+        """Records modified at or after ``lower_ms``, ascending; past the cap, restart from the last
+        timestamp seen (records sharing it are read in full by id first, so none is lost)."""
+        modified = _modified_field(object_name)
+        seen: dict[str, Any] = {}
+        op, stamp = "GTE", lower_ms
+        while True:
+            after: str | None = None
+            last: Any = None
+            while True:
+                body: dict[str, Any] = {
+                    "filterGroups": [{"filters": [{"propertyName": modified, "operator": op, "value": str(stamp)}]}],
+                    "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
+                    "properties": props, "limit": SEARCH_PAGE}
+                if after:
+                    body["after"] = after
+                page = self._search(object_name, body)
+                for obj in page.results or []:
+                    seen[str(obj.id)] = obj
+                    last = obj
+                after = page.paging.next.after if page.paging and page.paging.next else None
+                if after is None:
+                    return seen
+                if int(after) >= self.search_cap:
+                    break
+            last_moment = _moment((last.properties or {}).get(modified)) if last is not None else None
+            if last_moment is None:
+                return seen
+            last_ms = _ms(last_moment)
+            ties = [{"propertyName": modified, "operator": "EQ", "value": str(last_ms)}]
+            for obj in self._search_all(object_name, [ties], "hs_object_id", props):
+                seen[str(obj.id)] = obj
+            op, stamp = "GT", last_ms
+
+    def _deleted(self, object_name: str, lower: datetime) -> list[Change]:
+        """Archived records (HubSpot keeps them 90 days) archived since ``lower``."""
+        out: list[Change] = []
+        after: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"archived": True, "limit": 100, "properties": ["hs_object_id"]}
+            if after:
+                kwargs["after"] = after
+            data, _status = self._call("object_list", self._basic.get_page_with_http_info, object_name, **kwargs)
+            for obj in data.results or []:
+                at = _moment(obj.archived_at) or _moment(obj.updated_at)
+                if at is not None and at >= lower:
+                    out.append(Change(ChangeKind.DELETED, object_name, str(obj.id), at))
+            after = data.paging.next.after if data.paging and data.paging.next else None
+            if after is None:
+                return out
+
+    def _associated(self, from_obj: str, to_obj: str, ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for chunk in _chunks(ids, BATCH):
+            data, _status = self._call("associations", self._associations.get_page_with_http_info, from_obj, to_obj,
+                                       {"inputs": [{"id": i} for i in chunk]})
+            for item in data.results or []:
+                out[str(item._from.id)] = [str(t.to_object_id) for t in item.to or []]
+        return out
+
+    def _stage_history(self, object_name: str, ids: list[str], lower: datetime) -> list[StageChange]:
+        labels = {s.internal_id: s.label for s in self.stages(object_name)}
+        out: list[StageChange] = []
+        for chunk in _chunks(ids, HISTORY_BATCH):
+            data, _status = self._call("batch_read", self._batch.read_with_http_info, object_name,
+                                       {"inputs": [{"id": i} for i in chunk], "properties": list(DEAL_FIELDS),
+                                        "propertiesWithHistory": ["dealstage"]}, archived=False)
+            for obj in data.results or []:
+                props = obj.properties or {}
+                try:
+                    amount = float(props["amount"]) if props.get("amount") else None
+                except ValueError:
+                    amount = None
+                # HubSpot lists history newest first; same-millisecond moves keep that order reversed
+                for entry in reversed((obj.properties_with_history or {}).get("dealstage") or []):
+                    at = _moment(entry.timestamp)
+                    if not entry.value or at is None or at < lower:
+                        continue
+                    who = entry.updated_by_user_id
+                    out.append(StageChange(str(obj.id), labels.get(entry.value, entry.value), at, amount=amount,
+                                           close_date=props.get("closedate") or None,
+                                           changed_by=str(who) if who is not None else entry.source_id))
+        return sorted(out, key=lambda s: s.at)  # stable: per-record order survives equal timestamps
+
+    # -- budget ----------------------------------------------------------------------------------
+    def budget(self) -> ApiBudget:
+        with self._lock:
+            calls = dict(self._calls)
+            daily = self._daily
+        if daily is None:
+            return ApiBudget(calls)
+        limit, remaining = daily
+        return ApiBudget(calls, used_today=max(limit - remaining, 0), limit_today=limit)
