@@ -1,53 +1,122 @@
-"""`refsync demo`: the whole story on a laptop, against an embedded SQLite ledger.
+"""`refsync demo`: the whole story on a laptop, against the sandbox CRMs and an embedded SQLite ledger.
 
-It writes its own config under ``.demo/`` (the ledger lives there too), imports the shipped sample
-referrals, and prints what the ledger now knows. It grows with the sync engine.
+1. start both CRM emulators and write a config for them under ``.demo/``;
+2. create the ledger and import the sample referrals (one prospect referred twice);
+3. push the attribution to Salesforce and HubSpot;
+4. let the sandbox play sales reps: an owner change that blanks the partner field, a lead
+   conversion, a merge of two referred leads, a HubSpot deal created for a referred contact, and
+   deals moving to won and lost;
+5. poll back, repair, and print the referrals' final statuses, their attribution, what refsync
+   repaired and the alerts it raised.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from connector.cli_support import run_cli
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "referrals.csv"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "referrals.csv"
+SESSION_VAR = "REFSYNC_DEMO_SF_SESSION"
+TOKEN_VAR = "REFSYNC_DEMO_HUBSPOT_TOKEN"
 
 
-def demo_config(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+def demo_config(directory: Path, salesforce_url: str, ca_file: str, hubspot_url: str) -> Path:
     config = directory / "refsync.toml"
     config.write_text(
-        "# Written by `refsync demo`.\n"
+        "# Written by `refsync demo`: the sandbox CRMs and an embedded SQLite ledger.\n"
         "[ledger]\n"
         'url = "sqlite:///refsync.db"\n'
         "[attribution]\n"
         'model = "first_touch"\n'
         'on_duplicate = "flag"\n'
+        "[crm.salesforce]\n"
+        f'instance_url = "{salesforce_url}"\n'
+        f'ca_bundle = "{ca_file}"\n'
+        f'session_id = "env:{SESSION_VAR}"\n'
+        f'mapping = "{ROOT / "mappings" / "salesforce.toml"}"\n'
+        "[crm.hubspot]\n"
+        f'base_url = "{hubspot_url}"\n'
+        f'access_token = "env:{TOKEN_VAR}"\n'
+        f'mapping = "{ROOT / "mappings" / "hubspot.toml"}"\n'
         "[logging]\n"
         'level = "warning"\n'
     )
     return config
 
 
+def _step(title: str, config: Path, *args: str, allowed: tuple[int, ...] = (0,)) -> None:
+    click.secho(f"\n== {title}: refsync {' '.join(args)}", bold=True)
+    code = run_cli(["--config", str(config), *args])
+    if code not in allowed:
+        raise click.ClickException(f"demo step `refsync {' '.join(args)}` failed with exit code {code}")
+
+
+def _links(config: Path) -> dict[str, dict[str, str]]:
+    """Referral external id -> {crm:object -> record id}, read from the ledger."""
+    from connector.config import load_config
+    from state.ledger import Ledger
+
+    ledger = Ledger.open(load_config(config).ledger_url())
+    found: dict[str, dict[str, str]] = {}
+    for referral in ledger.referrals():
+        found[referral["external_id"]] = {f"{lk['crm']}:{lk['object']}": lk["record_id"]
+                                          for lk in referral["links"] if lk["state"] == "active"}
+    ledger.close()
+    return found
+
+
 def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
+    from adapters.sandbox.run import start_sandbox
+
+    directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("refsync.db*"):
         stale.unlink()
-    config = demo_config(directory)
-    steps = [
-        ("Create the ledger", ["init"]),
-        ("Import the sample referrals (with a duplicate prospect)", ["import", str(sample)]),
-        ("Import them again: nothing changes", ["import", str(sample)]),
-        ("Referrals and their attribution", ["referrals", "list"]),
-        ("Partners", ["partners", "list"]),
-    ]
-    for title, args in steps:
-        click.secho(f"\n== {title}: refsync {' '.join(args)}", bold=True)
-        code = run_cli(["--config", str(config), *args])
-        if code not in (0,):
-            click.echo(f"demo step failed with exit code {code}", err=True)
-            return code
-    click.secho(f"\nDone. The demo ledger is {directory / 'refsync.db'}; explore it with "
-                f"`refsync --config {config} referrals list --json`.", bold=True)
-    return 0
+    sandbox = start_sandbox(directory / "sandbox", seed=7)
+    try:
+        os.environ[SESSION_VAR] = sandbox.salesforce.session_id
+        os.environ[TOKEN_VAR] = sandbox.hubspot.access_token
+        config = demo_config(directory, sandbox.salesforce.base_url, str(sandbox.salesforce.ca_path),
+                             sandbox.hubspot.base_url)
+        click.secho(f"Sandbox CRMs: Salesforce {sandbox.salesforce.base_url}, HubSpot {sandbox.hubspot.base_url}",
+                    bold=True)
+        _step("Create the ledger", config, "init")
+        _step("Import the sample referrals (one prospect is referred twice)", config, "import", str(sample))
+        _step("Check the mapping files against the sandbox schemas", config, "mappings", "check")
+        _step("Push the attribution to both CRMs", config, "sync", "--once")
+
+        links = _links(config)
+        sf, hs = sandbox.salesforce, sandbox.hubspot
+        click.secho("\n== The sandbox plays sales reps", bold=True)
+        dana_lead = links["portal-1001"]["salesforce:Lead"]
+        sf.change_owner("Lead", dana_lead, "005000000000REP")
+        sf.set_field("Lead", dana_lead, "Referral_Partner__c", None, by="005000000000REP")
+        click.echo(f"- a rep took over Dana's lead {dana_lead} and blanked its Referral_Partner__c")
+        converted = sf.convert_lead(links["portal-1002"]["salesforce:Lead"], "Contoso expansion")
+        click.echo(f"- Sam's lead was converted: opportunity {converted['opportunity']} (custom fields not copied)")
+        survivor = links["portal-1007"]["salesforce:Lead"]
+        sf.merge("Lead", survivor, links["portal-1005"]["salesforce:Lead"])
+        click.echo(f"- two referred Tailspin leads were merged into {survivor} (the later referral's record)")
+        deal = hs.convert_lead(links["portal-1006"]["hubspot:contacts"])
+        click.echo(f"- sales created HubSpot deal {deal['deal']} for Ana's contact")
+        sync_step = ("Poll back: stages, conversions, merges, repairs", config, "sync", "--once")
+        _step(*sync_step)
+        sf.move_stage(converted["opportunity"], "Negotiation/Review", amount=48000)
+        sf.move_stage(converted["opportunity"], "Closed Won", amount=52000, close_date="2026-11-20")
+        hs.move_stage(deal["deal"], "Closed Lost")
+        click.echo("\n- Sam's opportunity moved to Negotiation/Review, then Closed Won (52,000)")
+        click.echo("- Ana's HubSpot deal moved to Closed Lost")
+        _step("Poll back the deal stages", config, "sync", "--once")
+        _step("The referrals: final statuses and attribution", config, "referrals", "list")
+        _step("What refsync saw and repaired (alerts)", config, "alerts", allowed=(0, 1))
+        record = sf.get_record("Lead", dana_lead) or {}
+        click.echo(f"\nDana's lead {dana_lead} carries Referral_Partner__c = {record.get('Referral_Partner__c')!r} "
+                   "again, restored by refsync.")
+        click.secho(f"\nDone. Explore the ledger with `refsync --config {config} referrals show ID`.", bold=True)
+        return 0
+    finally:
+        sandbox.stop()

@@ -1,0 +1,501 @@
+"""The Salesforce adapter: :class:`adapters.base.CrmAdapter` over simple-salesforce and the REST API.
+
+How it talks to Salesforce, and why:
+- Every HTTP request goes through :class:`PinnedSession`, which passes ``verify=ca_bundle`` and a
+  timeout on each request: ``requests`` lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override a
+  session-level ``verify``, and simple-salesforce sets no timeout at all.
+- simple-salesforce is always built with a session id (never with credentials), so its own 401
+  re-login (which drops our headers and can recurse) never runs; this adapter re-authenticates once
+  itself (username/password/token through ``SalesforceLogin``, or OAuth client credentials) and
+  otherwise raises :class:`AuthError`.
+- Writes use sObject Collections (200 records a call) with ``allOrNone: false`` and
+  ``Sforce-Auto-Assign: FALSE``, so a write never runs lead assignment rules and steals the owner.
+- SOQL is only built with ``simple_salesforce.format_soql`` (values quoted and escaped); field and
+  object names are checked to be plain API names before they are spliced in.
+- Every exception and error body is classified in one place, :func:`classify_error` (whole call)
+  and :func:`record_error_kind` (per record).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import requests
+from simple_salesforce import Salesforce, SalesforceLogin, format_soql
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceError,
+    SalesforceExpiredSession,
+)
+
+from adapters.base import (
+    ApiBudget,
+    Change,
+    ChangeKind,
+    ChangeSet,
+    CrmRecord,
+    FieldSchema,
+    ObjectSchema,
+    RecordError,
+    RecordErrorKind,
+    RecordUpdate,
+    RecordUpsert,
+    Stage,
+    StageChange,
+    WriteResult,
+)
+from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
+
+T = TypeVar("T")
+CRM = "salesforce"
+WRITE_HEADERS = {"Sforce-Auto-Assign": "FALSE"}
+MAX_SOQL_URL = 12_000  # characters of URL-encoded SOQL per GET; Salesforce refuses URIs over 16,384
+MERGEABLE = {"Lead", "Contact", "Account"}
+OWNED = {"Lead", "Contact", "Account", "Opportunity", "Case"}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_CONVERTED = {"account": "ConvertedAccountId", "contact": "ConvertedContactId",
+              "opportunity": "ConvertedOpportunityId"}
+_TYPES = {"string": "string", "textarea": "text", "email": "email", "phone": "string", "url": "string",
+          "date": "date", "datetime": "datetime", "double": "number", "currency": "number", "percent": "number",
+          "int": "number", "long": "number", "boolean": "boolean", "picklist": "enum", "multipicklist": "enum",
+          "combobox": "enum", "id": "id", "reference": "reference"}
+# Retry hints for REQUEST_LIMIT_EXCEEDED, which Salesforce sends without Retry-After: the daily
+# allocation is a rolling 24 h window (wait long), concurrency limits clear within seconds.
+DAILY_LIMIT_RETRY_AFTER = 3600.0
+CONCURRENT_LIMIT_RETRY_AFTER = 20.0
+
+_RECORD_KINDS = {
+    "UNABLE_TO_LOCK_ROW": RecordErrorKind.TRANSIENT,
+    "ALL_OR_NONE_OPERATION_ROLLED_BACK": RecordErrorKind.TRANSIENT,
+    "CANNOT_UPDATE_CONVERTED_LEAD": RecordErrorKind.CONVERTED,
+    "ENTITY_IS_DELETED": RecordErrorKind.DELETED,
+    "NOT_FOUND": RecordErrorKind.DELETED,
+    "INVALID_FIELD_FOR_INSERT_UPDATE": RecordErrorKind.CONFIG,
+    "DUPLICATE_VALUE": RecordErrorKind.CONFLICT,
+    "DUPLICATE_EXTERNAL_ID": RecordErrorKind.CONFLICT,
+}
+
+
+# ---- classification: the one place that decides what an error means ------------------------------
+def record_error_kind(code: str) -> RecordErrorKind:
+    """How the engine must treat one record's failure with Salesforce ``statusCode`` ``code``."""
+    if code in _RECORD_KINDS:
+        return _RECORD_KINDS[code]
+    if code.startswith("INVALID_FIELD"):
+        return RecordErrorKind.CONFIG
+    return RecordErrorKind.REJECTED
+
+
+def _first_error(content: Any) -> tuple[str | None, str]:
+    """(errorCode, message) of a Salesforce error body (a list of ``{message, errorCode}``)."""
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return content[0].get("errorCode"), str(content[0].get("message", ""))
+    if isinstance(content, dict):
+        return content.get("errorCode") or content.get("error"), str(
+            content.get("message") or content.get("error_description") or "")
+    return None, str(content)[:500]
+
+
+def classify_error(exc: BaseException) -> CrmError:
+    """The :mod:`adapters.errors` class for a failed call (the caller raises it ``from exc``)."""
+    if isinstance(exc, CrmError):
+        return exc
+    if isinstance(exc, SalesforceAuthenticationFailed):
+        return AuthError(f"Salesforce login failed: {exc.code}: {exc.message}", crm=CRM, code=str(exc.code))
+    if isinstance(exc, SalesforceError):
+        code, message = _first_error(exc.content)
+        status = exc.status
+        text = f"Salesforce answered {status} {code or ''}: {message}".strip()
+        if status == 401:
+            return AuthError(text, crm=CRM, code=code or "INVALID_SESSION_ID")
+        if code == "REQUEST_LIMIT_EXCEEDED":
+            wait = CONCURRENT_LIMIT_RETRY_AFTER if "Concurrent" in message else DAILY_LIMIT_RETRY_AFTER
+            return RateLimited(text, crm=CRM, code=code, retry_after=wait)
+        if status >= 500 or code in ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"):
+            return TransientError(text, crm=CRM, code=code)
+        return CrmConfigError(text, crm=CRM, code=code)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return CrmConfigError(f"TLS verification of the Salesforce host failed (check ca_bundle): {exc}", crm=CRM,
+                              code="TLS")
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        return CrmConfigError(f"bad Salesforce URL: {exc}", crm=CRM)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return TransientError(f"Salesforce unreachable: {type(exc).__name__}: {exc}", crm=CRM)
+    if isinstance(exc, ValueError):  # a 2xx answer that is not JSON
+        return TransientError(f"Salesforce sent an unreadable answer: {exc}", crm=CRM)
+    raise TypeError(f"unclassified error {type(exc).__name__}") from exc
+
+
+# ---- HTTP session ---------------------------------------------------------------------------
+class PinnedSession(requests.Session):
+    """A session whose CA bundle and timeout apply to every request, whatever the environment says."""
+
+    def __init__(self, ca_bundle: str | None, timeout: tuple[float, float]) -> None:
+        super().__init__()
+        self.pinned_verify: str | bool = ca_bundle if ca_bundle else True
+        self.verify = self.pinned_verify
+        self.timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["verify"] = self.pinned_verify
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def _api_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise CrmConfigError(f"not a Salesforce API name: {name!r}", crm=CRM)
+    return name
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def parse_sf_datetime(text: str | None) -> datetime | None:
+    """``2026-11-24T20:15:50.000+0000`` (or ISO) as an aware UTC datetime."""
+    if not text:
+        return None
+    value = str(text).replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", value):
+        value = value[:-2] + ":" + value[-2:]
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class SalesforceAdapter:
+    """CrmAdapter for Salesforce (REST API through simple-salesforce)."""
+
+    name = "salesforce"
+    max_batch = 200
+    query_batch_size = 2000  # records per query page asked of Salesforce (it may send fewer)
+
+    def __init__(self, instance_url: str, *, session_id: str | None = None, username: str | None = None,
+                 password: str | None = None, security_token: str | None = None, domain: str | None = None,
+                 client_id: str | None = None, client_secret: str | None = None, ca_bundle: str | None = None,
+                 api_version: str = "59.0", timeout: tuple[float, float] = (5.0, 60.0)) -> None:
+        self.instance_url = instance_url.rstrip("/")
+        self.api_version = api_version.lstrip("v")
+        self._session_id = session_id
+        self._password_login = bool(username and password is not None)
+        self._client_login = bool(client_id and client_secret)
+        if not (session_id or self._password_login or self._client_login):
+            raise CrmConfigError("Salesforce needs a session_id, username/password/security_token or "
+                                 "client_id/client_secret", crm=CRM)
+        self._creds = {"username": username, "password": password, "security_token": security_token,
+                       "domain": domain, "client_id": client_id, "client_secret": client_secret}
+        self.http = PinnedSession(ca_bundle, timeout)
+        self._sf: Salesforce | None = None
+        self._calls: Counter[str] = Counter()
+        self._usage: tuple[int, int] | None = None
+        self._lock = threading.RLock()
+
+    # ---- sessions --------------------------------------------------------------------------------
+    def _can_reauthenticate(self) -> bool:
+        return self._password_login or self._client_login
+
+    def _login(self) -> tuple[str, str]:
+        """A fresh (session id, instance URL) from the configured credentials."""
+        creds = self._creds
+        domain = creds["domain"]
+        if self._password_login:
+            scratch = domain if domain and domain.startswith("https://") else None
+            session_id, instance = SalesforceLogin(
+                username=creds["username"], password=creds["password"], security_token=creds["security_token"],
+                domain=None if scratch else domain, scratch_url=scratch, session=self.http,
+                sf_version=self.api_version)
+            return session_id, f"https://{instance}"
+        token_base = domain if domain and domain.startswith("https://") else (
+            f"https://{domain}.my.salesforce.com" if domain else self.instance_url)
+        response = self.http.post(f"{token_base.rstrip('/')}/services/oauth2/token",
+                                  data={"grant_type": "client_credentials", "client_id": creds["client_id"],
+                                        "client_secret": creds["client_secret"]})
+        if response.status_code != 200:
+            code, message = _first_error(response.json() if response.content else {})
+            raise AuthError(f"Salesforce OAuth client credentials refused: {code}: {message}", crm=CRM, code=code)
+        answer = response.json()
+        return str(answer["access_token"]), str(answer.get("instance_url") or self.instance_url)
+
+    def _client(self) -> Salesforce:
+        with self._lock:
+            if self._sf is None:
+                if self._session_id:
+                    session_id, instance = self._session_id, self.instance_url
+                else:
+                    session_id, instance = self._login()
+                    self._session_id = session_id
+                self._sf = Salesforce(session_id=session_id, instance_url=instance, version=self.api_version,
+                                      session=self.http)
+            return self._sf
+
+    def _call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
+        """One API call: counted, classified, re-authenticated once on an expired session."""
+        for attempt in (0, 1):
+            try:
+                sf = self._client()
+                self._calls[kind] += 1
+                result = fn(sf)
+            except SalesforceExpiredSession as exc:
+                if attempt == 0 and self._can_reauthenticate():
+                    with self._lock:
+                        self._sf, self._session_id = None, None
+                    continue
+                raise classify_error(exc) from exc
+            except (SalesforceError, requests.exceptions.RequestException, ValueError) as exc:
+                raise classify_error(exc) from exc
+            usage = sf.api_usage.get("api-usage")
+            if usage is not None:
+                self._usage = (int(usage.used), int(usage.total))
+            return result
+        raise AssertionError("unreachable")
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def describe(self, object_name: str) -> ObjectSchema:
+        obj = _api_name(object_name)
+        body = self._call("describe", lambda sf: sf.restful(f"sobjects/{obj}/describe"))
+        fields: dict[str, FieldSchema] = {}
+        for raw in (body or {}).get("fields", []):
+            kind = _TYPES.get(str(raw.get("type")), str(raw.get("type")))
+            fields[raw["name"]] = FieldSchema(
+                name=raw["name"], type=kind, label=raw.get("label", ""),
+                length=raw.get("length") or None if kind in ("string", "text", "email", "enum") else None,
+                updateable=bool(raw.get("updateable")), createable=bool(raw.get("createable")),
+                unique=bool(raw.get("unique")), external_id=bool(raw.get("externalId")),
+                options=tuple(p["value"] for p in raw.get("picklistValues") or [] if p.get("active", True)))
+        return ObjectSchema(name=str((body or {}).get("name", obj)), fields=fields)
+
+    def _query_pages(self, soql: str, *, include_deleted: bool) -> Iterator[dict[str, Any]]:
+        """Every record of a SOQL query, page by page through ``nextRecordsUrl``."""
+        headers = {"Sforce-Query-Options": f"batchSize={self.query_batch_size}"}
+        page = self._call("query", lambda sf: sf.query(soql, include_deleted=include_deleted, headers=headers))
+        while True:
+            yield from page.get("records", [])
+            if page.get("done", True) or not page.get("nextRecordsUrl"):
+                return
+            next_url = page["nextRecordsUrl"]
+            page = self._call("query", lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True,
+                                                                              headers=headers))
+
+    @staticmethod
+    def _chunks(prefix_len: int, values: Sequence[str]) -> Iterator[list[str]]:
+        """Split values for ``IN (...)`` so that each URL-encoded SOQL stays under MAX_SOQL_URL."""
+        chunk: list[str] = []
+        size = prefix_len
+        for value in values:
+            cost = len(quote(format_soql("{}", value), safe="")) + 3
+            if chunk and size + cost > MAX_SOQL_URL:
+                yield chunk
+                chunk, size = [], prefix_len
+            chunk.append(value)
+            size += cost
+        if chunk:
+            yield chunk
+
+    @staticmethod
+    def _base_fields(obj: str) -> list[str]:
+        fields = ["Id", "SystemModstamp", "LastModifiedById"]
+        if obj in OWNED:
+            fields.append("OwnerId")
+        return fields
+
+    def _record(self, obj: str, raw: dict[str, Any]) -> CrmRecord:
+        fields = {k: v for k, v in raw.items() if k != "attributes"}
+        return CrmRecord(object=obj, id=str(raw["Id"]), fields=fields,
+                         modified_at=parse_sf_datetime(raw.get("SystemModstamp")),
+                         owner_id=raw.get("OwnerId"), modified_by=raw.get("LastModifiedById"))
+
+    def find(self, object_name: str, match_field: str, values: Sequence[str],
+             fields: Sequence[str]) -> dict[str, list[CrmRecord]]:
+        obj, key = _api_name(object_name), _api_name(match_field)
+        select = list(dict.fromkeys([*self._base_fields(obj), key, *(_api_name(f) for f in fields)]))
+        wanted: dict[str, list[str]] = {}
+        for value in values:
+            if value not in (None, ""):
+                wanted.setdefault(str(value).casefold(), []).append(str(value))
+        prefix = format_soql("SELECT {:literal} FROM {:literal} WHERE {:literal} IN ()", ", ".join(select), obj, key)
+        found: dict[str, list[CrmRecord]] = {}
+        for chunk in self._chunks(len(quote(prefix, safe="")), list(dict.fromkeys(v for vs in wanted.values()
+                                                                                for v in vs))):
+            soql = format_soql("SELECT {:literal} FROM {:literal} WHERE {:literal} IN {}", ", ".join(select), obj,
+                               key, chunk)
+            for raw in self._query_pages(soql, include_deleted=False):
+                record = self._record(obj, raw)
+                for original in wanted.get(str(raw.get(key) or "").casefold(), []):
+                    if all(r.id != record.id for r in found.get(original, [])):
+                        found.setdefault(original, []).append(record)
+        return found
+
+    def _fetch_by_ids(self, obj: str, ids: Sequence[str], select: list[str]) -> dict[str, dict[str, Any]]:
+        prefix = format_soql("SELECT {:literal} FROM {:literal} WHERE Id IN ()", ", ".join(select), obj)
+        rows: dict[str, dict[str, Any]] = {}
+        for chunk in self._chunks(len(quote(prefix, safe="")), list(dict.fromkeys(ids))):
+            soql = format_soql("SELECT {:literal} FROM {:literal} WHERE Id IN {}", ", ".join(select), obj, chunk)
+            for raw in self._query_pages(soql, include_deleted=True):
+                rows[str(raw["Id"])] = raw
+                rows[str(raw["Id"])[:15]] = raw
+        return rows
+
+    def read(self, object_name: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, CrmRecord | None]:
+        obj = _api_name(object_name)
+        merge_field = ["MasterRecordId"] if obj in MERGEABLE else []
+        select = list(dict.fromkeys([*self._base_fields(obj), "IsDeleted", *merge_field,
+                                     *(_api_name(f) for f in fields)]))
+        wanted = [str(i) for i in ids if i]
+        rows = self._fetch_by_ids(obj, wanted, select) if wanted else {}
+        # Follow merges (a survivor can itself have been merged away since): at most a few hops.
+        for _hop in range(5):
+            pending = {str(r["MasterRecordId"]) for r in rows.values()
+                       if r.get("IsDeleted") and r.get("MasterRecordId") and str(r["MasterRecordId"]) not in rows}
+            if not pending:
+                break
+            rows.update(self._fetch_by_ids(obj, sorted(pending), select))
+        out: dict[str, CrmRecord | None] = {}
+        for record_id in ids:
+            raw = rows.get(str(record_id)) or rows.get(str(record_id)[:15])
+            seen: set[str] = set()
+            while raw is not None and raw.get("IsDeleted") and raw.get("MasterRecordId") and raw["Id"] not in seen:
+                seen.add(raw["Id"])
+                raw = rows.get(str(raw["MasterRecordId"]))
+            out[record_id] = None if raw is None or raw.get("IsDeleted") else self._record(obj, raw)
+        return out
+
+    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
+        obj = _api_name(object_name)
+        since = _aware(since)
+        extra = ["IsDeleted", *(["MasterRecordId"] if obj in MERGEABLE else [])]
+        if obj == "Lead":
+            extra += ["IsConverted", *_CONVERTED.values()]
+        select = list(dict.fromkeys([*self._base_fields(obj), *extra, *(_api_name(f) for f in fields)]))
+        soql = format_soql("SELECT {:literal} FROM {:literal} WHERE SystemModstamp > {} ORDER BY SystemModstamp ASC",
+                           ", ".join(select), obj, since)
+        cursor = since
+        changes: list[Change] = []
+        for raw in self._query_pages(soql, include_deleted=True):
+            at = parse_sf_datetime(raw.get("SystemModstamp")) or since
+            if at <= since:  # format_soql drops milliseconds: skip what the cursor already covers
+                continue
+            cursor = max(cursor, at)
+            changes.append(self._change(obj, raw, at))
+        stage_changes: list[StageChange] = []
+        if obj == "Opportunity":
+            stage_changes, cursor = self._stage_history(since, cursor)
+        return ChangeSet(changes=changes, stage_changes=stage_changes, cursor=cursor)
+
+    def _change(self, obj: str, raw: dict[str, Any], at: datetime) -> Change:
+        record_id = str(raw["Id"])
+        if raw.get("IsDeleted"):
+            if raw.get("MasterRecordId"):
+                return Change(ChangeKind.MERGED, obj, record_id, at, merged_into=str(raw["MasterRecordId"]))
+            return Change(ChangeKind.DELETED, obj, record_id, at)
+        record = self._record(obj, raw)
+        if obj == "Lead" and raw.get("IsConverted"):
+            converted = {role: str(raw[f]) for role, f in _CONVERTED.items() if raw.get(f)}
+            return Change(ChangeKind.CONVERTED, obj, record_id, at, record=record, converted_to=converted)
+        return Change(ChangeKind.UPDATED, obj, record_id, at, record=record)
+
+    def _stage_history(self, since: datetime, cursor: datetime) -> tuple[list[StageChange], datetime]:
+        soql = format_soql("SELECT OpportunityId, StageName, Amount, CloseDate, CreatedDate, CreatedById "
+                           "FROM OpportunityHistory WHERE CreatedDate > {} ORDER BY CreatedDate ASC", since)
+        rows: list[StageChange] = []
+        for raw in self._query_pages(soql, include_deleted=False):
+            at = parse_sf_datetime(raw.get("CreatedDate")) or since
+            if at <= since:
+                continue
+            cursor = max(cursor, at)
+            amount = raw.get("Amount")
+            rows.append(StageChange(record_id=str(raw["OpportunityId"]), stage=str(raw.get("StageName") or ""),
+                                    at=at, amount=float(amount) if amount is not None else None,
+                                    close_date=raw.get("CloseDate"), changed_by=raw.get("CreatedById")))
+        return rows, cursor
+
+    def stages(self, object_name: str) -> list[Stage]:
+        obj = _api_name(object_name)
+        if obj == "Opportunity":
+            try:
+                rows = list(self._query_pages("SELECT MasterLabel, ApiName, IsClosed, IsWon, SortOrder FROM "
+                                              "OpportunityStage WHERE IsActive = true ORDER BY SortOrder ASC",
+                                              include_deleted=False))
+                return [Stage("default", str(r["MasterLabel"]), str(r.get("ApiName") or r["MasterLabel"]),
+                              bool(r.get("IsClosed")), bool(r.get("IsWon"))) for r in rows]
+            except CrmConfigError:
+                pass  # no access to OpportunityStage: fall back to the picklist (closed/won guessed from labels)
+        field = "StageName" if obj == "Opportunity" else "Status"
+        schema = self.describe(obj).fields.get(field)
+        labels = schema.options if schema else ()
+        return [Stage("default", label, label, label.lower().startswith("closed") or "lost" in label.lower(),
+                      "won" in label.lower() or label == "Closed - Converted") for label in labels]
+
+    def budget(self) -> ApiBudget:
+        used, limit = self._usage if self._usage else (None, None)
+        return ApiBudget(calls=dict(self._calls), used_today=used, limit_today=limit)
+
+    # ---- writes ----------------------------------------------------------------------------------
+    def _write(self, kind: str, path: str, payload: list[dict[str, Any]], keys: list[str]) -> list[WriteResult]:
+        results: list[WriteResult] = []
+        for start in range(0, len(payload), self.max_batch):
+            chunk = payload[start:start + self.max_batch]
+            chunk_keys = keys[start:start + self.max_batch]
+            body = {"allOrNone": False, "records": chunk}
+            answer = self._call(kind, lambda sf, b=body: sf.restful(path, method="PATCH", json=b,
+                                                                     headers=WRITE_HEADERS))
+            results += self._results(answer, chunk_keys)
+        return results
+
+    @staticmethod
+    def _results(answer: Any, keys: list[str]) -> list[WriteResult]:
+        """One WriteResult per key; answers Salesforce left out are MISSING, never success."""
+        items = answer if isinstance(answer, list) else []
+        out: list[WriteResult] = []
+        for index, key in enumerate(keys):
+            item = items[index] if index < len(items) and isinstance(items[index], dict) else None
+            if item is None:
+                out.append(WriteResult(key, False, error=RecordError(
+                    RecordErrorKind.MISSING, "MISSING_RESULT",
+                    f"Salesforce returned {len(items)} results for {len(keys)} records")))
+            elif item.get("success"):
+                out.append(WriteResult(key, True, record_id=item.get("id"), created=bool(item.get("created"))))
+            else:
+                errors = item.get("errors") or [{"statusCode": "UNKNOWN", "message": "failed without an error"}]
+                first = errors[0]
+                code = str(first.get("statusCode") or first.get("errorCode") or "UNKNOWN")
+                message = "; ".join(str(e.get("message", "")) for e in errors)
+                out.append(WriteResult(key, False, record_id=item.get("id"), error=RecordError(
+                    record_error_kind(code), code, message, tuple(first.get("fields") or ()))))
+        return out
+
+    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert]) -> list[WriteResult]:
+        obj, ext = _api_name(object_name), _api_name(id_field)
+        payload = [{"attributes": {"type": obj}, **{k: _json_value(v) for k, v in r.values.items()},
+                    ext: r.external_id} for r in records]
+        return self._write("composite_upsert", f"composite/sobjects/{obj}/{ext}", payload,
+                           [r.external_id for r in records])
+
+    def update(self, object_name: str, records: Sequence[RecordUpdate]) -> list[WriteResult]:
+        obj = _api_name(object_name)
+        payload = [{"attributes": {"type": obj}, **{k: _json_value(v) for k, v in r.values.items() if k != "Id"},
+                    "id": r.record_id} for r in records]
+        return self._write("composite_update", "composite/sobjects", payload, [r.record_id for r in records])
+
+
+def host_of(url: str) -> str:
+    """host[:port] of an instance URL (what simple-salesforce keeps of it)."""
+    parts = urlsplit(url)
+    return parts.netloc or url

@@ -1,0 +1,196 @@
+"""The sync engine end to end: the real adapters over real HTTP against the sandbox emulators,
+with a real ledger (SQLite and PostgreSQL). What a partner manager would notice: attribution lands
+on the CRM, stays there through owner changes, conversions and merges, and stages come back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from adapters.hubspot import HubSpotAdapter
+from adapters.salesforce import SalesforceAdapter
+from adapters.sandbox.run import RunningSandbox, start_sandbox
+from connector.attribution import Policy
+from connector.crms import build_targets
+from connector.imports import import_file
+from connector.push import CrmTarget
+from connector.sync import CycleSettings, run_cycle
+from state.ledger import Ledger
+from state.observe import alerts
+
+HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
+SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
+    running = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def crms(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
+    sandbox.salesforce.reset()
+    sandbox.hubspot.reset()
+    from connector.config import load_config
+
+    monkeypatch.setenv("T_SF_SESSION", sandbox.salesforce.session_id)
+    monkeypatch.setenv("T_HS_TOKEN", sandbox.hubspot.access_token)
+    config = tmp_path / "refsync.toml"
+    config.write_text(
+        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\nca_bundle = "{sandbox.salesforce.ca_path}"\n'
+        f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
+        f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:T_HS_TOKEN"\n'
+        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
+    targets, problems = build_targets(load_config(config))
+    assert problems == []
+    assert isinstance(targets["salesforce"].adapter, SalesforceAdapter)
+    assert isinstance(targets["hubspot"].adapter, HubSpotAdapter)
+    return targets
+
+
+def _import(ledger: Ledger, tmp_path: Path, rows: list[str]) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    report = import_file(ledger, path, Policy("first_touch", "flag", 365, "e2e"), datetime.now(UTC))
+    assert report.rejected == []
+
+
+def _lead(ledger: Ledger, referral_id: str, crm: str, obj: str) -> str:
+    referral = ledger.referral(referral_id)
+    assert referral is not None
+    [link] = [lk for lk in referral["links"] if lk["crm"] == crm and lk["object"] == obj and lk["state"] == "active"]
+    return str(link["record_id"])
+
+
+def test_push_lands_attribution_on_both_crms_and_a_second_cycle_writes_nothing(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, [
+        "acme,dana@northwind.example,Northwind,Dana Lee,partner,referral,q4,2026-10-01T09:00:00Z,,e1",
+        "bluebird,sam@contoso.example,Contoso,Sam Ortiz,event,booth,summit,2026-10-02T09:00:00Z,,e2",
+    ])
+    report = run_cycle(ledger, crms, SETTINGS)
+    assert report.errors == []
+    assert report.counts()["pushed"] == 4 and report.counts()["dead"] == 0
+    dana = ledger.referrals(partner="acme")[0]
+    lead_id = _lead(ledger, dana["id"], "salesforce", "Lead")
+    lead = sandbox.salesforce.get_record("Lead", lead_id)
+    assert lead is not None and lead["Referral_Id__c"] == dana["id"] and lead["Referral_Partner__c"] == "acme"
+    contact_id = _lead(ledger, dana["id"], "hubspot", "contacts")
+    contact = sandbox.hubspot.get_record("contacts", contact_id)
+    assert contact is not None and contact["referral_partner"] == "acme"
+    sf_before = sum(v for k, v in sandbox.salesforce.calls().items() if "composite" in k)
+    again = run_cycle(ledger, crms, SETTINGS)
+    assert again.counts()["pushed"] == 0
+    assert sum(v for k, v in sandbox.salesforce.calls().items() if "composite" in k) == sf_before
+
+
+def test_existing_lead_of_the_prospect_receives_attribution_instead_of_a_duplicate(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    existing = sandbox.salesforce.create_record("Lead", {"Email": "dana@northwind.example", "LastName": "Lee",
+                                                        "Company": "Northwind"})
+    _import(ledger, tmp_path, ["acme,Dana@Northwind.example,,,,,,2026-10-01T09:00:00Z,,e1"])
+    run_cycle(ledger, crms, SETTINGS)
+    [referral] = ledger.referrals()
+    assert _lead(ledger, referral["id"], "salesforce", "Lead") == existing
+    record = sandbox.salesforce.get_record("Lead", existing)
+    assert record is not None and record["Referral_Id__c"] == referral["id"]
+
+
+def test_blanked_protected_field_is_restored_and_owner_change_recorded(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, ["acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1"])
+    run_cycle(ledger, crms, SETTINGS)
+    [referral] = ledger.referrals()
+    lead_id = _lead(ledger, referral["id"], "salesforce", "Lead")
+    sandbox.salesforce.change_owner("Lead", lead_id, "005OTHERREP0001")
+    sandbox.salesforce.set_field("Lead", lead_id, "Referral_Partner__c", None, by="005REP")
+    report = run_cycle(ledger, crms, SETTINGS)
+    assert report.counts()["repairs"] >= 1
+    record = sandbox.salesforce.get_record("Lead", lead_id)
+    assert record is not None and record["Referral_Partner__c"] == "acme"
+    kinds = [a["kind"] for a in alerts(ledger)]
+    assert "attribution_overwritten" in kinds
+    timeline = [e["kind"] for e in ledger.referral(referral["id"])["timeline"]]  # type: ignore[index]
+    assert "owner_changed" in timeline and "restore_planned" in timeline
+
+
+def test_converted_lead_gives_its_opportunity_the_attribution_and_stages_come_back(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, ["acme,dana@northwind.example,Northwind,Dana,,,,2026-10-01T09:00:00Z,,e1"])
+    run_cycle(ledger, crms, SETTINGS)
+    [referral] = ledger.referrals()
+    lead_id = _lead(ledger, referral["id"], "salesforce", "Lead")
+    converted = sandbox.salesforce.convert_lead(lead_id)
+    run_cycle(ledger, crms, SETTINGS)
+    opportunity = sandbox.salesforce.get_record("Opportunity", converted["opportunity"])
+    assert opportunity is not None and opportunity["Referral_Id__c"] == referral["id"]
+    assert opportunity["Referral_Partner__c"] == "acme"
+    sandbox.salesforce.move_stage(converted["opportunity"], "Negotiation/Review")
+    sandbox.salesforce.move_stage(converted["opportunity"], "Closed Won", amount=125000, close_date="2026-11-20")
+    run_cycle(ledger, crms, SETTINGS)
+    shown = ledger.referral(referral["id"])
+    assert shown is not None and shown["status"] == "won"
+    assert [h["status"] for h in shown["status_history"]][-2:] == ["negotiation", "won"]
+    assert shown["outcome"]["amount"] == 125000 and shown["outcome"]["close_date"] == "2026-11-20"
+
+
+def test_merge_of_two_referred_leads_keeps_the_first_referral(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, [
+        "acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1",
+        "bluebird,dana.lee@northwind.example,,,,,,2026-10-03T09:00:00Z,,e2",
+    ])
+    run_cycle(ledger, crms, SETTINGS)
+    first, second = ledger.referrals()
+    first_lead = _lead(ledger, first["id"], "salesforce", "Lead")
+    second_lead = _lead(ledger, second["id"], "salesforce", "Lead")
+    sandbox.salesforce.merge("Lead", second_lead, first_lead)  # sales keeps the later lead's record
+    run_cycle(ledger, crms, SETTINGS)
+    first_after = ledger.referral(first["id"])
+    second_after = ledger.referral(second["id"])
+    assert first_after is not None and second_after is not None
+    assert second_after["attribution"]["merged_into"] == first["id"]
+    survivor = sandbox.salesforce.get_record("Lead", second_lead)
+    assert survivor is not None and survivor["Referral_Id__c"] == first["id"]
+
+
+def test_deleted_record_raises_orphaned_link_and_is_not_recreated(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, ["acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1"])
+    run_cycle(ledger, crms, SETTINGS)
+    [referral] = ledger.referrals()
+    lead_id = _lead(ledger, referral["id"], "salesforce", "Lead")
+    sandbox.salesforce.delete_record("Lead", lead_id)
+    run_cycle(ledger, crms, SETTINGS)
+    assert "orphaned_link" in [a["kind"] for a in alerts(ledger)]
+    links = ledger.referral(referral["id"])["links"]  # type: ignore[index]
+    assert [lk["state"] for lk in links if lk["crm"] == "salesforce"] == ["deleted"]
+
+
+def test_hubspot_deal_associated_with_a_referred_contact_gets_the_attribution(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, ["acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1"])
+    run_cycle(ledger, crms, SETTINGS)
+    [referral] = ledger.referrals()
+    contact_id = _lead(ledger, referral["id"], "hubspot", "contacts")
+    created = sandbox.hubspot.convert_lead(contact_id)
+    run_cycle(ledger, crms, SETTINGS)
+    deal = sandbox.hubspot.get_record("deals", created["deal"])
+    assert deal is not None and deal["refsync_referral_id"] == referral["id"]
+    sandbox.hubspot.move_stage(created["deal"], "Closed Lost")
+    run_cycle(ledger, crms, SETTINGS)
+    assert ledger.referral(referral["id"])["status"] == "lost"  # type: ignore[index]
+
