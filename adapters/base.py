@@ -60,7 +60,7 @@ class CrmRecord:
     modified_by: str | None = None  # the user/integration that made the last change, when known
 
 
-class RecordErrorKind(str, enum.Enum):
+class RecordErrorKind(enum.StrEnum):
     """How the engine must react to one record's failure."""
 
     TRANSIENT = "transient"  # e.g. UNABLE_TO_LOCK_ROW: retry this record later
@@ -107,7 +107,7 @@ class RecordUpsert:
     values: FieldValues
 
 
-class ChangeKind(str, enum.Enum):
+class ChangeKind(enum.StrEnum):
     UPDATED = "updated"  # created or changed; ``record`` holds its current fields
     DELETED = "deleted"  # deleted (and not merged)
     MERGED = "merged"  # merged away; ``merged_into`` is the survivor's id

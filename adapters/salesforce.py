@@ -147,7 +147,7 @@ class PinnedSession(requests.Session):
         kwargs["verify"] = self.pinned_verify
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        return super().request(method, url, *args, **kwargs)
+        return super().request(method if isinstance(method, str) else method.decode(), str(url), *args, **kwargs)
 
 
 def _api_name(name: str) -> str:
@@ -291,8 +291,10 @@ class SalesforceAdapter:
             if page.get("done", True) or not page.get("nextRecordsUrl"):
                 return
             next_url = page["nextRecordsUrl"]
-            page = self._call("query", lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True,
-                                                                              headers=headers))
+            def more(sf: Any, url: str = next_url) -> Any:
+                return sf.query_more(url, identifier_is_url=True, headers=headers)
+
+            page = self._call("query", more)
 
     @staticmethod
     def _chunks(prefix_len: int, values: Sequence[str]) -> Iterator[list[str]]:
@@ -454,8 +456,10 @@ class SalesforceAdapter:
             chunk = payload[start:start + self.max_batch]
             chunk_keys = keys[start:start + self.max_batch]
             body = {"allOrNone": False, "records": chunk}
-            answer = self._call(kind, lambda sf, b=body: sf.restful(path, method="PATCH", json=b,
-                                                                     headers=WRITE_HEADERS))
+            def send(sf: Any, b: dict[str, Any] = body) -> Any:
+                return sf.restful(path, method="PATCH", json=b, headers=WRITE_HEADERS)
+
+            answer = self._call(kind, send)
             results += self._results(answer, chunk_keys)
         return results
 

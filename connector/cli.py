@@ -81,6 +81,8 @@ def handles_errors(func: F) -> F:
             _fail(str(exc), EXIT_UNUSABLE, debug)
         except RefsyncError as exc:
             _fail(str(exc), EXIT_PROBLEMS, debug)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only with --debug
             if debug:
                 raise
@@ -202,7 +204,8 @@ def referrals_list(obj: Context, partner: str | None, status: str | None, since:
     _table(f"{len(rows)} referrals", ["id", "partner", "prospect", "status", "submitted", "credit", "links"], [
         [r["id"], r["partner"], r["prospect_email"] or r["prospect_company"], r["status"], r["submitted_at"],
          r["attribution"]["reason"] + (" (review)" if r["attribution"]["review_required"] else ""),
-         ", ".join(f"{lk['crm']}:{lk['object']}:{lk['record_id']}" for lk in r["links"])]
+         ", ".join(f"{lk['crm']}:{lk['object']}:{lk['record_id']}"
+                   + ("" if lk["state"] == "active" else f" ({lk['state']})") for lk in r["links"])]
         for r in rows
     ])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from adapters.base import CrmAdapter
 from adapters.errors import CrmConfigError
 from connector.config import Config
 from connector.errors import ConfigError
@@ -9,9 +10,9 @@ from connector.mapping import check_against_schema, load_mapping
 from connector.push import CrmTarget
 
 
-def build_adapters(config: Config) -> dict:  # type: ignore[type-arg]
+def build_adapters(config: Config) -> dict[str, CrmAdapter]:
     """An adapter per configured CRM; secrets are resolved here, never earlier, never logged."""
-    adapters = {}
+    adapters: dict[str, CrmAdapter] = {}
     problems: list[str] = []
     sf = config.crm.salesforce
     if sf is not None:

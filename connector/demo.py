@@ -22,7 +22,7 @@ from connector.cli_support import run_cli
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "referrals.csv"
 SESSION_VAR = "REFSYNC_DEMO_SF_SESSION"
-TOKEN_VAR = "REFSYNC_DEMO_HUBSPOT_TOKEN"
+TOKEN_VAR = "REFSYNC_DEMO_HUBSPOT_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def demo_config(directory: Path, salesforce_url: str, ca_file: str, hubspot_url: str) -> Path:
@@ -73,6 +73,7 @@ def _links(config: Path) -> dict[str, dict[str, str]]:
 def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
     from adapters.sandbox.run import start_sandbox
 
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("refsync.db*"):
         stale.unlink()

@@ -222,6 +222,11 @@ def _merge(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, c
             continue
         loser.merged_into = winner.id
         loser.credited = False
+        winner_link = ob.link(winner.id, obj.name, survivor, obj.role)
+        for link in ob.links(obj.name, [survivor]).get(survivor, []):
+            if link.referral_id == loser.id:
+                link.state = "superseded"
+                link.superseded_by = winner_link.id
         loser.attribution_reason = "merged_into_other_referral"
         loser.revision += 1
         ob.audit(loser.id, "referral_merged", "merged_into_other_referral", obj=obj.name, record_id=survivor,

@@ -43,7 +43,8 @@ def crms(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("T_HS_TOKEN", sandbox.hubspot.access_token)
     config = tmp_path / "refsync.toml"
     config.write_text(
-        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\nca_bundle = "{sandbox.salesforce.ca_path}"\n'
+        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
+        f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
         f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
         f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:T_HS_TOKEN"\n'
         f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
@@ -163,6 +164,10 @@ def test_merge_of_two_referred_leads_keeps_the_first_referral(
     assert second_after["attribution"]["merged_into"] == first["id"]
     survivor = sandbox.salesforce.get_record("Lead", second_lead)
     assert survivor is not None and survivor["Referral_Id__c"] == first["id"]
+    on_survivor = {(lk["record_id"], lk["state"]) for lk in second_after["links"] if lk["object"] == "Lead"}
+    assert on_survivor == {(second_lead, "superseded")}
+    assert (second_lead, "active") in {(lk["record_id"], lk["state"]) for lk in first_after["links"]}
+    assert (first_lead, "merged") in {(lk["record_id"], lk["state"]) for lk in first_after["links"]}
 
 
 def test_deleted_record_raises_orphaned_link_and_is_not_recreated(

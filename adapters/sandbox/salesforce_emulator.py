@@ -496,7 +496,7 @@ def _handler_for(emulator: SalesforceEmulator) -> type[BaseHTTPRequestHandler]:
                 self._send(status, body, limit)
                 return
             try:
-                body = json.loads(raw) if raw else None
+                body = json.loads(raw) if raw else None  # type: ignore[assignment]
             except json.JSONDecodeError:
                 self._send(400, [{"message": "Unexpected character in JSON body", "errorCode": "JSON_PARSER_ERROR"}],
                            limit)

@@ -335,7 +335,7 @@ class OrgStore:
             pending: dict[tuple[str, str], str] = {}
             for raw in records:
                 values = self.canonical_fields(obj, raw)
-                key = values.pop(ext, None) if ext == "Id" else values.get(ext)
+                key = values.pop(ext, None) if ext == "Id" else values.get(ext)  # type: ignore[assignment]
                 if key is None and ext == "Id":  # upsert on Id without one creates (as recorded)
                     plans.append(self._plan_create(obj, values, pending, lock))
                 elif key is None:
@@ -456,7 +456,10 @@ class OrgStore:
                     if (include_deleted or not r.get("IsDeleted")) and matches(where, r, type_of)]
             for name, desc, _nulls in reversed(query.order):
                 field_name = canonical(name)
-                rows.sort(key=lambda r, f=field_name: sort_key(r.get(f), type_of(f)), reverse=desc)
+                def order(row: dict[str, Any], f: str = field_name) -> Any:
+                    return sort_key(row.get(f), type_of(f))
+
+                rows.sort(key=order, reverse=desc)
             if query.limit is not None:
                 rows = rows[:query.limit]
             return obj, [dict(r) for r in rows], fields
