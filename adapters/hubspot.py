@@ -177,8 +177,14 @@ class HubSpotAdapter:
 
     def __init__(self, base_url: str, access_token: str, *, timeout: float = 30.0,
                  lookback: timedelta = timedelta(minutes=2), search_cap: int = 10_000,
-                 search_per_second: float | None = 5.0) -> None:
+                 search_per_second: float | None = 5.0,
+                 deletion_check_every: timedelta = timedelta(hours=1)) -> None:
         self.timeout = timeout
+        # HubSpot has no "deleted since" query: archived records are listed whole. Doing that at
+        # most this often keeps a quiet poll at one call per object; the next check starts where
+        # the last one did, so no deletion is missed, only seen later.
+        self.deletion_check_every = deletion_check_every
+        self._deletions_checked: dict[str, tuple[float, datetime]] = {}
         self.lookback = lookback
         self.search_cap = search_cap
         self.search_per_second = search_per_second
@@ -450,7 +456,7 @@ class HubSpotAdapter:
             for old in str(rec.fields.get("hs_merged_object_ids") or "").split(";"):
                 if old.strip() and old.strip() != rec.id:
                     changes.append(Change(ChangeKind.MERGED, object_name, old.strip(), at, merged_into=rec.id))
-        changes += self._deleted(object_name, lower)
+        changes += self._deletions_due(object_name, lower)
         stage_changes = self._stage_history(object_name, [r.id for r in records], lower) \
             if object_name == "deals" else []
         moments = [c.at for c in changes] + [since if since.tzinfo else since.replace(tzinfo=UTC)]
@@ -489,6 +495,16 @@ class HubSpotAdapter:
             for obj in self._search_all(object_name, [ties], "hs_object_id", props):
                 seen[str(obj.id)] = obj
             op, stamp = "GT", last_ms
+
+    def _deletions_due(self, object_name: str, lower: datetime) -> list[Change]:
+        checked = self._deletions_checked.get(object_name)
+        now = time.monotonic()
+        if checked is not None and now - checked[0] < self.deletion_check_every.total_seconds():
+            return []
+        since = min(lower, checked[1]) if checked else lower
+        found = self._deleted(object_name, since)
+        self._deletions_checked[object_name] = (now, lower)
+        return found
 
     def _deleted(self, object_name: str, lower: datetime) -> list[Change]:
         """Archived records (HubSpot keeps them 90 days) archived since ``lower``."""

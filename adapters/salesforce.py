@@ -397,7 +397,7 @@ class SalesforceAdapter:
             cursor = max(cursor, at)
             changes.append(self._change(obj, raw, at))
         stage_changes: list[StageChange] = []
-        if obj == "Opportunity":
+        if obj == "Opportunity" and changes:  # a stage change always bumps the opportunity's SystemModstamp
             stage_changes, cursor = self._stage_history(since, cursor)
         return ChangeSet(changes=changes, stage_changes=stage_changes, cursor=cursor)
 

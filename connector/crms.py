@@ -71,5 +71,5 @@ def build_targets(config: Config) -> tuple[dict[str, CrmTarget], list[str]]:
                 problems.append(f"{loaded.where(table, 'name')}: {table}.name: {name} refuses '{obj.name}': {exc}")
         stages = adapter.stages(loaded.mapping.deal.name)
         problems += check_against_schema(loaded, schemas, stages)
-        targets[name] = CrmTarget(name, adapter, loaded.mapping, schemas)
+        targets[name] = CrmTarget(name, adapter, loaded.mapping, schemas, stages=stages)
     return targets, problems

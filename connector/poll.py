@@ -14,6 +14,7 @@ same-millisecond changes are not lost), then in one ledger transaction per objec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from state.observe import Observation, cursor, observing
 
 log = get_logger("refsync.poll")
 OVERLAP = timedelta(minutes=2)
+OBSERVE_BATCH = 2000  # changes observed per ledger transaction
 FIRST_POLL_LOOKBACK = timedelta(days=30)
 EARLY = set(STATUSES[:4])  # submitted, accepted, contacted, qualified: before an opportunity exists
 
@@ -144,7 +146,7 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
 def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, book: StageBook,
                     stage_changes: list[StageChange], counts: PollCounts) -> None:
     mapping = target.mapping
-    links = ob.links(obj.name, [record.id]).get(record.id, [])
+    links = ob.record_links(obj.name, record.id)
     if not links:
         links = _discover(ob, target, obj, record, counts)
     owner = str(record.fields.get(mapping.owner_field)) if mapping.owner_field and record.fields.get(
@@ -273,7 +275,9 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
     """Poll the lead-like and deal-like objects of one CRM once."""
     counts = PollCounts()
     before = target.adapter.budget().total_calls
-    book = StageBook(target, target.adapter.stages(target.mapping.deal.name))
+    if target.stages is None:
+        target.stages = target.adapter.stages(target.mapping.deal.name)
+    book = StageBook(target, target.stages)
     mapping = target.mapping
     for obj in (mapping.lead, mapping.deal):
         since = cursor(ledger, target.name, obj.name) or (ledger.clock() - FIRST_POLL_LOOKBACK)
@@ -285,18 +289,26 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
         by_record: dict[str, list[StageChange]] = {}
         for stage_change in changes.stage_changes:
             by_record.setdefault(stage_change.record_id, []).append(stage_change)
+        for start in range(0, len(changes.changes), OBSERVE_BATCH):
+            batch = changes.changes[start:start + OBSERVE_BATCH]
+            with observing(ledger, target.name) as ob:
+                ob.prefetch(obj.name, [c.record_id for c in batch if c.kind is ChangeKind.UPDATED])
+                _observe_batch(ob, target, obj, batch, book, by_record, counts)
         with observing(ledger, target.name) as ob:
-            for change in changes.changes:
-                counts.changes += 1
-                if change.kind is ChangeKind.UPDATED and change.record is not None:
-                    _observe_record(ob, target, obj, change.record, book, by_record.get(change.record_id, []),
-                                    counts)
-                elif change.kind is ChangeKind.MERGED:
-                    _merge(ob, target, obj, change, counts)
-                elif change.kind is ChangeKind.CONVERTED:
-                    _convert(ob, target, change, counts)
-                elif change.kind is ChangeKind.DELETED:
-                    _delete(ob, target, obj, change, counts)
             ob.set_cursor(obj.name, changes.cursor)
     counts.calls = target.adapter.budget().total_calls - before
     return counts
+
+
+def _observe_batch(ob: Observation, target: CrmTarget, obj: ObjectMap, batch: Sequence[Change], book: StageBook,
+                   by_record: dict[str, list[StageChange]], counts: PollCounts) -> None:
+    for change in batch:
+        counts.changes += 1
+        if change.kind is ChangeKind.UPDATED and change.record is not None:
+            _observe_record(ob, target, obj, change.record, book, by_record.get(change.record_id, []), counts)
+        elif change.kind is ChangeKind.MERGED:
+            _merge(ob, target, obj, change, counts)
+        elif change.kind is ChangeKind.CONVERTED:
+            _convert(ob, target, change, counts)
+        elif change.kind is ChangeKind.DELETED:
+            _delete(ob, target, obj, change, counts)

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from adapters.base import CrmAdapter, ObjectSchema, RecordErrorKind, RecordUpdate, RecordUpsert, WriteResult
+from adapters.base import (
+    CrmAdapter,
+    ObjectSchema,
+    RecordErrorKind,
+    RecordUpdate,
+    RecordUpsert,
+    Stage,
+    WriteResult,
+)
 from adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableError
 from connector import retry
 from connector.logs import get_logger
@@ -86,6 +94,7 @@ class CrmTarget:
     mapping: MappingFile
     schemas: dict[str, ObjectSchema]
     paused_until: datetime | None = None
+    stages: list[Stage] | None = None  # the deal stages, read once (they change rarely)
 
 
 @dataclass
