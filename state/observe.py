@@ -47,8 +47,9 @@ class Observation:
             referral_ids = {lk.referral_id for links in found.values() for lk in links}
             if referral_ids:
                 list(self.session.scalars(select(Referral).where(Referral.id.in_(referral_ids))))
-            self._pushed.update(self.session.execute(select(AuditEvent.referral_id, AuditEvent.record_id).where(
-                AuditEvent.kind == "pushed", AuditEvent.crm == self.crm, AuditEvent.record_id.in_(chunk))).all())
+            pushed = self.session.execute(select(AuditEvent.referral_id, AuditEvent.record_id).where(
+                AuditEvent.kind == "pushed", AuditEvent.crm == self.crm, AuditEvent.record_id.in_(chunk)))
+            self._pushed.update((str(r), str(rec)) for r, rec in pushed)
 
     def record_links(self, obj: str, record_id: str) -> list[CrmLink]:
         """Links of one record, from the prefetch when there was one."""
