@@ -1,0 +1,153 @@
+"""Sync N referrals to both sandbox CRMs: API calls against the batch lower bound, calls of a quiet
+cycle, wall time, CPU per referral and peak memory.
+
+Run: .venv/bin/python benchmarks/sync_bench.py [--referrals 10000] [--ledger sqlite|postgresql]
+Each size runs in its own process, so ru_maxrss is that run's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def writes(calls: dict[str, int]) -> int:
+    return sum(v for k, v in calls.items() if k.startswith(("composite_upsert", "composite_update", "batch_upsert",
+                                                            "batch_update", "batch_create")))
+
+
+def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
+    import logging
+
+    logging.disable(logging.WARNING)
+    import requests
+    from connector.attribution import Policy
+    from connector.config import load_config
+    from connector.crms import build_targets
+    from connector.imports import import_file
+    from connector.sync import CycleSettings, run_cycle
+    from state import db
+    from state.ledger import Ledger
+
+    # The sandbox runs in its own process, so this process's CPU time and memory are refsync's alone.
+    server = subprocess.Popen([str(Path(sys.executable).with_name("refsync")), "sandbox", "--dir", str(tmp / "sb")],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    info = json.loads(server.stdout.readline())
+    sf_info, hs_info = info["salesforce"], info["hubspot"]
+
+    def admin(crm: dict[str, str], action: str, **kwargs: object) -> dict[str, int]:
+        answer = requests.post(f"{crm['admin_url']}/{action}", json=kwargs, timeout=30,
+                               verify=info["ca_file"])
+        answer.raise_for_status()
+        return dict(answer.json().get("result") or answer.json()) if action == "calls" else {}
+
+    def calls() -> dict[str, dict[str, int]]:
+        return {"salesforce": admin(sf_info, "calls"), "hubspot": admin(hs_info, "calls")}
+
+    admin(hs_info, "configure", search_per_second=None)  # the adapter paces itself; keep the bench about refsync
+    os.environ["B_SF"], os.environ["B_HS"] = sf_info["session_id"], hs_info["access_token"]
+    config_file = tmp / "refsync.toml"
+    config_file.write_text(
+        f'[ledger]\nurl = "{ledger_url}"\n'
+        f'[crm.salesforce]\ninstance_url = "{sf_info["base_url"]}"\n'
+        f'ca_bundle = "{info["ca_file"]}"\nsession_id = "env:B_SF"\n'
+        f'mapping = "{ROOT}/mappings/salesforce.toml"\n'
+        f'[crm.hubspot]\nbase_url = "{hs_info["base_url"]}"\naccess_token = "env:B_HS"\n'
+        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
+    config = load_config(config_file)
+    engine = db.make_engine(config.ledger_url())
+    db.upgrade(engine)
+    engine.dispose()
+    ledger = Ledger.open(config.ledger_url())
+    csv = tmp / "referrals.csv"
+    with csv.open("w") as out:
+        out.write(HEADER + "\n")
+        for n in range(referrals):
+            out.write(f"partner-{n % 50},person{n}@co{n % 997}.example,Co {n},Person {n},partner,referral,"
+                      f"c{n % 7},2026-10-01T00:00:00Z,,b{n}\n")
+    import_file(ledger, csv, Policy("first_touch", "flag", 365, "bench"), datetime.now(UTC))
+    targets, problems = build_targets(config)
+    assert not problems, problems
+    settings = CycleSettings(batch_size=1000, lease_seconds=600, max_attempts=5)
+    before = calls()
+    started, cpu = time.perf_counter(), time.process_time()
+    first = run_cycle(ledger, targets, settings)
+    first_wall, first_cpu = time.perf_counter() - started, time.process_time() - cpu
+    after_push = calls()
+    run_cycle(ledger, targets, settings)  # inside the overlap window: recent records are read again
+    after_first = calls()
+    # Steady state: no CRM change for longer than the overlap window. Rather than wait, move the
+    # cursors forward by that much (exactly what the waiting would do), then run a quiet cycle.
+    from sqlalchemy import text
+
+    with ledger.engine.begin() as conn:
+        for row in conn.execute(text("SELECT crm, object, position FROM cursors")).all():
+            position = row.position if isinstance(row.position, datetime) else datetime.fromisoformat(row.position)
+            conn.execute(text("UPDATE cursors SET position = :p WHERE crm = :c AND object = :o"),
+                         {"p": position + timedelta(minutes=5), "c": row.crm, "o": row.object})
+    run_cycle(ledger, targets, settings)
+    after_quiet = calls()
+    result: dict[str, object] = {"referrals": referrals, "ledger": ledger_url.split(":")[0],
+                                 "pushed": first.counts()["pushed"], "dead": first.counts()["dead"],
+                                 "first_cycle_seconds": round(first_wall, 1),
+                                 "cpu_ms_per_referral": round(first_cpu * 1000 / referrals, 2)}
+    for crm, batch in (("salesforce", 200), ("hubspot", 100)):
+        total = sum(after_push[crm].values()) - sum(before[crm].values())
+        wrote = writes(after_push[crm]) - writes(before[crm])
+        quiet_calls = {k: v - after_first[crm].get(k, 0) for k, v in after_quiet[crm].items()
+                       if v - after_first[crm].get(k, 0)}
+        result[crm] = {"calls": total, "write_calls": wrote, "write_lower_bound": math.ceil(referrals / batch),
+                       "quiet_cycle_calls": quiet_calls}
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    server.terminate()
+    server.wait(timeout=10)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--referrals", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--ledger", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(one(int(args.one[0]), args.one[1].replace("TMP", tmp), Path(tmp))))
+        return
+    for size in args.referrals:
+        url = "sqlite:///TMP/ledger.db"
+        admin = None
+        if args.ledger == "postgresql":
+            from sqlalchemy import create_engine, text
+            from sqlalchemy.engine import make_url
+
+            name = f"refsync_sbench_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            url = make_url(PG).set(database=name).render_as_string(False)
+        done = subprocess.run([sys.executable, __file__, "--one", str(size), url], capture_output=True, text=True)
+        print(done.stdout.strip() or done.stderr[-3000:])
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()
