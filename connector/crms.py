@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adapters.base import CrmAdapter
 from adapters.errors import CrmConfigError
+from connector.budget import BudgetLimits
 from connector.config import Config
 from connector.errors import ConfigError
 from connector.mapping import check_against_schema, load_mapping
@@ -71,5 +72,6 @@ def build_targets(config: Config) -> tuple[dict[str, CrmTarget], list[str]]:
                 problems.append(f"{loaded.where(table, 'name')}: {table}.name: {name} refuses '{obj.name}': {exc}")
         stages = adapter.stages(loaded.mapping.deal.name)
         problems += check_against_schema(loaded, schemas, stages)
-        targets[name] = CrmTarget(name, adapter, loaded.mapping, schemas, stages=stages)
+        limits = BudgetLimits(crm_config.daily_call_budget, crm_config.daily_budget_share)
+        targets[name] = CrmTarget(name, adapter, loaded.mapping, schemas, stages=stages, limits=limits)
     return targets, problems

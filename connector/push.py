@@ -23,6 +23,7 @@ from adapters.base import (
 )
 from adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableError
 from connector import retry
+from connector.budget import BudgetLimits, exhausted
 from connector.logs import get_logger
 from connector.mapping import MappingFile, ObjectMap, field_values
 from state.ledger import Ledger
@@ -95,6 +96,19 @@ class CrmTarget:
     schemas: dict[str, ObjectSchema]
     paused_until: datetime | None = None
     stages: list[Stage] | None = None  # the deal stages, read once (they change rarely)
+    limits: BudgetLimits = field(default_factory=BudgetLimits)
+    calls_before_run: int = 0  # API calls recorded today before this run started
+    calls_at_run_start: int = 0  # the adapter's own count when this run started
+
+    def start_run(self, recorded_today: int) -> None:
+        self.calls_before_run = recorded_today
+        self.calls_at_run_start = self.adapter.budget().total_calls
+
+    def over_budget(self) -> str | None:
+        """Why this CRM must not be called again today, or None."""
+        budget = self.adapter.budget()
+        today = self.calls_before_run + budget.total_calls - self.calls_at_run_start
+        return exhausted(self.limits, today, budget.used_today, budget.limit_today)
 
 
 @dataclass
@@ -241,6 +255,11 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
     counts = PushCounts()
     now = ledger.clock()
     if target.paused_until and now < target.paused_until:
+        return counts
+    reason = target.over_budget()
+    if reason:
+        counts.errors.append(f"API budget reached: {reason}")
+        target.paused_until = now + timedelta(minutes=15)
         return counts
     if dry_run:
         ops = preview_pushes(ledger, target.name, limit)

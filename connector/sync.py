@@ -17,6 +17,7 @@ from connector.logs import get_logger
 from connector.poll import PollCounts, poll_target
 from connector.push import CrmTarget, PushCounts, push_round
 from state.ledger import Ledger
+from state.observe import observing
 from state.outbox import enqueue_pushes
 
 log = get_logger("refsync.sync")
@@ -58,7 +59,11 @@ class CycleReport:
             "repairs": sum(p.repairs for p in self.poll.values()),
             "conflicts": sum(p.conflicts for p in self.poll.values()),
             "api_calls": total.calls + sum(p.calls for p in self.poll.values()),
-            "per_crm": {name: {k: v for k, v in asdict(c).items() if k != "errors"} for name, c in self.push.items()},
+            "per_crm": {
+                name: {**{k: v for k, v in asdict(c).items() if k != "errors"},
+                       "calls": c.calls + (self.poll[name].calls if name in self.poll else 0)}
+                for name, c in self.push.items()
+            },
         }
 
 
@@ -75,6 +80,19 @@ def push_all(ledger: Ledger, target: CrmTarget, settings: CycleSettings, owner: 
     return total
 
 
+def over_budget(ledger: Ledger, target: CrmTarget, report: CycleReport) -> bool:
+    """Stop calling a CRM whose API budget is spent, and say so once (a deduplicated alert)."""
+    reason = target.over_budget()
+    if reason is None:
+        return False
+    report.errors.append(f"{target.name}: API budget reached: {reason}")
+    with observing(ledger, target.name) as ob:
+        ob.raise_alert("api_budget_exhausted", f"api_budget_exhausted:{target.name}",
+                       f"{target.name}: {reason}. Writes and polls wait; nothing is lost.")
+    log.warning("API budget reached; this CRM waits", crm=target.name, reason=reason)
+    return True
+
+
 def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings) -> CycleReport:
     """Plan and push for every CRM, recording the run with its counts."""
     report = CycleReport()
@@ -83,8 +101,11 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
         run_id = txn.start_run("sync")
     for name, target in targets.items():
         report.planned[name] = enqueue_pushes(ledger, name)
+        target.start_run(ledger.calls_today(name))
         try:
             report.push[name] = push_all(ledger, target, settings, owner)
+            if over_budget(ledger, target, report):
+                continue
             if settings.poll:
                 report.poll[name] = poll_target(ledger, target)
                 # What the poll found (a converted lead's new opportunity, a repair) goes out now.

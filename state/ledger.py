@@ -276,6 +276,14 @@ class Ledger:
         with self.transaction() as txn:
             txn.session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
 
+    def calls_today(self, crm: str) -> int:
+        """API calls recorded against ``crm`` by the runs that started today (UTC)."""
+        now = self.clock()
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        with self._read() as session:
+            counts = session.scalars(select(JobRun.counts).where(JobRun.started_at >= midnight))
+            return sum(int((c or {}).get("per_crm", {}).get(crm, {}).get("calls", 0)) for c in counts)
+
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent job runs, newest first."""
         with self._read() as session:
