@@ -137,6 +137,7 @@ class SalesforceConfig(_Strict):
     api_version: str = "59.0"
     mapping: str = "mappings/salesforce.toml"
     daily_call_budget: int | None = Field(default=None, ge=1)
+    daily_budget_share: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one_auth(self) -> SalesforceConfig:
@@ -162,6 +163,7 @@ class HubSpotConfig(_Strict):
     access_token: Annotated[SecretRef, BeforeValidator(_secret)]
     mapping: str = "mappings/hubspot.toml"
     daily_call_budget: int | None = Field(default=None, ge=1)
+    daily_budget_share: float | None = Field(default=None, gt=0, le=1)
 
 
 class CrmConfigs(_Strict):
@@ -176,6 +178,53 @@ class DaemonConfig(_Strict):
     batch_size: int = Field(default=200, ge=1, le=10000)
     lease_seconds: int = Field(default=300, ge=10)
     max_attempts: int = Field(default=8, ge=1)
+
+
+NOTIFY_DEFAULT = ("accepted", "contacted", "qualified", "opportunity", "proposal", "negotiation", "won", "lost",
+                  "expired", "declined")
+
+
+class NotificationsConfig(_Strict):
+    """Partner webhooks: which status transitions notify, and how deliveries are tried."""
+
+    enabled: bool = True
+    statuses: list[str] = Field(default_factory=lambda: list(NOTIFY_DEFAULT))
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_attempts: int = Field(default=8, ge=1)
+
+    @field_validator("statuses")
+    @classmethod
+    def _known_statuses(cls, value: list[str]) -> list[str]:
+        from state.models import STATUSES
+
+        unknown = [s for s in value if s not in STATUSES]
+        if unknown:
+            raise ValueError(f"unknown status {', '.join(unknown)}; use any of: {', '.join(STATUSES)}")
+        return value
+
+
+class AlertsConfig(_Strict):
+    """Alert sinks (a log line always; a webhook optionally) and reconcile's thresholds."""
+
+    webhook_url: str | None = None  # an https URL, or "env:NAME" / "file:PATH" when the URL holds a token
+    webhook_secret: Secret  # optional: sign alert webhooks like partner notifications
+    format: Literal["json", "slack"] = "json"
+    storm_threshold: int = Field(default=50, ge=1)  # more new alerts than this at once: one summary
+    stale_after_days: int = Field(default=30, ge=1, le=3650)
+    won_lookback_days: int = Field(default=90, ge=1, le=3650)  # closed-won deals checked for attribution
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url_or_reference(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(SECRET_SCHEMES) or re.match(r"^https?://", value):
+            return value
+        raise ValueError("must be an http(s) URL, or \"env:NAME\" / \"file:/path\" holding it")
+
+    def resolved_url(self, base_dir: Path | None) -> str | None:
+        url = self.webhook_url
+        if url and url.startswith(SECRET_SCHEMES):
+            return SecretRef(url).resolve("alerts.webhook_url", base_dir)
+        return url
 
 
 class HttpConfig(_Strict):
@@ -195,6 +244,8 @@ class Config(_Strict):
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig(intake_token=None)
     logging: LoggingConfig = LoggingConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+    alerts: AlertsConfig = AlertsConfig(webhook_secret=None)
 
     # Set by load_config; not part of the file.
     source: Path | None = Field(default=None, exclude=True)
@@ -222,7 +273,7 @@ class Config(_Strict):
     def secrets(self) -> list[str]:
         """Every secret value this config references and can resolve: fed to the log redactor."""
         found: list[str] = []
-        for crm in (self.crm.salesforce, self.crm.hubspot, self.http):
+        for crm in (self.crm.salesforce, self.crm.hubspot, self.http, self.alerts):
             if crm is None:
                 continue
             for name in type(crm).model_fields:
@@ -232,7 +283,12 @@ class Config(_Strict):
                         found.append(value.resolve(name, self.base_dir))
                     except ConfigError:
                         continue  # reported when a command actually needs it
-        return found
+        if self.alerts.webhook_url and self.alerts.webhook_url.startswith(SECRET_SCHEMES):
+            try:
+                found.append(self.alerts.resolved_url(self.base_dir) or "")
+            except ConfigError:
+                pass  # reported when an alert webhook is delivered
+        return [f for f in found if f]
 
 
 def _describe(error: Any) -> str:
