@@ -215,11 +215,32 @@ def field_values(
     obj: ObjectMap, referral: MappingABC[str, Any], schema: ObjectSchema | None = None,
     rules: tuple[str, ...] = ("protect", "fill_blank", "create_only"),
 ) -> dict[str, Any]:
-    """The CRM field values for a referral under ``obj``'s mapping, for fields with these rules."""
+    """The CRM field values for a referral under ``obj``'s mapping, for fields with these rules.
+
+    With a ``schema``, fields the CRM no longer has (or no longer lets us write) are left out: a
+    drifted field must not stop every other field from syncing."""
     values: dict[str, Any] = {}
+    updating = "create_only" not in rules
     for name, field in obj.fields.items():
         if field.rule not in rules:
             continue
-        length = schema.fields[name].length if schema and name in schema.fields else None
+        described = schema.fields.get(name) if schema is not None else None
+        if schema is not None and (described is None or (updating and not described.updateable)):
+            continue
+        length = described.length if described is not None else None
         values[name] = format_value(referral.get(field.source), field, length)
     return values
+
+
+def drifted_fields(obj: ObjectMap, schema: ObjectSchema) -> list[tuple[str, str]]:
+    """Mapped fields the live schema no longer has, or no longer lets refsync write: (field, why)."""
+    drift = []
+    for name, field in obj.fields.items():
+        if field.rule == "ignore":
+            continue
+        described = schema.fields.get(name)
+        if described is None:
+            drift.append((name, "removed or renamed"))
+        elif field.rule in ("protect", "fill_blank") and not described.updateable:
+            drift.append((name, "made read-only"))
+    return drift

@@ -284,7 +284,7 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
         extra = [f for f in (mapping.owner_field, mapping.stage_field, mapping.pipeline_field, mapping.amount_field,
                              mapping.currency_field, mapping.close_date_field, mapping.lost_reason_field)
                  if f and (obj is mapping.deal or f == mapping.owner_field)]
-        fields = list(dict.fromkeys([*obj.fields, *extra]))
+        fields = list(dict.fromkeys([*target.fields_of(obj), *extra]))
         changes = target.adapter.changes(obj.name, since - OVERLAP, fields)
         by_record: dict[str, list[StageChange]] = {}
         for stage_change in changes.stage_changes:

@@ -25,8 +25,9 @@ from adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableErr
 from connector import retry
 from connector.budget import BudgetLimits, exhausted
 from connector.logs import get_logger
-from connector.mapping import MappingFile, ObjectMap, field_values
+from connector.mapping import MappingFile, ObjectMap, drifted_fields, field_values
 from state.ledger import Ledger
+from state.observe import observing
 from state.outbox import OpOutcome, land_outcomes, preview_pushes, push_inputs
 
 log = get_logger("refsync.push")
@@ -99,6 +100,11 @@ class CrmTarget:
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     calls_before_run: int = 0  # API calls recorded today before this run started
     calls_at_run_start: int = 0  # the adapter's own count when this run started
+
+    def fields_of(self, obj: ObjectMap) -> list[str]:
+        """The mapped fields of ``obj`` the CRM still has (reads naming a vanished field would fail)."""
+        schema = self.schemas.get(obj.name)
+        return [f for f in obj.fields if schema is None or f in schema.fields]
 
     def start_run(self, recorded_today: int) -> None:
         self.calls_before_run = recorded_today
@@ -179,7 +185,7 @@ def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
 def _push_linked(target: CrmTarget, obj: ObjectMap, pairs: list[tuple[_Work, str]], now: datetime,
                  max_attempts: int) -> None:
     schema = target.schemas.get(obj.name)
-    fields = list(obj.fields)
+    fields = target.fields_of(obj)
     current = target.adapter.read(obj.name, [rid for _, rid in pairs], fields)
     updates: list[tuple[_Work, RecordUpdate]] = []
     for work, record_id in pairs:
@@ -209,7 +215,7 @@ def _write_updates(target: CrmTarget, obj: ObjectMap, updates: list[tuple[_Work,
 def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> None:
     obj = target.mapping.lead
     schema = target.schemas.get(obj.name)
-    fields = list(obj.fields)
+    fields = target.fields_of(obj)
     remaining = list(works)
     updates: list[tuple[_Work, RecordUpdate]] = []
     for key in obj.match_keys:
@@ -246,6 +252,38 @@ def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_att
             _apply(work, result, obj, ups.values, now, max_attempts)
 
 
+def _push_works(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> None:
+    linked, unlinked = _plan(target, works)
+    for obj in target.mapping.objects():
+        if linked.get(obj.name):
+            _push_linked(target, obj, linked[obj.name], now, max_attempts)
+    if unlinked:
+        _push_unlinked(target, unlinked, now, max_attempts)
+
+
+def note_drift(ledger: Ledger, target: CrmTarget) -> bool:
+    """Re-describe the mapped objects; raise a mapping_drift alert per drifted field. True when
+    some field drifted (so writes without it can go ahead)."""
+    found = False
+    for obj in target.mapping.objects():
+        schema = target.adapter.describe(obj.name)
+        target.schemas[obj.name] = schema
+        drift = drifted_fields(obj, schema)
+        if not drift:
+            continue
+        found = True
+        with observing(ledger, target.name) as ob:
+            for name, why in drift:
+                ob.raise_alert(
+                    "mapping_drift", f"mapping_drift:{target.name}:{obj.name}:{name}",
+                    f"{target.name} {obj.name}.{name} was {why}: refsync leaves it out of writes and keeps syncing "
+                    "the other fields. Restore the field (or its write access), or change the mapping file and run "
+                    "`refsync mappings check`.")
+        log.warning("mapping drift: fields left out of writes", crm=target.name, object=obj.name,
+                    fields=[n for n, _ in drift])
+    return found
+
+
 def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lease: timedelta,
                max_attempts: int, dry_run: bool = False) -> PushCounts:
     """Claim up to ``limit`` due push ops for one CRM and push them; returns what happened.
@@ -272,12 +310,15 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
              for op in ops if op["referral_id"] in inputs]
     before = target.adapter.budget().total_calls
     try:
-        linked, unlinked = _plan(target, works)
-        for obj in target.mapping.objects():
-            if linked.get(obj.name):
-                _push_linked(target, obj, linked[obj.name], now, max_attempts)
-        if unlinked:
-            _push_unlinked(target, unlinked, now, max_attempts)
+        try:
+            _push_works(target, works, now, max_attempts)
+        except CrmConfigError:
+            # A mapped field may have vanished while we run: re-read the schemas, leave drifted
+            # fields out with an alert, and try once more; any other config error stands.
+            if not note_drift(ledger, target):
+                raise
+            pending = [w for w in works if w.outcome.state == "done" and not w.outcome.links]
+            _push_works(target, pending, now, max_attempts)
     except RateLimited as exc:
         wait = exc.retry_after if exc.retry_after is not None else 60.0
         target.paused_until = now + timedelta(seconds=wait)

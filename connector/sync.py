@@ -15,7 +15,7 @@ from typing import Any
 from adapters.errors import AuthError, CrmConfigError, CrmError
 from connector.logs import get_logger
 from connector.poll import PollCounts, poll_target
-from connector.push import CrmTarget, PushCounts, push_round
+from connector.push import CrmTarget, PushCounts, note_drift, push_round
 from state.ledger import Ledger
 from state.observe import observing
 from state.outbox import enqueue_pushes
@@ -35,6 +35,31 @@ class CycleSettings:
     max_attempts: int = 8
     max_rounds: int = 10_000
     poll: bool = True
+    # The steps after the poll; each is skipped while its settings are None (see settings_from_config).
+    expire_after_days: int | None = None
+    policy_version: str = "unknown"
+    delivery: DeliverySettings | None = None
+    sinks: list[Sink] | None = None
+    storm_threshold: int = 50
+    reconcile: ReconcileSettings | None = None
+
+
+def settings_from_config(config: Config, *, with_reconcile: bool = False) -> CycleSettings:
+    """Cycle settings with expiry, alert sinks and webhook delivery as the config describes them."""
+    daemon, alerts, notes = config.daemon, config.alerts, config.notifications
+    base = config.base_dir
+    delivery = DeliverySettings(
+        statuses=frozenset(notes.statuses), enabled=notes.enabled, timeout=notes.timeout_seconds,
+        max_attempts=notes.max_attempts, base_dir=base,
+        alert_url=lambda: alerts.resolved_url(base),
+        alert_secret=lambda: alerts.webhook_secret.resolve("alerts.webhook_secret", base)
+        if alerts.webhook_secret else None)
+    return CycleSettings(
+        daemon.batch_size, daemon.lease_seconds, daemon.max_attempts,
+        expire_after_days=config.attribution.expire_after_days, policy_version=config.attribution.version(),
+        delivery=delivery, sinks=build_sinks(alerts.webhook_url is not None, alerts.format),
+        storm_threshold=alerts.storm_threshold,
+        reconcile=ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days) if with_reconcile else None)
 
 
 @dataclass
@@ -43,6 +68,7 @@ class CycleReport:
     push: dict[str, PushCounts] = field(default_factory=dict)
     poll: dict[str, PollCounts] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    after: dict[str, Any] = field(default_factory=dict)  # expired, reconcile, alerts_announced, webhooks
 
     def counts(self) -> dict[str, Any]:
         total = PushCounts()
@@ -107,7 +133,12 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
             if over_budget(ledger, target, report):
                 continue
             if settings.poll:
-                report.poll[name] = poll_target(ledger, target)
+                try:
+                    report.poll[name] = poll_target(ledger, target)
+                except CrmConfigError:
+                    if not note_drift(ledger, target):  # a mapped field vanished: poll without it
+                        raise
+                    report.poll[name] = poll_target(ledger, target)
                 # What the poll found (a converted lead's new opportunity, a repair) goes out now.
                 report.push[name].add(push_all(ledger, target, settings, owner))
         except (AuthError, CrmConfigError) as exc:
@@ -116,8 +147,31 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
         except CrmError as exc:
             report.errors.append(f"{name}: {exc}")
             log.warning("CRM failed this cycle; will retry", crm=name, error=str(exc))
+    _after_poll(ledger, targets, settings, owner, report)
     with ledger.transaction() as txn:
         txn.finish_run(run_id, "failed" if report.errors else "ok", report.counts(),
                        "; ".join(report.errors) or None)
     log.info("sync cycle finished", **{k: v for k, v in report.counts().items() if k != "per_crm"})
     return report
+
+
+def _after_poll(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings, owner: str,
+                report: CycleReport) -> None:
+    """Expiry, reconcile, alert sinks and webhook deliveries, each when configured."""
+    if settings.expire_after_days is not None:
+        report.after["expired"] = expire_referrals(ledger, settings.expire_after_days,
+                                                   settings.policy_version).expired
+    if settings.reconcile is not None:
+        result = reconcile(ledger, targets, settings.reconcile)
+        report.after["reconcile"] = {k: v for k, v in result.counts().items() if k != "errors"}
+        report.errors += result.errors
+        for name, target in targets.items():  # repairs reconcile planned go out now
+            if name in report.push:
+                report.push[name].add(push_all(ledger, target, settings, owner))
+    if settings.sinks is not None:
+        announced = announce(ledger, settings.sinks, settings.storm_threshold)
+        report.after["alerts_announced"] = announced.alerts
+    if settings.delivery is not None:
+        delivered = deliver_all(ledger, owner, settings.delivery)
+        report.after["webhooks"] = {"delivered": delivered.delivered, "failed": delivered.failed,
+                                    "dead": delivered.dead, "skipped": delivered.skipped}

@@ -194,3 +194,23 @@ def test_a_conflicting_record_is_held_back_alone_and_lands_after_retry(
     referral = next(r for r in ledger.referrals() if r["prospect_email"] == "person3@push.example")
     assert [lk["record_id"] for lk in referral["links"]] == [taken]  # attached, never duplicated
     assert ledger.status()["ops"]["dead"] == 0
+
+
+def test_a_field_removed_while_running_is_left_out_with_an_alert_and_the_rest_keeps_syncing(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    import_rows(ledger, tmp_path, 2)
+    del crms["hubspot"]
+    run_cycle(ledger, crms, SETTINGS)
+    referral = ledger.referrals()[0]
+    [lead_id] = [lk["record_id"] for lk in referral["links"] if lk["object"] == "Lead"]
+    sandbox.salesforce.remove_field("Lead", "Referral_Campaign__c")
+    sandbox.salesforce.set_field("Lead", lead_id, "Referral_Partner__c", None, by="005REP")
+    report = run_cycle(ledger, crms, SETTINGS)
+    assert report.errors == []
+    record = sandbox.salesforce.get_record("Lead", lead_id)
+    assert record is not None and record["Referral_Partner__c"] == referral["partner"]  # still guarded
+    drift = [a for a in alerts(ledger) if a["kind"] == "mapping_drift"]
+    assert len(drift) == 1 and "Lead.Referral_Campaign__c was removed or renamed" in drift[0]["message"]
+    run_cycle(ledger, crms, SETTINGS)  # the next cycle does not trip over the field again
+    assert len([a for a in alerts(ledger) if a["kind"] == "mapping_drift"]) == 1
