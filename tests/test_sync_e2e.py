@@ -143,6 +143,12 @@ def test_converted_lead_gives_its_opportunity_the_attribution_and_stages_come_ba
     assert shown is not None and shown["status"] == "won"
     assert [h["status"] for h in shown["status_history"]][-2:] == ["negotiation", "won"]
     assert shown["outcome"]["amount"] == 125000 and shown["outcome"]["close_date"] == "2026-11-20"
+    sandbox.salesforce.move_stage(converted["opportunity"], "Negotiation/Review")  # the deal reopens
+    run_cycle(ledger, crms, SETTINGS)
+    reopened = ledger.referral(referral["id"])
+    assert reopened is not None and reopened["status"] == "negotiation"
+    assert [h["status"] for h in reopened["status_history"]][-3:] == ["negotiation", "won", "negotiation"]
+    assert all(h["source"] == "crm_poll" for h in reopened["status_history"][-3:])
 
 
 def test_merge_of_two_referred_leads_keeps_the_first_referral(
