@@ -14,11 +14,17 @@ from datetime import timedelta
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from adapters.errors import CrmError
+from connector.alerting import announce
+from connector.errors import LedgerError
+from connector.expire import expire_referrals
 from connector.logs import get_logger
+from connector.notify import deliver_all
 from connector.poll import poll_target
 from connector.push import CrmTarget
+from connector.reconcile import ReconcileSettings, reconcile
 from connector.sync import CycleSettings, push_all, worker_id
 from state.ledger import Ledger
 from state.outbox import enqueue_pushes
@@ -29,43 +35,97 @@ POLLER_LEASE = "poller"
 
 class Daemon:
     def __init__(self, ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings,
-                 push_interval: int, poll_interval: int) -> None:
+                 push_interval: int, poll_interval: int, reconcile_cron: str | None = None,
+                 reconcile_settings: ReconcileSettings | None = None) -> None:
         self.ledger = ledger
         self.targets = targets
         self.settings = settings
         self.push_interval = push_interval
         self.poll_interval = poll_interval
         self.owner = worker_id()
+        self.reconcile_cron = reconcile_cron
+        self.reconcile_settings = reconcile_settings or ReconcileSettings()
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
 
     def push_job(self) -> None:
+        per_crm: dict[str, dict[str, int]] = {}
+        errors: list[str] = []
+        with self.ledger.transaction() as txn:
+            run_id = txn.start_run("push")
         for name, target in self.targets.items():
             if self.stopping.is_set():
-                return
+                break
+            target.start_run(self.ledger.calls_today(name))  # the API budget counts every run of today
             try:
                 enqueue_pushes(self.ledger, name)
                 counts = push_all(self.ledger, target, self.settings, self.owner)
+                per_crm[name] = {"pushed": counts.pushed, "failed": counts.failed, "dead": counts.dead,
+                                 "calls": counts.calls}
+                errors += counts.errors
                 if counts.pushed or counts.failed or counts.dead:
                     log.info("push round", crm=name, pushed=counts.pushed, failed=counts.failed, dead=counts.dead,
                              api_calls=counts.calls)
             except CrmError as exc:
+                errors.append(f"{name}: {exc}")
                 log.error("push failed; will retry on the next round", crm=name, error=str(exc))
+        with self.ledger.transaction() as txn:
+            txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
 
     def poll_job(self) -> None:
         lease = timedelta(seconds=max(self.poll_interval * 3, 60))
         if not self.ledger.hold_lease(POLLER_LEASE, self.owner, lease):
             log.debug("another replica polls", owner=self.owner)
             return
+        per_crm: dict[str, dict[str, int]] = {}
+        errors: list[str] = []
+        with self.ledger.transaction() as txn:
+            run_id = txn.start_run("poll")
         for name, target in self.targets.items():
             if self.stopping.is_set():
-                return
+                break
+            target.start_run(self.ledger.calls_today(name))
+            if target.over_budget():
+                continue  # the push job raised the alert; polls wait for the budget too
             try:
                 counts = poll_target(self.ledger, target)
+                per_crm[name] = {"changes": counts.changes, "transitions": counts.transitions,
+                                 "repairs": counts.repairs, "calls": counts.calls}
                 log.info("poll", crm=name, changes=counts.changes, transitions=counts.transitions,
                          repairs=counts.repairs, api_calls=counts.calls)
             except CrmError as exc:
+                errors.append(f"{name}: {exc}")
                 log.error("poll failed; will retry on the next round", crm=name, error=str(exc))
+        with self.ledger.transaction() as txn:
+            txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
+
+    def notify_job(self) -> None:
+        """Tell the alert sinks what is new and deliver due webhooks (every replica may deliver:
+        ops are leased)."""
+        try:
+            if self.settings.sinks is not None:
+                announce(self.ledger, self.settings.sinks, self.settings.storm_threshold)
+            if self.settings.delivery is not None:
+                counts = deliver_all(self.ledger, self.owner, self.settings.delivery)
+                if counts.delivered or counts.failed or counts.dead:
+                    log.info("webhooks", delivered=counts.delivered, failed=counts.failed, dead=counts.dead)
+        except LedgerError as exc:
+            log.error("webhook round failed; will retry on the next round", error=str(exc))
+
+    def _leader(self) -> bool:
+        lease = timedelta(seconds=max(self.poll_interval * 3, 60))
+        return self.ledger.hold_lease(POLLER_LEASE, self.owner, lease)
+
+    def expire_job(self) -> None:
+        if self.settings.expire_after_days is None or not self._leader():
+            return
+        expire_referrals(self.ledger, self.settings.expire_after_days, self.settings.policy_version)
+
+    def reconcile_job(self) -> None:
+        if not self._leader():
+            return
+        report = reconcile(self.ledger, self.targets, self.reconcile_settings)
+        log.info("reconcile", **{k: v for k, v in report.counts().items() if k != "errors"})
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("stopping: finishing the running round", signal=signal.Signals(signum).name)
@@ -79,6 +139,12 @@ class Daemon:
                                next_run_time=self.ledger.clock())
         self.scheduler.add_job(self.poll_job, "interval", seconds=self.poll_interval, id="poll",
                                next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self.notify_job, "interval", seconds=self.push_interval, id="notify",
+                               next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self.expire_job, "interval", hours=24, id="expire", next_run_time=self.ledger.clock())
+        if self.reconcile_cron:
+            self.scheduler.add_job(self.reconcile_job, CronTrigger.from_crontab(self.reconcile_cron, timezone="UTC"),
+                                   id="reconcile")
         self.scheduler.start()
         log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
                  poll_every=self.poll_interval)

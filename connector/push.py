@@ -298,6 +298,10 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
     if reason:
         counts.errors.append(f"API budget reached: {reason}")
         target.paused_until = now + timedelta(minutes=15)
+        with observing(ledger, target.name) as ob:
+            ob.raise_alert("api_budget_exhausted", f"api_budget_exhausted:{target.name}",
+                           f"{target.name}: {reason}. Writes and polls wait; nothing is lost.")
+        log.warning("API budget reached; this CRM waits", crm=target.name, reason=reason)
         return counts
     if dry_run:
         ops = preview_pushes(ledger, target.name, limit)

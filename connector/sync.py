@@ -13,9 +13,14 @@ from datetime import timedelta
 from typing import Any
 
 from adapters.errors import AuthError, CrmConfigError, CrmError
+from connector.alerting import Sink, announce, build_sinks
+from connector.config import Config
+from connector.expire import expire_referrals
 from connector.logs import get_logger
+from connector.notify import DeliverySettings, deliver_all
 from connector.poll import PollCounts, poll_target
 from connector.push import CrmTarget, PushCounts, note_drift, push_round
+from connector.reconcile import ReconcileSettings, reconcile
 from state.ledger import Ledger
 from state.observe import observing
 from state.outbox import enqueue_pushes
@@ -107,15 +112,11 @@ def push_all(ledger: Ledger, target: CrmTarget, settings: CycleSettings, owner: 
 
 
 def over_budget(ledger: Ledger, target: CrmTarget, report: CycleReport) -> bool:
-    """Stop calling a CRM whose API budget is spent, and say so once (a deduplicated alert)."""
+    """Whether a CRM's API budget is spent (push_round raised the alert): then it is not polled."""
     reason = target.over_budget()
     if reason is None:
         return False
     report.errors.append(f"{target.name}: API budget reached: {reason}")
-    with observing(ledger, target.name) as ob:
-        ob.raise_alert("api_budget_exhausted", f"api_budget_exhausted:{target.name}",
-                       f"{target.name}: {reason}. Writes and polls wait; nothing is lost.")
-    log.warning("API budget reached; this CRM waits", crm=target.name, reason=reason)
     return True
 
 
