@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from adapters.base import CrmAdapter
 from adapters.sandbox.admin import SandboxAdmin
+
+SHARED_CRM_API = Path(__file__).resolve().parents[2].parent / "shared" / "crm-api"
 
 
 @dataclass
@@ -21,3 +24,21 @@ class ConformanceProfile:
     lead_required: dict  # extra fields a new lead-like record needs (e.g. LastName, Company)
     deal_required: dict  # extra fields a new deal-like record needs
     won_stage: str  # a closed-won stage label
+
+
+def reference_dir(*parts: str) -> Path:
+    """The recorded CRM reference data in ``../shared/crm-api`` beside the checkout.
+
+    Missing on a machine without ``shared/``: the tests using it skip with the reason, except in CI
+    (CI=true), where a missing reference is a failure, not a skip."""
+    import os
+
+    import pytest
+
+    path = SHARED_CRM_API.joinpath(*parts)
+    if not path.is_dir():
+        message = f"CRM reference data not found at {path} (the shared/ folder beside the checkout)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
