@@ -36,6 +36,7 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
 
     logging.disable(logging.WARNING)
     import requests
+
     from connector.attribution import Policy
     from connector.config import load_config
     from connector.crms import build_targets

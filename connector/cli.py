@@ -292,7 +292,7 @@ def demo(directory: Path) -> None:
     sys.exit(run_demo(directory))
 
 
-from connector import cli_sync  # noqa: E402,F401 - registers the CRM and outbox commands
+from connector import cli_reports, cli_sync  # noqa: E402,F401,I001 - register the CRM, outbox and report commands
 
 
 def main() -> None:

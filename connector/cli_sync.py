@@ -25,16 +25,17 @@ def _targets(obj: Context):  # type: ignore[no-untyped-def]
 @cli.command()
 @click.option("--once", is_flag=True, required=True, help="Run one full cycle and exit.")
 @click.option("--dry-run", is_flag=True, help="Print what would be written, per record and field; write nothing.")
+@click.option("--reconcile", "with_reconcile", is_flag=True, help="Also compare the ledger with the CRMs in full.")
 @click.option("--json", "as_json", is_flag=True, help="Print the cycle's counts as JSON.")
 @click.pass_obj
 @handles_errors
-def sync(obj: Context, once: bool, dry_run: bool, as_json: bool) -> None:
-    """One full cycle: push attribution to every CRM, poll back, guard, push repairs."""
-    from connector.sync import CycleSettings, run_cycle
+def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json: bool) -> None:
+    """One full cycle: push attribution to every CRM, poll back, guard, push repairs, expire,
+    tell the alert sinks and deliver partner webhooks."""
+    from connector.sync import run_cycle, settings_from_config
 
     ledger = obj.ledger()
-    daemon = obj.config.daemon
-    settings = CycleSettings(daemon.batch_size, daemon.lease_seconds, daemon.max_attempts)
+    settings = settings_from_config(obj.config, with_reconcile=with_reconcile)
     if dry_run:
         _dry_run(ledger, _targets(obj), settings, as_json)
         return
@@ -81,13 +82,16 @@ def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[
 def run(obj: Context) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from connector.daemon import Daemon
-    from connector.sync import CycleSettings
+    from connector.reconcile import ReconcileSettings
+    from connector.sync import settings_from_config
 
     ledger = obj.ledger()  # refuses an unreachable or unmigrated ledger before anything starts
     daemon = obj.config.daemon
     targets = _targets(obj)  # refuses a broken mapping file
-    settings = CycleSettings(daemon.batch_size, daemon.lease_seconds, daemon.max_attempts)
-    Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds).run()
+    settings = settings_from_config(obj.config)
+    alerts = obj.config.alerts
+    Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds,
+           daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days)).run()
 
 
 @cli.command()
@@ -179,14 +183,17 @@ def sandbox(directory: Path, host: str, salesforce_port: int, hubspot_port: int)
 @cli.command()
 @click.option("--kind", help="Only alerts of this kind (e.g. attribution_overwritten, orphaned_link).")
 @click.option("--open", "open_only", is_flag=True, help="Only alerts not resolved yet.")
+@click.option("--resolved", "resolved_only", is_flag=True, help="Only alerts that resolved themselves.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handles_errors
-def alerts(obj: Context, kind: str | None, open_only: bool, as_json: bool) -> None:
+def alerts(obj: Context, kind: str | None, open_only: bool, resolved_only: bool, as_json: bool) -> None:
     """Discrepancy alerts, newest first; exits 1 while any is open."""
-    from state.observe import alerts as list_alerts
+    from state.notifications import alerts as list_alerts
 
-    rows = list_alerts(obj.ledger(), kind=kind, open_only=open_only)
+    if open_only and resolved_only:
+        raise click.UsageError("--open and --resolved exclude each other; give one")
+    rows = list_alerts(obj.ledger(), kind=kind, open_only=open_only, resolved_only=resolved_only)
     if as_json:
         _print_json(rows)
     else:

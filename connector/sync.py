@@ -22,7 +22,6 @@ from connector.poll import PollCounts, poll_target
 from connector.push import CrmTarget, PushCounts, note_drift, push_round
 from connector.reconcile import ReconcileSettings, reconcile
 from state.ledger import Ledger
-from state.observe import observing
 from state.outbox import enqueue_pushes
 
 log = get_logger("refsync.sync")

@@ -129,6 +129,8 @@ class Referral(Base):
     outcome_currency: Mapped[str | None] = mapped_column(String(3))
     outcome_close_date: Mapped[date | None] = mapped_column(Date)
     outcome_reason: Mapped[str | None] = mapped_column(String(255))
+    # The linked deal's amount as the last reconcile read it (open pipeline value in reports).
+    pipeline_amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
     revision: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every attribution change
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -248,6 +250,7 @@ class Alert(Base):
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     count: Mapped[int] = mapped_column(Integer, default=1)
     resolved_at: Mapped[datetime | None]
+    notified_at: Mapped[datetime | None]  # when the sinks were told; cleared when the alert reopens
 
 
 class JobRun(Base):

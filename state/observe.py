@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from state.ledger import Ledger, LedgerTxn
 from state.models import Alert, AuditEvent, CrmLink, Cursor, Referral, SyncOp
+from state.notifications import enqueue_status_notice
 
 
 def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
@@ -111,6 +112,11 @@ class Observation:
             return False
         self.txn.add_transition(referral.id, referral.status, to_status, at, "crm_poll", crm=self.crm,
                                 owner_id=owner_id, detail=detail)
+        # The timeline (`referrals show`) carries every transition, and the partner hears of it.
+        self.audit(referral.id, "status_changed", to_status, actor=f"crm:{self.crm}",
+                   detail={"from": referral.status, "to": to_status, "at": at.isoformat(), "owner_id": owner_id,
+                           **({"note": detail} if detail else {})})
+        enqueue_status_notice(self.session, referral, referral.status, to_status, at, "crm_poll", self.now)
         referral.status = to_status
         referral.status_changed_at = at
         return True
@@ -163,6 +169,8 @@ class Observation:
             alert.count += 1
             alert.last_seen = self.now
             alert.message = message
+            if alert.resolved_at is not None:
+                alert.notified_at = None  # reopened: the sinks hear of it again
             alert.resolved_at = None
 
 

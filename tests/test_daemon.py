@@ -75,8 +75,8 @@ def test_run_pushes_on_schedule_and_stops_gracefully_on_sigterm(
 def test_run_refuses_a_broken_mapping_with_file_and_line(sandbox_info: dict, tmp_path: Path, sqlite_url: str) -> None:
     mappings = tmp_path / "mappings"
     mappings.mkdir()
-    (mappings / "salesforce.toml").write_text(
-        (ROOT / "mappings" / "salesforce.toml").read_text().replace("Referral_Source__c = {", "Referal_Source__c = {", 1))
+    shipped = (ROOT / "mappings" / "salesforce.toml").read_text()
+    (mappings / "salesforce.toml").write_text(shipped.replace("Referral_Source__c = {", "Referal_Source__c = {", 1))
     (mappings / "hubspot.toml").write_text((ROOT / "mappings" / "hubspot.toml").read_text())
     config = write_config(tmp_path / "refsync.toml", sqlite_url, sandbox_info, mappings)
     done = subprocess.run([REFSYNC, "--config", str(config), "run"], env=env_for(sandbox_info), capture_output=True,
