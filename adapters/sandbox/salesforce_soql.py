@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -54,6 +55,23 @@ class Compare:
     field: str
     op: str  # = != < > <= >= in notin like
     values: list[Literal]
+    # The literals coerced to the field's type, per type: computed once per query, not per record.
+    coerced: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def wanted(self, kind: str) -> list[Any]:
+        if kind not in self.coerced:
+            self.coerced[kind] = [_literal(lit, kind) for lit in self.values]
+        return self.coerced[kind]
+
+    def wanted_set(self, kind: str) -> frozenset[Any] | list[Any]:
+        key = f"set:{kind}"
+        if key not in self.coerced:
+            values = self.wanted(kind)
+            try:
+                self.coerced[key] = frozenset(values)
+            except TypeError:
+                self.coerced[key] = values
+        return self.coerced[key]
 
 
 @dataclass
@@ -314,11 +332,11 @@ def matches(node: Any, record: dict[str, Any], type_of: Callable[[str], str]) ->
     if node.op == "like":
         return _like(node.values[0], raw)
     value = _coerce(raw, kind)
-    wanted = [_literal(lit, kind) for lit in node.values]
     if node.op == "in":
-        return value in wanted
+        return value in node.wanted_set(kind)
     if node.op == "notin":
-        return value not in wanted
+        return value not in node.wanted_set(kind)
+    wanted = node.wanted(kind)
     other = wanted[0]
     if node.op == "=":
         return value == other
