@@ -10,9 +10,9 @@ more than this fails loudly in tests instead of silently matching nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
