@@ -20,6 +20,7 @@ from connector.intake import NewReferral, RowProblem, read_file, validated
 from connector.logs import get_logger
 from state.ledger import Ledger, LedgerTxn
 from state.models import Referral
+from state.notifications import enqueue_status_notice
 
 BATCH = 500
 log = get_logger("refsync.import")
@@ -121,6 +122,9 @@ def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, 
     if decision.status == "declined":
         txn.add_transition(referral.id, "submitted", "declined", txn.clock(), "attribution",
                            detail=decision.reason)
+        txn.session.flush()  # the notification op points at the referral
+        enqueue_status_notice(txn.session, referral, "submitted", "declined", txn.clock(), "attribution",
+                              txn.clock())
     if decision.rival_loses and holder is not None:
         _demote(txn, holder, referral.id, decision, policy)
     holders.add(referral)
@@ -142,6 +146,8 @@ def _demote(
         holder.status_changed_at = txn.clock()
         txn.add_transition(holder.id, previous, decision.rival_status, txn.clock(), "attribution",
                            detail=decision.rival_reason)
+        enqueue_status_notice(txn.session, holder, previous, decision.rival_status, txn.clock(), "attribution",
+                              txn.clock())
     txn.add_audit(
         holder.id, "attribution_changed", decision.rival_reason or "", "refsync", policy_version=policy.version,
         detail={"model": policy.model, "credit_moved_to": winner_id},

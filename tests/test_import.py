@@ -207,3 +207,20 @@ def test_referrals_list_filters(ledger: Ledger, tmp_path: Path, policy: Policy) 
     assert [r["partner"] for r in ledger.referrals(partner="beta")] == ["beta"]
     assert [r["partner"] for r in ledger.referrals(since=datetime(2026, 10, 3, tzinfo=UTC))] == ["beta"]
     assert ledger.referrals(status="won") == []
+
+
+def test_a_declined_duplicate_queues_the_partners_notification(ledger: Ledger, tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from state.models import Partner
+
+    run(ledger, write(tmp_path, "a.csv", HEADER + "\nbeta,x@y.example,,,,,,2026-10-01T00:00:00Z,,b0\n"))
+    with ledger.transaction() as txn:  # beta has a webhook now
+        txn.session.execute(update(Partner).where(Partner.code == "beta").values(
+            webhook_url="https://partner.example/hook", webhook_secret="env:BETA_SECRET"))
+    run(ledger, _two_referrals(tmp_path, "2026-10-01T00:00:00Z", "2026-10-05T00:00:00Z"),
+        Policy("first_touch", "decline", 365, "v2"))
+    notices = [op for op in ledger.ops() if op["kind"] == "notify"]
+    assert [op["payload"]["status"] for op in notices] == ["declined"]
+    declined = next(r for r in ledger.referrals() if r["status"] == "declined")
+    assert "notification_queued" in [e["kind"] for e in ledger.referral(declined["id"])["timeline"]]  # type: ignore[index]
