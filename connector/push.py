@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from adapters.base import (
     CrmAdapter,
+    CrmRecord,
     ObjectSchema,
     RecordErrorKind,
     RecordUpdate,
@@ -194,13 +195,19 @@ def _push_linked(target: CrmTarget, obj: ObjectMap, pairs: list[tuple[_Work, str
             work.outcome.error_class, work.outcome.error_code = "deleted", "ENTITY_IS_DELETED"
             work.outcome.error_message = f"{obj.name} {record_id} no longer exists in {target.name}"
             continue
-        desired = field_values(obj, work.referral, schema, rules=("protect", "fill_blank"))
-        changes = changes_for_existing(obj, desired, record.fields)
-        if changes:
-            updates.append((work, RecordUpdate(record.id, changes)))
-        else:
-            work.outcome.links.append((obj.name, record.id, obj.role))
+        _attach(work, obj, schema, record, updates)
     _write_updates(target, obj, updates, now, max_attempts)
+
+
+def _attach(work: _Work, obj: ObjectMap, schema: ObjectSchema | None, record: CrmRecord,
+            updates: list[tuple[_Work, RecordUpdate]]) -> None:
+    """Give an existing record the referral's attribution: an update of what differs, or just the link."""
+    desired = field_values(obj, work.referral, schema, rules=("protect", "fill_blank"))
+    changes = changes_for_existing(obj, desired, record.fields)
+    if changes:
+        updates.append((work, RecordUpdate(record.id, changes)))
+    else:
+        work.outcome.links.append((obj.name, record.id, obj.role))
 
 
 def _write_updates(target: CrmTarget, obj: ObjectMap, updates: list[tuple[_Work, RecordUpdate]], now: datetime,
@@ -233,12 +240,7 @@ def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_att
                 still.append(work)
                 continue
             record = next((r for r in records if r.fields.get(obj.id_field) == work.referral["id"]), records[0])
-            desired = field_values(obj, work.referral, schema, rules=("protect", "fill_blank"))
-            changes = changes_for_existing(obj, desired, record.fields)
-            if changes:
-                updates.append((work, RecordUpdate(record.id, changes)))
-            else:
-                work.outcome.links.append((obj.name, record.id, obj.role))
+            _attach(work, obj, schema, record, updates)
         remaining = still
     _write_updates(target, obj, updates, now, max_attempts)
     if not obj.create:

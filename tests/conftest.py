@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,6 +20,12 @@ from sqlalchemy.engine import make_url
 
 from state import db
 from state.ledger import Ledger
+
+if TYPE_CHECKING:
+    from adapters.sandbox.run import RunningSandbox
+    from connector.push import CrmTarget
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PG_URL = os.environ.get("REFSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("REFSYNC_REQUIRE_PG") == "1"
@@ -105,3 +112,39 @@ def ledger(ledger_url: str, clock: FakeClock) -> Iterator[Ledger]:
     ledger = Ledger.open(ledger_url, clock=clock)
     yield ledger
     ledger.close()
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
+    """Both CRM emulators, in process, for the tests of one module."""
+    from adapters.sandbox.run import start_sandbox
+
+    running = start_sandbox(tmp_path_factory.mktemp("sandbox"), seed=5)
+    yield running
+    running.stop()
+
+
+def targets_for(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
+    """Fresh emulators and the CRM targets a config pointing at them builds (the real adapters)."""
+    from connector.config import load_config
+    from connector.crms import build_targets
+
+    sandbox.salesforce.reset()
+    sandbox.hubspot.reset()
+    monkeypatch.setenv("T_SF_SESSION", sandbox.salesforce.session_id)
+    monkeypatch.setenv("T_HS_TOKEN", sandbox.hubspot.access_token)
+    config = tmp_path / "refsync.toml"
+    config.write_text(
+        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
+        f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
+        f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
+        f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:T_HS_TOKEN"\n'
+        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
+    targets, problems = build_targets(load_config(config))
+    assert problems == []
+    return targets
+
+
+@pytest.fixture
+def crms(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
+    return targets_for(sandbox, tmp_path, monkeypatch)

@@ -4,57 +4,25 @@ the sandbox emulators, a real ledger (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from adapters.sandbox.run import RunningSandbox, start_sandbox
+from adapters.sandbox.run import RunningSandbox
 from connector.attribution import Policy
 from connector.budget import BudgetLimits
-from connector.config import load_config
-from connector.crms import build_targets
 from connector.dryrun import DryRunAdapter
 from connector.imports import import_file
 from connector.push import CrmTarget, push_round
 from connector.sync import CycleSettings, run_cycle
 from state.ledger import Ledger
 from state.observe import alerts
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = CycleSettings(batch_size=100, lease_seconds=60, max_attempts=8)
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
-    running = start_sandbox(tmp_path_factory.mktemp("sandbox"), seed=5)
-    yield running
-    running.stop()
-
-
-def targets_for(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
-    sandbox.salesforce.reset()
-    sandbox.hubspot.reset()
-    monkeypatch.setenv("P_SF", sandbox.salesforce.session_id)
-    monkeypatch.setenv("P_HS", sandbox.hubspot.access_token)
-    config = tmp_path / "refsync.toml"
-    config.write_text(
-        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
-        f'ca_bundle = "{sandbox.salesforce.ca_path}"\nsession_id = "env:P_SF"\n'
-        f'mapping = "{ROOT}/mappings/salesforce.toml"\n'
-        f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:P_HS"\n'
-        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
-    targets, problems = build_targets(load_config(config))
-    assert problems == []
-    return targets
-
-
-@pytest.fixture
-def crms(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
-    return targets_for(sandbox, tmp_path, monkeypatch)
 
 
 def import_rows(ledger: Ledger, tmp_path: Path, count: int) -> None:

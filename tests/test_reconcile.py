@@ -3,16 +3,11 @@ alert with a count) and resolved when its condition clears, with batched reads o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
-from adapters.sandbox.run import RunningSandbox, start_sandbox
+from adapters.sandbox.run import RunningSandbox
 from connector.attribution import Policy
-from connector.config import load_config
-from connector.crms import build_targets
 from connector.imports import import_file
 from connector.push import CrmTarget
 from connector.reconcile import ReconcileSettings, reconcile
@@ -25,31 +20,6 @@ HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,ca
 SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
 RECONCILE = ReconcileSettings(stale_after_days=3650, won_lookback_days=90)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
-    running = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def crms(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
-    sandbox.salesforce.reset()
-    sandbox.hubspot.reset()
-    monkeypatch.setenv("T_SF_SESSION", sandbox.salesforce.session_id)
-    monkeypatch.setenv("T_HS_TOKEN", sandbox.hubspot.access_token)
-    config = tmp_path / "refsync.toml"
-    config.write_text(
-        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
-        f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
-        f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
-        f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:T_HS_TOKEN"\n'
-        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
-    targets, problems = build_targets(load_config(config))
-    assert problems == []
-    return targets
 
 
 def _synced(ledger: Ledger, crms: dict[str, CrmTarget], tmp_path: Path, rows: list[str]) -> list[str]:

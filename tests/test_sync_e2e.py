@@ -4,7 +4,6 @@ on the CRM, stays there through owner changes, conversions and merges, and stage
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,44 +11,23 @@ import pytest
 
 from adapters.hubspot import HubSpotAdapter
 from adapters.salesforce import SalesforceAdapter
-from adapters.sandbox.run import RunningSandbox, start_sandbox
+from adapters.sandbox.run import RunningSandbox
 from connector.attribution import Policy
-from connector.crms import build_targets
 from connector.imports import import_file
 from connector.push import CrmTarget
 from connector.sync import CycleSettings, run_cycle
 from state.ledger import Ledger
 from state.observe import alerts
+from tests.conftest import targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
-    running = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    yield running
-    running.stop()
-
-
 @pytest.fixture
 def crms(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
-    sandbox.salesforce.reset()
-    sandbox.hubspot.reset()
-    from connector.config import load_config
-
-    monkeypatch.setenv("T_SF_SESSION", sandbox.salesforce.session_id)
-    monkeypatch.setenv("T_HS_TOKEN", sandbox.hubspot.access_token)
-    config = tmp_path / "refsync.toml"
-    config.write_text(
-        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
-        f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
-        f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
-        f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:T_HS_TOKEN"\n'
-        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
-    targets, problems = build_targets(load_config(config))
-    assert problems == []
+    targets = targets_for(sandbox, tmp_path, monkeypatch)
     assert isinstance(targets["salesforce"].adapter, SalesforceAdapter)
     assert isinstance(targets["hubspot"].adapter, HubSpotAdapter)
     return targets
