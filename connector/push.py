@@ -314,6 +314,10 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
     inputs = push_inputs(ledger, [op["referral_id"] for op in ops], target.name)
     works = [_Work(op, inputs[op["referral_id"]], OpOutcome(op["id"], op["referral_id"], "done"))
              for op in ops if op["referral_id"] in inputs]
+    # A referral that lost credit (a duplicate, or merged into another) writes nothing any more:
+    # its queued ops end here, so they can never overwrite the credited referral's attribution.
+    idle = [w for w in works if not w.referral["credited"]]
+    works = [w for w in works if w.referral["credited"]]
     before = target.adapter.budget().total_calls
     try:
         try:
@@ -343,10 +347,10 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
         if not dry_run:
             land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
         raise exc
-    for work in works:
+    for work in works + idle:
         work.outcome.unchanged = work.outcome.state == "done" and not work.outcome.written
     if not dry_run:
-        land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
+        land_outcomes(ledger, target.name, owner, [w.outcome for w in works + idle])
     counts.calls = target.adapter.budget().total_calls - before
     for work in works:
         outcome = work.outcome

@@ -39,9 +39,9 @@ def enqueue_pushes(ledger: Ledger, crm: str) -> int:
         ["kind", "dedupe_key", "referral_id", "crm", "state", "attempts", "next_attempt_at", "created_at",
          "updated_at", "payload"],
         pending,
-    )
+    ).returning(SyncOp.id)
     with ledger.transaction() as txn:
-        return int(getattr(txn.session.execute(statement), "rowcount", 0) or 0)
+        return len(txn.session.execute(statement).all())
 
 
 def preview_pushes(ledger: Ledger, crm: str, limit: int) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
                 "campaign": r.campaign, "submitted_at": r.submitted_at, "prospect_email": r.prospect_email,
                 "prospect_company": r.prospect_company, "prospect_name": r.prospect_name,
                 "external_id": r.external_id, "status": r.status, "referral_code": r.referral_code,
-                "revision": r.revision, "credited": r.credited,
+                "revision": r.revision, "credited": r.credited and r.merged_into is None,
                 "links": [
                     {"object": lk.object, "record_id": lk.record_id, "role": lk.role}
                     for lk in r.links if lk.crm == crm and lk.state == "active"

@@ -183,3 +183,45 @@ def test_hubspot_deal_associated_with_a_referred_contact_gets_the_attribution(
     run_cycle(ledger, crms, SETTINGS)
     assert ledger.referral(referral["id"])["status"] == "lost"  # type: ignore[index]
 
+
+
+def test_hubspot_merge_minting_a_new_id_is_followed_and_first_touch_keeps_credit(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, [
+        "acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1",
+        "bluebird,dana.lee@northwind.example,,,,,,2026-10-03T09:00:00Z,,e2",
+    ])
+    del crms["salesforce"]
+    run_cycle(ledger, crms, SETTINGS)
+    first, second = ledger.referrals()
+    first_contact = _lead(ledger, first["id"], "hubspot", "contacts")
+    second_contact = _lead(ledger, second["id"], "hubspot", "contacts")
+    merged = sandbox.hubspot.merge("contacts", second_contact, first_contact)
+    assert merged not in (first_contact, second_contact)  # HubSpot minted a new id
+    run_cycle(ledger, crms, SETTINGS)
+    assert _lead(ledger, first["id"], "hubspot", "contacts") == merged
+    second_after = ledger.referral(second["id"])
+    assert second_after is not None and second_after["attribution"]["merged_into"] == first["id"]
+    record = sandbox.hubspot.get_record("contacts", merged)
+    assert record is not None and record["refsync_referral_id"] == first["id"]
+    assert record["referral_partner"] == "acme"
+
+
+def test_a_writer_that_keeps_overwriting_wins_after_the_limit_with_a_conflict_alert(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    _import(ledger, tmp_path, ["acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1"])
+    del crms["hubspot"]
+    run_cycle(ledger, crms, SETTINGS)
+    [referral] = ledger.referrals()
+    lead_id = _lead(ledger, referral["id"], "salesforce", "Lead")
+    limit = crms["salesforce"].mapping.restore_limit
+    for n in range(limit + 1):
+        sandbox.salesforce.set_field("Lead", lead_id, "Referral_Partner__c", f"other-{n}", by="005INTEGRATION")
+        run_cycle(ledger, crms, SETTINGS)
+    record = sandbox.salesforce.get_record("Lead", lead_id)
+    assert record is not None and record["Referral_Partner__c"] == f"other-{limit}"  # refsync stopped fighting
+    [conflict] = [a for a in alerts(ledger) if a["kind"] == "attribution_conflict"]
+    writer = record["LastModifiedById"]  # the user the CRM names as the last writer
+    assert writer in conflict["message"] and conflict["record_id"] == lead_id
