@@ -97,6 +97,8 @@ def _move(ob: Observation, referral: Referral, status: str, at: datetime, owner:
     if referral.status == status or referral.merged_into:
         return False
     detail = "reopened" if referral.status in ("won", "lost") and status in OPEN_STATUSES else None
+    log.info("status changed", referral_id=referral.id, crm=ob.crm, status_from=referral.status, status_to=status,
+             owner_id=owner, note=detail)
     return ob.transition(referral, status, at, owner, detail)
 
 
@@ -123,6 +125,9 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
         key = f"{target.name}:{record.id}:{name}"
         if ob.restores_since(record.id, name, window) >= mapping.restore_limit:
             counts.conflicts += 1
+            log.error("another writer keeps overwriting a protected field; refsync stopped restoring it",
+                      referral_id=referral.id, crm=target.name, object=obj.name, record_id=record.id, field=name,
+                      writer=writer)
             ob.raise_alert(
                 "attribution_conflict", f"attribution_conflict:{key}",
                 f"{writer} keeps overwriting {obj.name}.{name} on {record.id} (referral {referral.id}); refsync "
@@ -131,6 +136,8 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
                 referral_id=referral.id, record_id=record.id)
             continue
         restore = True
+        log.warning("protected field overwritten; restoring", referral_id=referral.id, crm=target.name,
+                    object=obj.name, record_id=record.id, field=name, writer=writer)
         ob.audit(referral.id, "restore_planned", name, actor=f"crm:{target.name}:{writer}", obj=obj.name,
                  record_id=record.id, detail={"field": name, "found": record.fields.get(name),
                                               "restoring": desired[name]})
@@ -250,6 +257,8 @@ def _convert(ob: Observation, target: CrmTarget, change: Change, counts: PollCou
             if record_id and role in objects:
                 ob.link(link.referral_id, objects[role], record_id, role)
                 counts.links += 1
+        log.info("lead converted; following it", referral_id=link.referral_id, crm=target.name,
+                 object=mapping.lead.name, record_id=change.record_id, converted_to=dict(change.converted_to))
         ob.audit(link.referral_id, "lead_converted", "followed_conversion", actor=f"crm:{target.name}",
                  obj=mapping.lead.name, record_id=change.record_id, detail=dict(change.converted_to))
         ob.enqueue_push(link.referral_id, f"converted:{change.record_id}")
@@ -262,6 +271,8 @@ def _delete(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, 
     for link in ob.links(obj.name, [change.record_id]).get(change.record_id, []):
         link.state = "deleted"
         counts.deletions += 1
+        log.warning("linked record deleted in the CRM", referral_id=link.referral_id, crm=target.name,
+                    object=obj.name, record_id=change.record_id)
         ob.audit(link.referral_id, "record_deleted", "link_orphaned", actor=f"crm:{target.name}", obj=obj.name,
                  record_id=change.record_id)
         ob.raise_alert(

@@ -351,6 +351,13 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
         work.outcome.unchanged = work.outcome.state == "done" and not work.outcome.written
     if not dry_run:
         land_outcomes(ledger, target.name, owner, [w.outcome for w in works + idle])
+        for work in works:
+            outcome = work.outcome
+            if outcome.state in ("failed", "dead"):
+                (log.error if outcome.state == "dead" else log.warning)(
+                    "push " + ("gave up" if outcome.state == "dead" else "will retry"), referral_id=outcome.referral_id,
+                    crm=target.name, op_id=outcome.op_id, code=outcome.error_code, error=outcome.error_message,
+                    next_attempt_at=outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else None)
     counts.calls = target.adapter.budget().total_calls - before
     for work in works:
         outcome = work.outcome
