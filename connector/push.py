@@ -177,7 +177,9 @@ def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
     for work in works:
         links = [lk for lk in work.referral["links"] if lk["object"] in names]
         for link in links:
-            linked.setdefault(link["object"], []).append((work, link["record_id"]))
+            if link["state"] == "active":
+                linked.setdefault(link["object"], []).append((work, link["record_id"]))
+        # A converted lead is not written any more (its opportunity is), nor looked for again.
         if not any(lk["object"] == target.mapping.lead.name for lk in links):
             unlinked.append(work)
     return linked, unlinked

@@ -74,8 +74,8 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
                 "external_id": r.external_id, "status": r.status, "referral_code": r.referral_code,
                 "revision": r.revision, "credited": r.credited and r.merged_into is None,
                 "links": [
-                    {"object": lk.object, "record_id": lk.record_id, "role": lk.role}
-                    for lk in r.links if lk.crm == crm and lk.state == "active"
+                    {"object": lk.object, "record_id": lk.record_id, "role": lk.role, "state": lk.state}
+                    for lk in r.links if lk.crm == crm and lk.state in ("active", "converted")
                 ],
             }
             for r in rows
