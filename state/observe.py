@@ -179,18 +179,3 @@ def observing(ledger: Ledger, crm: str) -> Iterator[Observation]:
     with ledger.transaction() as txn, txn.session.no_autoflush:
         yield Observation(txn, crm)
 
-
-def alerts(ledger: Ledger, kind: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
-    """Alerts in the contract's ``alerts --json`` shape, newest first."""
-    query = select(Alert).order_by(Alert.last_seen.desc(), Alert.id.desc())
-    if kind:
-        query = query.where(Alert.kind == kind)
-    if open_only:
-        query = query.where(Alert.resolved_at.is_(None))
-    with ledger.transaction() as txn:
-        return [
-            {"id": a.id, "kind": a.kind, "referral_id": a.referral_id, "crm": a.crm, "record_id": a.record_id,
-             "message": a.message, "first_seen": a.first_seen.isoformat(), "last_seen": a.last_seen.isoformat(),
-             "count": a.count, "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None}
-            for a in txn.session.scalars(query)
-        ]

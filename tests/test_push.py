@@ -17,7 +17,7 @@ from connector.imports import import_file
 from connector.push import CrmTarget, push_round
 from connector.sync import CycleSettings, run_cycle
 from state.ledger import Ledger
-from state.observe import alerts
+from state.notifications import alerts
 from tests.conftest import FakeClock, targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
