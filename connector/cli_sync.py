@@ -82,6 +82,7 @@ def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[
 def run(obj: Context) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from connector.daemon import Daemon
+    from connector.http import HttpSettings, parse_listen
     from connector.reconcile import ReconcileSettings
     from connector.sync import settings_from_config
 
@@ -90,8 +91,19 @@ def run(obj: Context) -> None:
     targets = _targets(obj)  # refuses a broken mapping file
     settings = settings_from_config(obj.config)
     alerts = obj.config.alerts
+    http = obj.config.http
+    if http.listen:
+        parse_listen(http.listen)  # a malformed address stops the start-up with the fix
+    elif http.intake_token:
+        raise ConfigError("http.intake_token is set but http.listen is \"\" (HTTP server disabled), so the "
+                          "intake could not be reached; set a listen address or remove intake_token")
+    # An intake token that does not resolve (variable unset, file missing) stops the start-up too:
+    # an intake silently left off would lose the referrals sent to it.
+    token = http.intake_token.resolve("http.intake_token", obj.config.base_dir) if http.intake_token else None
+    http_settings = HttpSettings(http.listen, token, obj.config.attribution.policy())
     Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds,
-           daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days)).run()
+           daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days),
+           http=http_settings).run()
 
 
 @cli.command()

@@ -3,7 +3,8 @@
 Every replica pushes (ops are claimed under leases, so replicas never share an op); only the
 replica holding the ``poller`` lease polls, so cursors advance once. SIGTERM and SIGINT stop the
 scheduler after the running job's round: claimed ops are either landed or, at worst, come back
-when their lease runs out.
+when their lease runs out. The HTTP surface (health, readiness, metrics, intake) is served from a
+background thread while the scheduler runs; readiness turns false as soon as a stop is asked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from adapters.errors import CrmError
 from connector.alerting import announce
 from connector.errors import LedgerError
 from connector.expire import expire_referrals
+from connector.http import HttpServer, HttpSettings
 from connector.logs import get_logger
 from connector.notify import deliver_all
 from connector.poll import poll_target
@@ -36,7 +38,7 @@ POLLER_LEASE = "poller"
 class Daemon:
     def __init__(self, ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings,
                  push_interval: int, poll_interval: int, reconcile_cron: str | None = None,
-                 reconcile_settings: ReconcileSettings | None = None) -> None:
+                 reconcile_settings: ReconcileSettings | None = None, http: HttpSettings | None = None) -> None:
         self.ledger = ledger
         self.targets = targets
         self.settings = settings
@@ -47,6 +49,12 @@ class Daemon:
         self.reconcile_settings = reconcile_settings or ReconcileSettings()
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        # No server when [http] listen = "": the operator turned the HTTP surface off.
+        self.http = HttpServer(ledger, http, self._scheduling) if http is not None and http.listen else None
+
+    def _scheduling(self) -> bool:
+        """Whether the jobs run: the readiness probe's view of the scheduler."""
+        return bool(self.scheduler.running) and not self.stopping.is_set()
 
     def push_job(self) -> None:
         per_crm: dict[str, dict[str, int]] = {}
@@ -132,7 +140,8 @@ class Daemon:
         self.stopping.set()
 
     def run(self) -> None:
-        """Run until SIGTERM/SIGINT."""
+        """Run until SIGTERM/SIGINT. The HTTP server binds first, so an address in use stops the
+        start-up (ConfigError) before any job runs; it closes after the scheduler's last round."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.scheduler.add_job(self.push_job, "interval", seconds=self.push_interval, id="push",
@@ -145,10 +154,16 @@ class Daemon:
         if self.reconcile_cron:
             self.scheduler.add_job(self.reconcile_job, CronTrigger.from_crontab(self.reconcile_cron, timezone="UTC"),
                                    id="reconcile")
-        self.scheduler.start()
-        log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
-                 poll_every=self.poll_interval)
-        self.stopping.wait()
-        self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.start()
+        try:
+            self.scheduler.start()
+            log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
+                     poll_every=self.poll_interval)
+            self.stopping.wait()
+            self.scheduler.shutdown(wait=True)
+        finally:
+            if self.http is not None:
+                self.http.stop()
         self.ledger.release_lease(POLLER_LEASE, self.owner)
         log.info("refsync stopped", owner=self.owner)

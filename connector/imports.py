@@ -7,11 +7,13 @@ holds (same external id, or same content) are counted as unchanged: re-importing
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from connector import attribution
@@ -26,6 +28,16 @@ BATCH = 500
 log = get_logger("refsync.import")
 
 
+@dataclass(frozen=True)
+class RowOutcome:
+    """What happened to one row: the HTTP intake answers each item with it."""
+
+    line: int
+    outcome: Literal["imported", "unchanged", "rejected"]
+    referral_id: str | None = None
+    problems: tuple[RowProblem, ...] = ()
+
+
 @dataclass
 class ImportReport:
     file: str
@@ -34,6 +46,9 @@ class ImportReport:
     rejected: list[RowProblem] = field(default_factory=list)
     notes: list[RowProblem] = field(default_factory=list)
     duplicates: int = 0
+    # Per-row outcomes, kept only when asked for (``[]`` instead of None): a file import of a
+    # million rows must not hold a million outcomes in memory.
+    rows: list[RowOutcome] | None = None
 
     @property
     def rejected_rows(self) -> int:
@@ -85,8 +100,8 @@ class Holders:
         return min(live, key=lambda r: r.submitted_at, default=None)
 
 
-def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, actor: str) -> bool:
-    """Insert one referral with its attribution decision; True when credit is contested."""
+def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, actor: str) -> tuple[str, bool]:
+    """Insert one referral with its attribution decision; its id, and True when credit is contested."""
     holder = holders.rival(row)
     rival = Rival(holder.id, holder.submitted_at, holder.status) if holder else None
     decision = attribution.decide(row.submitted_at, rival, policy)
@@ -128,7 +143,7 @@ def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, 
     if decision.rival_loses and holder is not None:
         _demote(txn, holder, referral.id, decision, policy)
     holders.add(referral)
-    return rival is not None
+    return referral.id, rival is not None
 
 
 def _demote(
@@ -168,42 +183,72 @@ def _batches(items: Iterable[Validated], size: int) -> Iterable[list[Validated]]
         yield batch
 
 
+def _existing_ids(txn: LedgerTxn, rows: Sequence[NewReferral]) -> dict[str, str]:
+    """The ids of the referrals the ledger already holds for these rows, keyed like
+    ``known_fingerprints`` (fingerprint, or ``ext:`` + external id): an unchanged row is answered
+    with the referral it matched."""
+    found: dict[str, str] = {}
+    fingerprints = [r.fingerprint for r in rows]
+    external_ids = [r.external_id for r in rows if r.external_id]
+    if fingerprints:
+        for referral_id, fp in txn.session.execute(
+                select(Referral.id, Referral.fingerprint).where(Referral.fingerprint.in_(fingerprints))):
+            found[fp] = referral_id
+    if external_ids:
+        for referral_id, ext in txn.session.execute(
+                select(Referral.id, Referral.external_id).where(Referral.external_id.in_(external_ids))):
+            found[f"ext:{ext}"] = referral_id
+    return found
+
+
 def _write_batch(
     ledger: Ledger, rows: list[NewReferral], policy: Policy, window: timedelta, actor: str,
     report: ImportReport, per_row: bool,
 ) -> None:
     """Write one batch in one transaction; with ``per_row`` each row gets its own savepoint."""
-    outcome = ImportReport(report.file)
+    outcome = ImportReport(report.file, rows=[] if report.rows is not None else None)
     with ledger.transaction() as txn, txn.session.no_autoflush:
         known = txn.known_fingerprints(
             [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
         )
+        ids = _existing_ids(txn, rows) if outcome.rows is not None else {}
         holders = Holders(txn.credit_holders(
             {r.prospect_email for r in rows if r.prospect_email}, {r.company_key for r in rows if r.company_key}
         ), window)
         for row in rows:
-            if row.fingerprint in known or (row.external_id and f"ext:{row.external_id}" in known):
+            ext_key = f"ext:{row.external_id}" if row.external_id else None
+            if row.fingerprint in known or (ext_key and ext_key in known):
                 outcome.unchanged += 1
+                if outcome.rows is not None:
+                    match = ids.get(row.fingerprint) or (ids.get(ext_key) if ext_key else None)
+                    outcome.rows.append(RowOutcome(row.line, "unchanged", match))
                 continue
             if per_row:
                 try:
                     with txn.savepoint():
-                        contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
+                        referral_id, contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
                         txn.session.flush()
                 except IntegrityError as exc:
-                    outcome.rejected.append(RowProblem(
+                    problem = RowProblem(
                         row.line, "external_id" if row.external_id else None,
                         f"the ledger refused the row ({exc.orig}); it conflicts with a row already imported",
-                    ))
+                    )
+                    outcome.rejected.append(problem)
+                    if outcome.rows is not None:
+                        outcome.rows.append(RowOutcome(row.line, "rejected", problems=(problem,)))
                     continue
             else:
-                contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
+                referral_id, contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
             known.add(row.fingerprint)
-            if row.external_id:
-                known.add(f"ext:{row.external_id}")
+            ids[row.fingerprint] = referral_id
+            if ext_key:
+                known.add(ext_key)
+                ids[ext_key] = referral_id
             outcome.imported += 1
             outcome.duplicates += contested
             outcome.notes.extend(row.notes)
+            if outcome.rows is not None:
+                outcome.rows.append(RowOutcome(row.line, "imported", referral_id, row.notes))
         txn.session.flush()
     # Counted only once the transaction committed: a failed batch reports nothing twice.
     report.imported += outcome.imported
@@ -211,6 +256,33 @@ def _write_batch(
     report.duplicates += outcome.duplicates
     report.rejected.extend(outcome.rejected)
     report.notes.extend(outcome.notes)
+    if report.rows is not None and outcome.rows is not None:
+        report.rows.extend(outcome.rows)
+
+
+def import_rows(
+    ledger: Ledger, rows: Sequence[NewReferral], policy: Policy, actor: str,
+    report: ImportReport | None = None,
+) -> ImportReport:
+    """Write validated rows with first-to-refer decided, exactly as ``refsync import`` does.
+
+    Shared by the file import and the HTTP intake so both decide credit the same way. Rows go in
+    batches of one transaction each; when another writer inserted one of a batch's rows meanwhile,
+    the batch is redone row by row so only the conflicting rows are reported. Rows the ledger
+    already holds are unchanged. Counts are added to ``report`` (a new one when None); give it
+    ``rows=[]`` to also get each row's outcome with its referral id.
+    """
+    report = report if report is not None else ImportReport(file=actor)
+    window = timedelta(days=policy.window_days)
+    for start in range(0, len(rows), BATCH):
+        batch = list(rows[start:start + BATCH])
+        try:
+            _write_batch(ledger, batch, policy, window, actor, report, per_row=False)
+        except IntegrityError:
+            # Someone else wrote one of these rows meanwhile: redo the batch row by row, so only
+            # the conflicting rows are reported and the rest still land.
+            _write_batch(ledger, batch, policy, window, actor, report, per_row=True)
+    return report
 
 
 def import_file(
@@ -223,7 +295,6 @@ def import_file(
     actor = f"import:{path.name}"
     with ledger.transaction() as txn:
         run_id = txn.start_run("import")
-    window = timedelta(days=policy.window_days)
     for number, batch in enumerate(_batches(validated(parsed, now), BATCH), start=1):
         if number in (4, 20) or number % 100 == 0:  # the table grows by orders of magnitude early on
             ledger.refresh_statistics()
@@ -231,12 +302,7 @@ def import_file(
         for item in batch:
             if not isinstance(item, NewReferral):
                 report.rejected.extend(item)
-        try:
-            _write_batch(ledger, rows, policy, window, actor, report, per_row=False)
-        except IntegrityError:
-            # Someone else wrote one of these rows meanwhile: redo the batch row by row, so only
-            # the conflicting rows are reported and the rest still land.
-            _write_batch(ledger, rows, policy, window, actor, report, per_row=True)
+        import_rows(ledger, rows, policy, actor, report)
         if progress:
             progress(len(batch))
     for problem in parsed.problems:  # file-level and unreadable-row problems, known once all rows were read

@@ -39,7 +39,8 @@ def write_config(path: Path, ledger_url: str, info: dict, mapping_dir: Path = RO
         f'session_id = "env:D_SF"\nmapping = "{mapping_dir}/salesforce.toml"\n'
         f'[crm.hubspot]\nbase_url = "{hs["base_url"]}"\naccess_token = "env:D_HS"\n'
         f'mapping = "{mapping_dir}/hubspot.toml"\n'
-        '[daemon]\npush_interval_seconds = 1\npoll_interval_seconds = 2\n[logging]\nformat = "json"\n')
+        '[daemon]\npush_interval_seconds = 1\npoll_interval_seconds = 2\n[http]\nlisten = "127.0.0.1:0"\n'
+        '[logging]\nformat = "json"\n')
     return path
 
 

@@ -1,0 +1,135 @@
+"""Prometheus metrics of one daemon process, served by ``GET /metrics``.
+
+The ledger is the truth, so the gauges (ops by state, open alerts by kind, referrals by status, the
+last run of each job) are read from it at scrape time rather than kept in memory: every replica
+reports the same numbers and a restart loses nothing. The intake and the HTTP surface itself add
+counters. Everything lives in a registry of its own, never in prometheus-client's global one, so
+two servers in one process (tests) never share or double-register a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from connector.errors import LedgerError
+from connector.logs import get_logger
+from connector.reconcile import CRM_KINDS, LEDGER_KINDS
+from state.ledger import Ledger
+from state.models import OP_STATES, STATUSES, Alert
+
+log = get_logger("refsync.metrics")
+
+# Every alert kind the engine raises is reported, at 0 when none is open: an alerting rule on
+# ``refsync_open_alerts{kind="dead_op"} > 0`` must see a series, not an absent one.
+ALERT_KINDS = (*CRM_KINDS, *LEDGER_KINDS, "api_budget_exhausted")
+
+
+def open_alerts_by_kind(ledger: Ledger) -> dict[str, int]:
+    """Open (unresolved) alerts counted by kind, in one grouped query."""
+    with ledger.transaction() as txn:
+        rows = txn.session.execute(
+            select(Alert.kind, func.count()).where(Alert.resolved_at.is_(None)).group_by(Alert.kind))
+        return {str(kind): int(count) for kind, count in rows}
+
+
+def _timestamp(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+class LedgerCollector(Collector):
+    """Gauges read from the ledger on every scrape; ``refsync_ledger_up`` 0 when it does not answer."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: registering must not query the ledger (the metrics are all dynamic)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("refsync_ledger_up", "1 when the ledger answered this scrape, else 0.")
+        try:
+            status = self.ledger.status()
+            alerts = open_alerts_by_kind(self.ledger)
+        except (LedgerError, SQLAlchemyError) as exc:
+            # The scrape still succeeds so the outage itself is visible as refsync_ledger_up 0.
+            log.warning("metrics: the ledger did not answer", error=str(exc))
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield self._by_label("refsync_ops", "Outbound sync ops (CRM writes, webhooks) by state.", "state",
+                             OP_STATES, status["ops"])
+        yield self._by_label("refsync_open_alerts", "Discrepancy alerts not resolved yet, by kind.", "kind",
+                             ALERT_KINDS, alerts)
+        yield self._by_label("refsync_referrals", "Referrals in the ledger by status.", "status",
+                             STATUSES, status["referrals"])
+        yield from self._last_runs(status["last_runs"])
+
+    @staticmethod
+    def _by_label(name: str, doc: str, label: str, known: Iterable[str], counts: dict[str, Any]) -> Metric:
+        gauge = GaugeMetricFamily(name, doc, labels=[label])
+        values = {**dict.fromkeys(known, 0), **counts}
+        for key in sorted(values):
+            gauge.add_metric([str(key)], float(values[key]))
+        return gauge
+
+    @staticmethod
+    def _last_runs(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+        started = GaugeMetricFamily("refsync_last_run_started_timestamp_seconds",
+                                    "When the last run of each job started (Unix time).", labels=["job"])
+        finished = GaugeMetricFamily("refsync_last_run_finished_timestamp_seconds",
+                                     "When the last finished run of each job ended (Unix time).", labels=["job"])
+        duration = GaugeMetricFamily("refsync_last_run_duration_seconds",
+                                     "How long the last run of each job took.", labels=["job"])
+        failed = GaugeMetricFamily("refsync_last_run_failed",
+                                   "1 when the last run of the job failed (a CRM or ledger error), else 0.",
+                                   labels=["job"])
+        info = GaugeMetricFamily("refsync_last_run_info", "The status of the last run of each job (always 1).",
+                                 labels=["job", "status"])
+        counts = GaugeMetricFamily("refsync_last_run_count",
+                                   "What the last run of each job did per CRM (pushed, failed, dead, calls, "
+                                   "changes, transitions, repairs).", labels=["job", "crm", "kind"])
+        for job, run in sorted(runs.items()):
+            start, end = _timestamp(run["started_at"]), _timestamp(run["finished_at"])
+            if start is not None:
+                started.add_metric([job], start)
+            if end is not None:
+                finished.add_metric([job], end)
+                if start is not None:
+                    duration.add_metric([job], max(end - start, 0.0))
+            failed.add_metric([job], 1.0 if run["status"] == "failed" else 0.0)
+            info.add_metric([job, str(run["status"])], 1.0)
+            per_crm = (run.get("counts") or {}).get("per_crm") or {}
+            for crm, values in sorted(per_crm.items()):
+                for kind, value in sorted((values or {}).items()):
+                    if isinstance(value, int | float):
+                        counts.add_metric([job, crm, kind], float(value))
+        yield from (started, finished, duration, failed, info, counts)
+
+
+class Metrics:
+    """The registry of one HTTP server: the ledger gauges plus the counters of this process."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(LedgerCollector(ledger))
+        self.intake = Counter("refsync_intake_referrals", "Referrals received by POST /intake, by outcome.",
+                              ["outcome"], registry=self.registry)
+        self.requests = Counter("refsync_http_requests", "HTTP requests answered, by endpoint and status code.",
+                                ["endpoint", "code"], registry=self.registry)
+        for outcome in ("imported", "unchanged", "rejected"):
+            self.intake.labels(outcome)  # present at 0 from the start
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
