@@ -78,6 +78,8 @@ class Store:
         self.users: dict[str, int] = {}
         self._next_id = 1001
         self._last_ms = 0
+        self._generation = 0  # bumped by every write: unique-value indexes built earlier are stale
+        self._indexes: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Record]]] = {}
 
     def reset(self) -> None:
         with self.lock:
@@ -124,11 +126,21 @@ class Store:
                     f"{prop} is not a unique identifier property for {obj}", "VALIDATION_ERROR"))
             if prop == "hs_object_id":
                 return self.resolve(obj, value)[0]
-            wanted = str(value).casefold()
-            for rec in self.records[obj].values():
-                if rec.archived_ms is None and rec.props.get(prop, "").casefold() == wanted:
-                    return rec
-            return None
+            return self._unique_index(obj, prop).get(str(value).casefold())
+
+    def _unique_index(self, obj: str, prop: str) -> dict[str, Record]:
+        """Live records by case-folded ``prop``, rebuilt only after a write (once per batch, not per record)."""
+        version = (self._generation, id(self.records[obj]), len(self.records[obj]))
+        cached = self._indexes.get((obj, prop))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found: dict[str, Record] = {}
+        for rec in self.records[obj].values():
+            value = rec.props.get(prop, "")
+            if rec.archived_ms is None and value:
+                found.setdefault(value.casefold(), rec)
+        self._indexes[(obj, prop)] = (version, found)
+        return found
 
     # -- validation ----------------------------------------------------------------------------
     def normalise(self, obj: str, values: dict[str, Any], *, internal: bool = False) -> dict[str, str]:
@@ -225,6 +237,7 @@ class Store:
             self._apply(rec, values, source, self.now_ms())
 
     def _apply(self, rec: Record, values: dict[str, str], source: Source, now: int) -> None:
+        self._generation += 1
         values = dict(values)
         if rec.object == "deals" and "dealstage" in values:
             stage = next((s for s in hs.DEAL_STAGES if s[0] == values["dealstage"]), None)
@@ -255,6 +268,7 @@ class Store:
         with self.lock:
             now = self.now_ms()
             rec.archived_ms = now
+            self._generation += 1
             rec.updated_ms = now
 
     def merge(self, obj: str, primary_id: str, loser_id: str) -> Record:

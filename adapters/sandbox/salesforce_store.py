@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters.sandbox.salesforce_schema import KEY_PREFIX, STAGES, OrgSchema
 from adapters.sandbox.salesforce_soql import (
+    Compare,
     SoqlError,
     condition_fields,
     matches,
@@ -78,6 +79,7 @@ class OrgStore:
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema.objects()}
         self._counter = 0
         self._last_ms = 0
+        self._indexes = {}
         self.users: dict[str, str] = {}
         self.deleted_at: dict[str, int] = {}
         self._seed_stages()
@@ -105,6 +107,8 @@ class OrgStore:
             n, rem = divmod(n, 62)
             digits = _B62[rem] + digits
         return checksum_id(KEY_PREFIX[obj] + "5g" + "0000" + digits[-6:])
+
+    _indexes: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, list[dict[str, Any]]]]]
 
     def now_ms(self) -> int:
         """Strictly increasing milliseconds: two changes never share a SystemModstamp."""
@@ -145,10 +149,25 @@ class OrgStore:
     def live(self, obj: str) -> list[dict[str, Any]]:
         return [r for r in self.records[obj].values() if not r.get("IsDeleted")]
 
+    def index(self, obj: str, field: str) -> dict[str, list[dict[str, Any]]]:
+        """Records of ``obj`` by the case-folded value of ``field``, deleted ones included.
+
+        Every change takes a new timestamp from :meth:`now_ms`, so an index built at the current
+        one is current; it is rebuilt at most once per request, keeping a 100k-record org linear."""
+        version = (self._last_ms, id(self.records[obj]), len(self.records[obj]))
+        cached = self._indexes.get((obj, field))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found: dict[str, list[dict[str, Any]]] = {}
+        for rec in self.records[obj].values():
+            if rec.get(field) is not None:
+                found.setdefault(str(rec[field]).casefold(), []).append(rec)
+        self._indexes[(obj, field)] = (version, found)
+        return found
+
     def by_external_id(self, obj: str, field: str, value: Any) -> dict[str, Any] | None:
-        wanted = str(value).casefold()
-        for rec in self.live(obj):
-            if rec.get(field) is not None and str(rec[field]).casefold() == wanted:
+        for rec in self.index(obj, field).get(str(value).casefold(), []):
+            if not rec.get("IsDeleted") and rec.get(field) is not None:
                 return rec
         return None
 
@@ -452,7 +471,13 @@ class OrgStore:
             def type_of(name: str) -> str:
                 return self.schema.type_of(obj, name)
 
-            rows = [r for r in self.records[obj].values()
+            candidates: Any = self.records[obj].values()
+            if isinstance(where, Compare) and where.op in ("=", "in") and all(v.kind == "string" for v in where.values):
+                # Equality on text: only the records indexed under one of the values can match.
+                idx = self.index(obj, where.field)
+                candidates = [r for v in dict.fromkeys(str(lit.value).casefold() for lit in where.values)
+                              for r in idx.get(v, [])]
+            rows = [r for r in candidates
                     if (include_deleted or not r.get("IsDeleted")) and matches(where, r, type_of)]
             for name, desc, _nulls in reversed(query.order):
                 field_name = canonical(name)
