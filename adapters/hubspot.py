@@ -442,9 +442,9 @@ class HubSpotAdapter:
         lower = (since if since.tzinfo else since.replace(tzinfo=UTC)) - self.lookback
         extra = DEAL_FIELDS if object_name == "deals" else ()
         props = self._props(fields, extra)
-        found = self._changed_since(object_name, _ms(lower), props)
-        records = sorted((self._record(object_name, o, [*fields, *extra]) for o in found.values()),
-                         key=lambda r: (r.modified_at or lower, int(r.id)))
+        found = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
+        records = sorted(found.values(), key=lambda r: (r.modified_at or lower, int(r.id)))
+        del found
         if object_name == "deals" and records:
             contacts = self._associated(object_name, "contacts", [r.id for r in records])
             for rec in records:
@@ -462,11 +462,14 @@ class HubSpotAdapter:
         moments = [c.at for c in changes] + [since if since.tzinfo else since.replace(tzinfo=UTC)]
         return ChangeSet(changes, stage_changes, max(moments))
 
-    def _changed_since(self, object_name: str, lower_ms: int, props: list[str]) -> dict[str, Any]:
+    def _changed_since(self, object_name: str, lower_ms: int, props: list[str],
+                       fields: Sequence[str]) -> dict[str, CrmRecord]:
         """Records modified at or after ``lower_ms``, ascending; past the cap, restart from the last
-        timestamp seen (records sharing it are read in full by id first, so none is lost)."""
+        timestamp seen (records sharing it are read in full by id first, so none is lost). Each
+        answer is turned into a CrmRecord at once: the client's model objects weigh several times
+        more, and a first poll after a large push reads every record."""
         modified = _modified_field(object_name)
-        seen: dict[str, Any] = {}
+        seen: dict[str, CrmRecord] = {}
         op, stamp = "GTE", lower_ms
         while True:
             after: str | None = None
@@ -480,20 +483,19 @@ class HubSpotAdapter:
                     body["after"] = after
                 page = self._search(object_name, body)
                 for obj in page.results or []:
-                    seen[str(obj.id)] = obj
-                    last = obj
+                    last = seen[str(obj.id)] = self._record(object_name, obj, fields)
                 after = page.paging.next.after if page.paging and page.paging.next else None
                 if after is None:
                     return seen
                 if int(after) >= self.search_cap:
                     break
-            last_moment = _moment((last.properties or {}).get(modified)) if last is not None else None
+            last_moment = last.modified_at if last is not None else None
             if last_moment is None:
                 return seen
             last_ms = _ms(last_moment)
             ties = [{"propertyName": modified, "operator": "EQ", "value": str(last_ms)}]
             for obj in self._search_all(object_name, [ties], "hs_object_id", props):
-                seen[str(obj.id)] = obj
+                seen[str(obj.id)] = self._record(object_name, obj, fields)
             op, stamp = "GT", last_ms
 
     def _deletions_due(self, object_name: str, lower: datetime) -> list[Change]:

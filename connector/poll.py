@@ -307,6 +307,7 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
                 _observe_batch(ob, target, obj, batch, book, by_record, counts)
         with observing(ledger, target.name) as ob:
             ob.set_cursor(obj.name, changes.cursor)
+        del changes, by_record  # the next object's changes are read without these still in memory
     counts.calls = target.adapter.budget().total_calls - before
     return counts
 
