@@ -25,6 +25,7 @@ from adapters.sandbox.hubspot_admin import AdminMixin
 from adapters.sandbox.hubspot_api import Answer, Endpoints
 from adapters.sandbox.hubspot_search import search
 from adapters.sandbox.hubspot_store import ApiError, Store
+from adapters.sandbox.served import Served
 
 DEFAULT_TOKEN = "sandbox-token-hubspot"  # noqa: S105 - the local sandbox's well-known token
 BURST_INTERVAL_MS = 10_000
@@ -47,7 +48,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 TYPE_IDS = {v: k for k, v in hs.OBJECT_TYPE_IDS.items()}
 
 
-class HubSpotEmulator(AdminMixin):
+class HubSpotEmulator(AdminMixin, Served):
     """HubSpot's CRM API on 127.0.0.1, with an in-process and HTTP admin plane."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, access_token: str = DEFAULT_TOKEN,
@@ -80,24 +81,11 @@ class HubSpotEmulator(AdminMixin):
         class Handler(_Handler):
             owner = emulator
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hubspot-emulator", daemon=True)
-        self._thread.start()
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._serve(server, "hubspot-emulator")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> HubSpotEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

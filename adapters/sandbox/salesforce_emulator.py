@@ -33,6 +33,7 @@ from xml.sax.saxutils import escape
 
 from adapters.sandbox.salesforce_soql import SoqlError, parse_datetime
 from adapters.sandbox.salesforce_store import NOT_FOUND, OrgStore, SfError, format_stamp
+from adapters.sandbox.served import Served
 from adapters.sandbox.tls import make_tls
 
 DAILY_LIMIT = 15000
@@ -64,7 +65,7 @@ class _QuietServer(ThreadingHTTPServer):
         return
 
 
-class SalesforceEmulator:
+class SalesforceEmulator(Served):
     """One emulated org. ``start()`` serves HTTPS on ``host:port`` (0 picks a free port)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls_dir: str | Path | None = None,
@@ -99,22 +100,8 @@ class SalesforceEmulator:
         server = _QuietServer((self.host, self._port), _handler_for(self))
         # Handshake lazily in the handler thread, so one stalled client cannot block accept().
         server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="salesforce-emulator", daemon=True)
-        self._thread.start()
+        self._serve(server, "salesforce-emulator")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> SalesforceEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
