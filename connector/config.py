@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -269,6 +270,20 @@ class Config(_Strict):
         """A path from the config, relative to the config file's folder."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+    def mapping_path(self, value: str, key_path: str) -> Path:
+        """Where a mapping file is: beside the config, else in the working directory, else the
+        shipped default of the same name; a ConfigError lists every place looked at."""
+        path = Path(value).expanduser()
+        shipped = [Path(__file__).resolve().parent.parent / "mappings" / path.name,
+                   Path(sys.prefix) / "share" / "refsync" / "mappings" / path.name]
+        candidates = [path] if path.is_absolute() else [self.base_dir / path, Path.cwd() / path, *shipped]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        looked = ", ".join(str(c) for c in candidates)
+        raise ConfigError(f"{key_path}: mapping file {value} not found (looked at: {looked}); fix the path or copy "
+                          "a shipped file from mappings/")
 
     def secrets(self) -> list[str]:
         """Every secret value this config references and can resolve: fed to the log redactor."""

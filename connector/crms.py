@@ -59,7 +59,7 @@ def build_targets(config: Config) -> tuple[dict[str, CrmTarget], list[str]]:
     for name, adapter in adapters.items():
         crm_config = getattr(config.crm, name)
         try:
-            loaded = load_mapping(config.path(crm_config.mapping))
+            loaded = load_mapping(config.mapping_path(crm_config.mapping, f"crm.{name}.mapping"))
         except ConfigError as exc:
             problems += exc.problems
             continue

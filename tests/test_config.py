@@ -109,3 +109,17 @@ def test_policy_version_is_stable_and_changes_with_the_policy() -> None:
     c = parse_config('[attribution]\nmodel = "last_touch"\n').attribution.version()
     assert a == b != c
     assert parse_config('[attribution]\npolicy_version = "2026-q4"\n').attribution.version() == "2026-q4"
+
+
+def test_mapping_path_beside_the_config_else_the_shipped_default(tmp_path: Path) -> None:
+    config_file = tmp_path / "refsync.toml"
+    config_file.write_text('[crm.hubspot]\naccess_token = "env:X"\nmapping = "mappings/hubspot.toml"\n')
+    config = load_config(config_file)
+    shipped = Path(__file__).resolve().parents[1] / "mappings" / "hubspot.toml"
+    assert config.mapping_path("mappings/hubspot.toml", "crm.hubspot.mapping") == shipped
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "hubspot.toml").write_text("# the admin's own copy\n")
+    own = tmp_path / "mappings" / "hubspot.toml"
+    assert config.mapping_path("mappings/hubspot.toml", "crm.hubspot.mapping") == own
+    with pytest.raises(ConfigError, match=r"crm.hubspot.mapping: mapping file mappings/zoho.toml not found \(looked at"):
+        config.mapping_path("mappings/zoho.toml", "crm.hubspot.mapping")
