@@ -121,5 +121,6 @@ def test_mapping_path_beside_the_config_else_the_shipped_default(tmp_path: Path)
     (tmp_path / "mappings" / "hubspot.toml").write_text("# the admin's own copy\n")
     own = tmp_path / "mappings" / "hubspot.toml"
     assert config.mapping_path("mappings/hubspot.toml", "crm.hubspot.mapping") == own
-    with pytest.raises(ConfigError, match=r"crm.hubspot.mapping: mapping file mappings/zoho.toml not found \(looked at"):
+    expected = r"crm.hubspot.mapping: mapping file mappings/zoho.toml not found \(looked at"
+    with pytest.raises(ConfigError, match=expected):
         config.mapping_path("mappings/zoho.toml", "crm.hubspot.mapping")
