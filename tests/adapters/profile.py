@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adapters.base import CrmAdapter
 from adapters.sandbox.admin import SandboxAdmin
@@ -42,3 +43,11 @@ def reference_dir(*parts: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def recorded_body(*parts: str) -> Any:
+    """A reference body from shared/crm-api: the recorded ``body`` of a cassette, or the file itself."""
+    import json
+
+    data = json.loads(SHARED_CRM_API.joinpath(*parts).read_text())
+    return data["body"] if isinstance(data, dict) and "_source" in data else data

@@ -3,7 +3,6 @@ from a live org and quoted from Salesforce's docs, so an adapter tested against 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,9 +10,7 @@ import pytest
 import requests
 
 from adapters.sandbox.salesforce_emulator import SalesforceEmulator
-from tests.adapters.profile import SHARED_CRM_API, reference_dir
-
-REFERENCE = SHARED_CRM_API / "salesforce"
+from tests.adapters.profile import recorded_body, reference_dir
 
 
 @pytest.fixture(autouse=True)
@@ -22,8 +19,7 @@ def _reference_present() -> None:
 
 
 def ref(name: str) -> Any:
-    data = json.loads((REFERENCE / name).read_text())
-    return data["body"] if isinstance(data, dict) and "_source" in data else data
+    return recorded_body("salesforce", name)
 
 
 def shape(value: Any) -> Any:

@@ -13,9 +13,8 @@ import responses
 from adapters.base import RecordErrorKind, RecordUpdate, RecordUpsert
 from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
 from adapters.salesforce import SalesforceAdapter
-from tests.adapters.profile import SHARED_CRM_API, reference_dir
+from tests.adapters.profile import recorded_body, reference_dir
 
-REFERENCE = SHARED_CRM_API / "salesforce"
 BASE = "https://acme.my.salesforce.com/services/data/v59.0/"
 
 
@@ -25,8 +24,7 @@ def _reference_present() -> None:
 
 
 def body(name: str) -> Any:
-    data = json.loads((REFERENCE / name).read_text())
-    return data["body"] if isinstance(data, dict) and "_source" in data else data
+    return recorded_body("salesforce", name)
 
 
 @pytest.fixture
