@@ -17,7 +17,7 @@ Rules every adapter follows:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -139,7 +139,12 @@ class Change:
 
 @dataclass(frozen=True)
 class ChangeSet:
-    """Changes of one object since a cursor, and the cursor to pass next time."""
+    """One page of changes of one object, and the cursor that is safe to keep once it is handled.
+
+    Pages come in ascending modification order. ``stage_changes`` holds the stage history of the
+    page's own records (a record's history travels with the record). ``cursor`` never passes a
+    record that is still to come, so a poll stopped after any page resumes from its cursor (minus
+    the caller's overlap) without losing anything."""
 
     changes: Sequence[Change]
     stage_changes: Sequence[StageChange]
@@ -180,6 +185,7 @@ class CrmAdapter(Protocol):
 
     name: str
     max_batch: int  # records per write call (200 Salesforce, 100 HubSpot)
+    page_records: int  # changes per page of change_pages (about: a page may end a little past it)
 
     def describe(self, object_name: str) -> ObjectSchema:
         """Fields of ``object_name`` for mapping validation."""
@@ -209,8 +215,13 @@ class CrmAdapter(Protocol):
         """Current records by id; a merged-away id maps to its survivor, a deleted one to None."""
         ...
 
-    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
-        """Everything that changed on ``object_name`` since ``since`` (the caller applies overlap)."""
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+        """Everything that changed on ``object_name`` since ``since`` (the caller applies overlap),
+        a page at a time (about ``page_records`` changes each), in ascending modification order.
+
+        Paging follows the CRM's own query cursor or a keyset on (modified time, id), never an
+        offset, so records that share one timestamp across a page boundary are neither lost nor
+        read forever, however many there are. Memory stays bounded by one page."""
         ...
 
     def stages(self, object_name: str) -> list[Stage]:

@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,7 @@ ERROR_KINDS = {"LOCKED": RecordErrorKind.TRANSIENT, "OBJECT_NOT_FOUND": RecordEr
                "CONFLICT": RecordErrorKind.CONFLICT, "RATE_LIMITS": RecordErrorKind.TRANSIENT}
 EXTRA_FIELDS = ("hs_object_id", "hs_merged_object_ids", "hubspot_owner_id", "hs_updated_by_user_id")
 DEAL_FIELDS = ("dealstage", "pipeline", "amount", "closedate")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _body(exc: Any) -> dict[str, Any]:
@@ -143,7 +144,9 @@ def _moment(value: Any) -> datetime | None:
 
 
 def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    """Epoch milliseconds, exactly (float timestamps can land one millisecond short)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return (aware - EPOCH) // timedelta(milliseconds=1)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -174,6 +177,8 @@ class HubSpotAdapter:
 
     name = "hubspot"
     max_batch = BATCH
+    page_records = 2000  # changes per page of change_pages: search answers are joined up to this
+    search_page = SEARCH_PAGE  # results per search request (HubSpot's maximum)
 
     def __init__(self, base_url: str, access_token: str, *, timeout: float = 30.0,
                  lookback: timedelta = timedelta(minutes=2), search_cap: int = 10_000,
@@ -311,11 +316,11 @@ class HubSpotAdapter:
                     props: list[str]) -> Iterable[Any]:
         """Every result of a search ordered by ``sort``; restarts by id past the result cap."""
         after: str | None = None
-        last_id = 0
+        last_id = floor = 0  # floor: the id a restart past the cap continues after (offsets restart at 0)
         while True:
             filter_groups = [{"filters": g + ([{"propertyName": "hs_object_id", "operator": "GT",
-                                                "value": str(last_id)}] if last_id else [])} for g in groups]
-            body: dict[str, Any] = {"filterGroups": filter_groups, "properties": props, "limit": SEARCH_PAGE,
+                                                "value": str(floor)}] if floor else [])} for g in groups]
+            body: dict[str, Any] = {"filterGroups": filter_groups, "properties": props, "limit": self.search_page,
                                     "sorts": [{"propertyName": sort, "direction": "ASCENDING"}]}
             if after:
                 body["after"] = after
@@ -329,7 +334,7 @@ class HubSpotAdapter:
             if int(after) >= self.search_cap:
                 if sort != "hs_object_id":
                     raise TransientError(f"search past {self.search_cap} results needs a restartable sort", crm=CRM)
-                after = None
+                after, floor = None, last_id
 
     # -- writes ----------------------------------------------------------------------------------
     def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert]) -> list[WriteResult]:
@@ -438,14 +443,30 @@ class HubSpotAdapter:
         return self._record(object_name, data, fields)
 
     # -- changes ---------------------------------------------------------------------------------
-    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
-        lower = (since if since.tzinfo else since.replace(tzinfo=UTC)) - self.lookback
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        lower = since - self.lookback
         extra = DEAL_FIELDS if object_name == "deals" else ()
         props = self._props(fields, extra)
-        found = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
-        records = sorted(found.values(), key=lambda r: (r.modified_at or lower, int(r.id)))
-        del found
-        if object_name == "deals" and records:
+        cursor = since
+        page: list[CrmRecord] = []
+        pages = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
+        found = next(pages, [])
+        while found:
+            page += found
+            found = next(pages, [])
+            if len(page) >= self.page_records or not found:
+                changes, stage_changes = self._page_changes(object_name, page, lower)
+                cursor = max([cursor, *(r.modified_at for r in page if r.modified_at)])
+                page = []
+                yield ChangeSet(changes, stage_changes, cursor)
+        deleted = self._deletions_due(object_name, lower)
+        if deleted:
+            yield ChangeSet(deleted, [], cursor)
+
+    def _page_changes(self, object_name: str, records: list[CrmRecord],
+                      lower: datetime) -> tuple[list[Change], list[StageChange]]:
+        if object_name == "deals":
             contacts = self._associated(object_name, "contacts", [r.id for r in records])
             for rec in records:
                 rec.fields["associations.contacts"] = contacts.get(rec.id, [])
@@ -456,47 +477,56 @@ class HubSpotAdapter:
             for old in str(rec.fields.get("hs_merged_object_ids") or "").split(";"):
                 if old.strip() and old.strip() != rec.id:
                     changes.append(Change(ChangeKind.MERGED, object_name, old.strip(), at, merged_into=rec.id))
-        changes += self._deletions_due(object_name, lower)
         stage_changes = self._stage_history(object_name, [r.id for r in records], lower) \
             if object_name == "deals" else []
-        moments = [c.at for c in changes] + [since if since.tzinfo else since.replace(tzinfo=UTC)]
-        return ChangeSet(changes, stage_changes, max(moments))
+        return changes, stage_changes
 
     def _changed_since(self, object_name: str, lower_ms: int, props: list[str],
-                       fields: Sequence[str]) -> dict[str, CrmRecord]:
-        """Records modified at or after ``lower_ms``, ascending; past the cap, restart from the last
-        timestamp seen (records sharing it are read in full by id first, so none is lost). Each
-        answer is turned into a CrmRecord at once: the client's model objects weigh several times
-        more, and a first poll after a large push reads every record."""
+                       fields: Sequence[str]) -> Iterator[list[CrmRecord]]:
+        """Records modified at or after ``lower_ms``, ascending, one search answer at a time.
+
+        Keyset paging, never an offset: every request starts again from the last timestamp seen
+        (records already read at that timestamp are skipped). A record modified while we read moves
+        later and is read again instead of shifting an unread one below the offset, and the search's
+        10,000-result cap never applies. When one timestamp fills a whole answer, its records are
+        read by id before moving past it, so any number of ties is read exactly once. Each answer
+        becomes CrmRecords at once: the client's model objects weigh several times more."""
         modified = _modified_field(object_name)
-        seen: dict[str, CrmRecord] = {}
         op, stamp = "GTE", lower_ms
+        seen_at_stamp: set[str] = set()
         while True:
-            after: str | None = None
-            last: Any = None
-            while True:
-                body: dict[str, Any] = {
-                    "filterGroups": [{"filters": [{"propertyName": modified, "operator": op, "value": str(stamp)}]}],
-                    "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
-                    "properties": props, "limit": SEARCH_PAGE}
-                if after:
-                    body["after"] = after
-                page = self._search(object_name, body)
-                for obj in page.results or []:
-                    last = seen[str(obj.id)] = self._record(object_name, obj, fields)
-                after = page.paging.next.after if page.paging and page.paging.next else None
-                if after is None:
-                    return seen
-                if int(after) >= self.search_cap:
-                    break
-            last_moment = last.modified_at if last is not None else None
-            if last_moment is None:
-                return seen
-            last_ms = _ms(last_moment)
-            ties = [{"propertyName": modified, "operator": "EQ", "value": str(last_ms)}]
+            body: dict[str, Any] = {
+                "filterGroups": [{"filters": [{"propertyName": modified, "operator": op, "value": str(stamp)}]}],
+                "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
+                "properties": props, "limit": self.search_page}
+            answer = self._search(object_name, body)
+            records = [self._record(object_name, obj, fields) for obj in answer.results or []]
+            if not records:
+                return
+            stamps = [_ms(r.modified_at) if r.modified_at else stamp for r in records]
+            fresh = [r for r, at in zip(records, stamps, strict=True) if at != stamp or r.id not in seen_at_stamp]
+            if fresh:
+                yield fresh
+            if not (answer.paging and answer.paging.next):
+                return
+            top = max(stamps)
+            if top > stamp:
+                op, stamp = "GTE", top
+                seen_at_stamp = {r.id for r, at in zip(records, stamps, strict=True) if at == top}
+                continue
+            # the whole answer shares one timestamp: read all of it by id, then go past it
+            seen_at_stamp |= {r.id for r in records}
+            ties = [{"propertyName": modified, "operator": "EQ", "value": str(stamp)}]
+            rest: list[CrmRecord] = []
             for obj in self._search_all(object_name, [ties], "hs_object_id", props):
-                seen[str(obj.id)] = self._record(object_name, obj, fields)
-            op, stamp = "GT", last_ms
+                if str(obj.id) not in seen_at_stamp:
+                    rest.append(self._record(object_name, obj, fields))
+                    if len(rest) >= self.search_page:
+                        yield rest
+                        rest = []
+            if rest:
+                yield rest
+            op, seen_at_stamp = "GT", set()
 
     def _deletions_due(self, object_name: str, lower: datetime) -> list[Change]:
         checked = self._deletions_checked.get(object_name)

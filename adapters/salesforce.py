@@ -22,7 +22,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -181,12 +181,37 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class _HistoryWindow:
+    """Hands each page of opportunity changes the stage history of its own opportunities.
+
+    History is read in consecutive windows (low, page's cursor], each row once. A row's
+    CreatedDate is never later than its opportunity's SystemModstamp, so a row whose opportunity
+    is not in this page belongs to a later one: it waits here until that page comes."""
+
+    def __init__(self, since: datetime) -> None:
+        self.low = since
+        self.waiting: dict[str, list[StageChange]] = {}
+
+    def take(self, rows: list[StageChange], ids: set[str], high: datetime | None) -> list[StageChange]:
+        """The rows of ``ids`` among those waiting and ``rows`` (read up to ``high``; None: the last page)."""
+        for row in rows:
+            self.waiting.setdefault(row.record_id, []).append(row)
+        out = [row for rid in ids for row in self.waiting.pop(rid, [])]
+        if high is not None:
+            self.low = high
+        else:  # rows of opportunities changed after the query began: the next poll reads those
+            out += [row for rows_ in self.waiting.values() for row in rows_]
+            self.waiting.clear()
+        return sorted(out, key=lambda r: r.at)
+
+
 class SalesforceAdapter:
     """CrmAdapter for Salesforce (REST API through simple-salesforce)."""
 
     name = "salesforce"
     max_batch = 200
     query_batch_size = 2000  # records per query page asked of Salesforce (it may send fewer)
+    page_records = 2000  # changes per page of change_pages: query pages are joined up to this
 
     def __init__(self, instance_url: str, *, session_id: str | None = None, username: str | None = None,
                  password: str | None = None, security_token: str | None = None, domain: str | None = None,
@@ -284,10 +309,16 @@ class SalesforceAdapter:
 
     def _query_pages(self, soql: str, *, include_deleted: bool) -> Iterator[dict[str, Any]]:
         """Every record of a SOQL query, page by page through ``nextRecordsUrl``."""
+        for batch in self._query_batches(soql, include_deleted=include_deleted):
+            yield from batch
+
+    def _query_batches(self, soql: str, *, include_deleted: bool) -> Iterator[list[dict[str, Any]]]:
+        """The records of a SOQL query one answer at a time: Salesforce's own server-side cursor
+        (``nextRecordsUrl``) pages it, so the query's order holds across pages and nothing is re-read."""
         headers = {"Sforce-Query-Options": f"batchSize={self.query_batch_size}"}
         page = self._call("query", lambda sf: sf.query(soql, include_deleted=include_deleted, headers=headers))
         while True:
-            yield from page.get("records", [])
+            yield list(page.get("records", []))
             if page.get("done", True) or not page.get("nextRecordsUrl"):
                 return
             next_url = page["nextRecordsUrl"]
@@ -379,27 +410,36 @@ class SalesforceAdapter:
             out[record_id] = None if raw is None or raw.get("IsDeleted") else self._record(obj, raw)
         return out
 
-    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
         obj = _api_name(object_name)
         since = _aware(since)
         extra = ["IsDeleted", *(["MasterRecordId"] if obj in MERGEABLE else [])]
         if obj == "Lead":
             extra += ["IsConverted", *_CONVERTED.values()]
         select = list(dict.fromkeys([*self._base_fields(obj), *extra, *(_api_name(f) for f in fields)]))
-        soql = format_soql("SELECT {:literal} FROM {:literal} WHERE SystemModstamp > {} ORDER BY SystemModstamp ASC",
-                           ", ".join(select), obj, since)
+        soql = format_soql("SELECT {:literal} FROM {:literal} WHERE SystemModstamp > {} "
+                           "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, since)
+        history = _HistoryWindow(since)
         cursor = since
-        changes: list[Change] = []
-        for raw in self._query_pages(soql, include_deleted=True):
-            at = parse_sf_datetime(raw.get("SystemModstamp")) or since
-            if at <= since:  # format_soql drops milliseconds: skip what the cursor already covers
-                continue
-            cursor = max(cursor, at)
-            changes.append(self._change(obj, raw, at))
-        stage_changes: list[StageChange] = []
-        if obj == "Opportunity" and changes:  # a stage change always bumps the opportunity's SystemModstamp
-            stage_changes, cursor = self._stage_history(since, cursor)
-        return ChangeSet(changes=changes, stage_changes=stage_changes, cursor=cursor)
+        page: list[Change] = []
+        batches = self._query_batches(soql, include_deleted=True)
+        batch = next(batches, [])
+        while batch:
+            for raw in batch:
+                at = parse_sf_datetime(raw.get("SystemModstamp")) or since
+                if at <= since:  # format_soql drops milliseconds: skip what the cursor already covers
+                    continue
+                cursor = max(cursor, at)
+                page.append(self._change(obj, raw, at))
+            batch = next(batches, [])
+            if page and (len(page) >= self.page_records or not batch):
+                stage_changes: list[StageChange] = []
+                if obj == "Opportunity":  # a stage change always bumps the opportunity's SystemModstamp
+                    last = not batch
+                    rows = self._stage_history(history.low, None if last else cursor)
+                    stage_changes = history.take(rows, {c.record_id for c in page}, None if last else cursor)
+                yield ChangeSet(changes=page, stage_changes=stage_changes, cursor=cursor)
+                page = []
 
     def _change(self, obj: str, raw: dict[str, Any], at: datetime) -> Change:
         record_id = str(raw["Id"])
@@ -413,20 +453,22 @@ class SalesforceAdapter:
             return Change(ChangeKind.CONVERTED, obj, record_id, at, record=record, converted_to=converted)
         return Change(ChangeKind.UPDATED, obj, record_id, at, record=record)
 
-    def _stage_history(self, since: datetime, cursor: datetime) -> tuple[list[StageChange], datetime]:
+    def _stage_history(self, low: datetime, high: datetime | None) -> list[StageChange]:
+        """OpportunityHistory rows created in (low, high]; no upper bound when ``high`` is None."""
         soql = format_soql("SELECT OpportunityId, StageName, Amount, CloseDate, CreatedDate, CreatedById "
-                           "FROM OpportunityHistory WHERE CreatedDate > {} ORDER BY CreatedDate ASC", since)
+                           "FROM OpportunityHistory WHERE CreatedDate > {}", low)
+        if high is not None:  # literals drop milliseconds: ask up to the next whole second, cut below
+            soql += format_soql(" AND CreatedDate < {}", high.replace(microsecond=0) + timedelta(seconds=1))
         rows: list[StageChange] = []
-        for raw in self._query_pages(soql, include_deleted=False):
-            at = parse_sf_datetime(raw.get("CreatedDate")) or since
-            if at <= since:
+        for raw in self._query_pages(soql + " ORDER BY CreatedDate ASC", include_deleted=False):
+            at = parse_sf_datetime(raw.get("CreatedDate")) or low
+            if at <= low or (high is not None and at > high):
                 continue
-            cursor = max(cursor, at)
             amount = raw.get("Amount")
             rows.append(StageChange(record_id=str(raw["OpportunityId"]), stage=str(raw.get("StageName") or ""),
                                     at=at, amount=float(amount) if amount is not None else None,
                                     close_date=raw.get("CloseDate"), changed_by=raw.get("CreatedById")))
-        return rows, cursor
+        return rows
 
     def stages(self, object_name: str) -> list[Stage]:
         obj = _api_name(object_name)

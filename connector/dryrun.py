@@ -6,7 +6,7 @@ records writes instead of sending them; the ledger is only read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,8 +58,12 @@ class DryRunAdapter:
     def read(self, object_name: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, CrmRecord | None]:
         return self.inner.read(object_name, ids, fields)
 
-    def changes(self, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
-        return self.inner.changes(object_name, since, fields)
+    @property
+    def page_records(self) -> int:  # type: ignore[override]
+        return self.inner.page_records
+
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+        return self.inner.change_pages(object_name, since, fields)
 
     def stages(self, object_name: str) -> list[Stage]:
         return self.inner.stages(object_name)

@@ -1,7 +1,8 @@
 """Poll-back and the attribution guard: what changed on the CRM, and what it means for a referral.
 
 Per CRM and object: read changes since the cursor (minus an overlap window, so late-indexed or
-same-millisecond changes are not lost), then in one ledger transaction per object:
+same-millisecond changes are not lost) a page at a time, then in ledger transactions of at most
+OBSERVE_BATCH changes, the page's cursor kept with its last one:
 - stage moves become status transitions (with the owner at that moment) and outcomes;
 - a protected field that someone else changed is restored, until another writer has overwritten
   it ``restore_limit`` times within the window: then refsync stops and raises a conflict;
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from adapters.base import Change, ChangeKind, CrmRecord, Stage, StageChange
+from adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
 from connector.logs import get_logger
 from connector.mapping import ObjectMap, field_values
 from connector.push import CrmTarget, same_value
@@ -296,20 +297,27 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
                              mapping.currency_field, mapping.close_date_field, mapping.lost_reason_field)
                  if f and (obj is mapping.deal or f == mapping.owner_field)]
         fields = list(dict.fromkeys([*target.fields_of(obj), *extra]))
-        changes = target.adapter.changes(obj.name, since - OVERLAP, fields)
-        by_record: dict[str, list[StageChange]] = {}
-        for stage_change in changes.stage_changes:
-            by_record.setdefault(stage_change.record_id, []).append(stage_change)
-        for start in range(0, len(changes.changes), OBSERVE_BATCH):
-            batch = changes.changes[start:start + OBSERVE_BATCH]
-            with observing(ledger, target.name) as ob:
-                ob.prefetch(obj.name, [c.record_id for c in batch if c.kind is ChangeKind.UPDATED])
-                _observe_batch(ob, target, obj, batch, book, by_record, counts)
-        with observing(ledger, target.name) as ob:
-            ob.set_cursor(obj.name, changes.cursor)
-        del changes, by_record  # the next object's changes are read without these still in memory
+        for page in target.adapter.change_pages(obj.name, since - OVERLAP, fields):
+            _observe_page(ledger, target, obj, page, book, counts)
     counts.calls = target.adapter.budget().total_calls - before
     return counts
+
+
+def _observe_page(ledger: Ledger, target: CrmTarget, obj: ObjectMap, page: ChangeSet, book: StageBook,
+                  counts: PollCounts) -> None:
+    """One page of changes, in transactions of OBSERVE_BATCH; the cursor moves with the page's last
+    transaction, so a poll stopped anywhere resumes after the last page it finished."""
+    by_record: dict[str, list[StageChange]] = {}
+    for stage_change in page.stage_changes:
+        by_record.setdefault(stage_change.record_id, []).append(stage_change)
+    starts = range(0, len(page.changes), OBSERVE_BATCH) or range(1)
+    for start in starts:
+        batch = page.changes[start:start + OBSERVE_BATCH]
+        with observing(ledger, target.name) as ob:
+            ob.prefetch(obj.name, [c.record_id for c in batch if c.kind is ChangeKind.UPDATED])
+            _observe_batch(ob, target, obj, batch, book, by_record, counts)
+            if start == starts[-1]:
+                ob.set_cursor(obj.name, page.cursor)
 
 
 def _observe_batch(ob: Observation, target: CrmTarget, obj: ObjectMap, batch: Sequence[Change], book: StageBook,

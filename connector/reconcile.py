@@ -224,11 +224,13 @@ class _CrmCheck:
         fields = [f for f in (deal.id_field, mapping.stage_field, mapping.amount_field, contact_ref)
                   if f and f in schemas[deal.name].fields]
         since = self.ledger.clock() - timedelta(days=self.settings.won_lookback_days)
-        changes = self.target.adapter.changes(deal.name, since, fields)
-        wins = [c.record for c in changes.changes if c.kind is ChangeKind.UPDATED and c.record is not None
-                and (stage := stage_of(stages, c.record.fields.get(mapping.stage_field))) is not None
-                and stage.is_won and not c.record.fields.get(deal.id_field)]
-        self.deals_checked = len(changes.changes)
+        wins: list[CrmRecord] = []
+        self.deals_checked = 0
+        for page in self.target.adapter.change_pages(deal.name, since, fields):  # only the wins are kept
+            wins += [c.record for c in page.changes if c.kind is ChangeKind.UPDATED and c.record is not None
+                     and (stage := stage_of(stages, c.record.fields.get(mapping.stage_field))) is not None
+                     and stage.is_won and not c.record.fields.get(deal.id_field)]
+            self.deals_checked += len(page.changes)
         wins = [w for w in wins if w.id not in repo.linked_referrals(self.ledger, self.crm, [w.id for w in wins])]
         if not wins:
             return

@@ -49,6 +49,11 @@ class SandboxAdmin(Protocol):
         """Fault injection by probability: rate_limit, server_error, slow, drop, lock; retry_after=s."""
         ...
 
+    def hold_clock(self, held: bool = True) -> None:
+        """Every write carries one timestamp until released (``held=False``), as in a bulk import or a
+        mass update, where many records share a modification time."""
+        ...
+
     def calls(self) -> dict[str, int]:
         """API calls served, by kind (admin calls not counted)."""
         ...

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import threading
 
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
-                 "convert_lead", "move_stage", "remove_field", "set_faults", "calls", "reset", "configure",
-                 "associate")
+                 "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
+                 "configure", "associate")
 FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "retry_after", "slow_seconds")
 
 
@@ -154,6 +154,10 @@ class AdminMixin:
             self.store.indexing_lag_ms = indexing_lag_ms
         if seed is not None:
             self.rng.seed(seed)
+
+    def hold_clock(self, held: bool = True) -> None:
+        """Every write carries one timestamp until released (``held=False``): a bulk import's ties."""
+        self.store.hold_clock(held)
 
     def calls(self) -> dict[str, int]:
         with self._guard:

@@ -78,6 +78,7 @@ class Store:
         self.users: dict[str, int] = {}
         self._next_id = 1001
         self._last_ms = 0
+        self.held_ms: int | None = None
         self._generation = 0  # bumped by every write: unique-value indexes built earlier are stale
         self._indexes: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Record]]] = {}
 
@@ -87,10 +88,19 @@ class Store:
 
     # -- clock and ids -------------------------------------------------------------------------
     def now_ms(self) -> int:
-        """Wall-clock milliseconds, never going backwards."""
+        """Wall-clock milliseconds, never going backwards; the held instant while the clock is held."""
         with self.lock:
+            if self.held_ms is not None:
+                return self.held_ms
             self._last_ms = max(self._last_ms, int(time.time() * 1000))
             return self._last_ms
+
+    def hold_clock(self, held: bool) -> None:
+        with self.lock:
+            if not held:
+                self.held_ms = None
+            elif self.held_ms is None:
+                self.held_ms = self.now_ms()
 
     def _mint_id(self) -> str:
         self._next_id += 1

@@ -40,7 +40,8 @@ DAILY_LIMIT = 15000
 MAX_COLLECTION = 200
 _API = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)/(?P<rest>.*)$")
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
-                 "convert_lead", "move_stage", "remove_field", "set_faults", "calls", "reset", "expire_sessions")
+                 "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
+                 "expire_sessions")
 _FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock")
 
 
@@ -167,6 +168,10 @@ class SalesforceEmulator(Served):
             if "seed" in rates:
                 self._random = random.Random(rates.pop("seed"))
             self._faults = {k: float(v) for k, v in rates.items()}
+
+    def hold_clock(self, held: bool = True) -> None:
+        """Every write carries one timestamp until released (``held=False``): a bulk import's ties."""
+        self.store.hold_clock(held)
 
     def calls(self) -> dict[str, int]:
         with self._state_lock:

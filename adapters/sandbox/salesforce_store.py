@@ -79,6 +79,7 @@ class OrgStore:
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema.objects()}
         self._counter = 0
         self._last_ms = 0
+        self.held_ms: int | None = None
         self._indexes = {}
         self.users: dict[str, str] = {}
         self.deleted_at: dict[str, int] = {}
@@ -111,9 +112,19 @@ class OrgStore:
     _indexes: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, list[dict[str, Any]]]]]
 
     def now_ms(self) -> int:
-        """Strictly increasing milliseconds: two changes never share a SystemModstamp."""
+        """Strictly increasing milliseconds (two changes never share a SystemModstamp), except while
+        the clock is held: then every change shares the held instant."""
+        if self.held_ms is not None:
+            return self.held_ms
         self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
         return self._last_ms
+
+    def hold_clock(self, held: bool) -> None:
+        with self.lock:
+            if not held:
+                self.held_ms = None
+            elif self.held_ms is None:
+                self.held_ms = self.now_ms()
 
     def user_id(self, name: str) -> str:
         """The User id of ``name`` (created on first use), so LastModifiedById names a real user."""

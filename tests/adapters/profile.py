@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.base import CrmAdapter
+from adapters.base import ChangeSet, CrmAdapter
 from adapters.sandbox.admin import SandboxAdmin
 
 SHARED_CRM_API = Path(__file__).resolve().parents[2].parent / "shared" / "crm-api"
@@ -25,6 +27,20 @@ class ConformanceProfile:
     lead_required: dict  # extra fields a new lead-like record needs (e.g. LastName, Company)
     deal_required: dict  # extra fields a new deal-like record needs
     won_stage: str  # a closed-won stage label
+    small_pages: dict[str, int]  # adapter attributes that make change_pages page after a few hundred records
+
+
+def all_changes(adapter: CrmAdapter, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
+    """Every page of ``change_pages`` joined, the last page's cursor kept; checks pages ascend."""
+    changes: list = []
+    stage_changes: list = []
+    cursor = since
+    for page in adapter.change_pages(object_name, since, fields):
+        assert page.cursor >= cursor, f"page cursor went back: {page.cursor} < {cursor}"
+        changes += page.changes
+        stage_changes += page.stage_changes
+        cursor = page.cursor
+    return ChangeSet(changes, stage_changes, cursor)
 
 
 def reference_dir(*parts: str) -> Path:

@@ -22,5 +22,5 @@ def hubspot_profile(directory: Path) -> tuple[ConformanceProfile, HubSpotEmulato
         id_field="refsync_referral_id", email_field="email", partner_field="referral_partner",
         stage_field="dealstage", lead_required={"lastname": "Referred"},
         deal_required={"dealname": "Referred deal", "pipeline": "default", "dealstage": "appointmentscheduled"},
-        won_stage="Closed Won")
+        won_stage="Closed Won", small_pages={"page_records": 120, "search_page": 50})
     return profile, emulator

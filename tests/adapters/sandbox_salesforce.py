@@ -20,5 +20,5 @@ def salesforce_profile(directory: Path) -> tuple[ConformanceProfile, SalesforceE
         id_field="Referral_Id__c", email_field="Email", partner_field="Referral_Partner__c",
         stage_field="StageName", lead_required={"LastName": "Referred", "Company": "Referred Inc"},
         deal_required={"Name": "Referred deal", "StageName": "Prospecting", "CloseDate": "2026-12-31"},
-        won_stage="Closed Won")
+        won_stage="Closed Won", small_pages={"page_records": 150, "query_batch_size": 200})
     return profile, emulator

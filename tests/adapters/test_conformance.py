@@ -8,8 +8,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from adapters.base import ChangeKind, RecordUpdate, RecordUpsert
-from tests.adapters.profile import ConformanceProfile
+from tests.adapters.profile import ConformanceProfile, all_changes
 
 
 def _lead(p: ConformanceProfile, ref: str, email: str, **extra: str) -> RecordUpsert:
@@ -91,7 +93,7 @@ def test_changes_since_a_cursor_see_an_edit_a_delete_and_a_merge(profile: Confor
     p.admin.set_field(p.lead_object, edited, p.partner_field, "initech", by="rep")
     p.admin.delete_record(p.lead_object, deleted)
     kept = p.admin.merge(p.lead_object, survivor, loser)
-    result = p.adapter.changes(p.lead_object, since, [p.partner_field])
+    result = all_changes(p.adapter, p.lead_object, since, [p.partner_field])
     kinds = {(c.kind, c.record_id) for c in result.changes}
     assert (ChangeKind.UPDATED, edited) in kinds
     assert (ChangeKind.DELETED, deleted) in kinds
@@ -100,9 +102,46 @@ def test_changes_since_a_cursor_see_an_edit_a_delete_and_a_merge(profile: Confor
     edit = next(c for c in result.changes if c.record_id == edited and c.kind is ChangeKind.UPDATED)
     assert edit.record is not None and edit.record.fields[p.partner_field] == "initech"
     assert result.cursor > since
-    later = p.adapter.changes(p.lead_object, result.cursor, [p.partner_field])
-    assert all(c.at >= result.cursor for c in later.changes), [(c.record_id, c.at, result.cursor)
-                                                                for c in later.changes]
+    p.admin.set_field(p.lead_object, edited, p.partner_field, "globex", by="rep")
+    later = all_changes(p.adapter, p.lead_object, result.cursor, [p.partner_field])
+    again = next(c for c in later.changes if c.record_id == edited and c.kind is ChangeKind.UPDATED)
+    assert again.record is not None and again.record.fields[p.partner_field] == "globex"
+    # anything older than the cursor may come again (look-back windows), but only what was reported before
+    reported = {(c.kind, c.record_id) for c in result.changes}
+    assert all(c.at >= result.cursor or (c.kind, c.record_id) in reported for c in later.changes), [
+        (c.kind, c.record_id, c.at, result.cursor) for c in later.changes]
+
+
+def test_change_pages_read_every_record_once_when_hundreds_share_one_timestamp(
+        profile: ConformanceProfile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk import gives hundreds of records one modification time; pages must neither lose nor
+    repeat any of them where a page boundary cuts through that timestamp, and must end."""
+    p = profile
+    for name, value in p.small_pages.items():
+        monkeypatch.setattr(p.adapter, name, value)
+    since = _since()
+    p.admin.hold_clock(True)
+    try:
+        tied = [p.admin.create_record(p.lead_object, {**p.lead_required, p.email_field: f"tie{i}@pages.example"})
+                for i in range(300)]
+    finally:
+        p.admin.hold_clock(False)
+    spread = [p.admin.create_record(p.lead_object, {**p.lead_required, p.email_field: f"late{i}@pages.example"})
+              for i in range(150)]
+    pages = list(p.adapter.change_pages(p.lead_object, since, [p.email_field]))
+    seen = [c.record_id for page in pages for c in page.changes if c.kind is ChangeKind.UPDATED]
+    assert len(pages) >= 3, [len(page.changes) for page in pages]
+    assert sorted(seen) == sorted(tied + spread), "every record exactly once"
+    # a page ends at the first CRM answer that reaches page_records (no answer here is over 200)
+    assert all(len(page.changes) <= p.small_pages["page_records"] + 200 for page in pages)
+    cursors = [page.cursor for page in pages]
+    assert cursors == sorted(cursors) and cursors[0] > since
+    # resuming from any page's cursor re-reads at most what that page boundary shares, never loses one
+    middle = pages[1].cursor
+    resumed = {c.record_id for page in p.adapter.change_pages(p.lead_object, middle, [p.email_field])
+               for c in page.changes}
+    after_first_two = {c.record_id for page in pages[2:] for c in page.changes}
+    assert after_first_two <= resumed
 
 
 def test_changes_report_stage_moves(profile: ConformanceProfile) -> None:
@@ -110,7 +149,7 @@ def test_changes_report_stage_moves(profile: ConformanceProfile) -> None:
     deal = p.admin.create_record(p.deal_object, dict(p.deal_required))
     since = _since()
     p.admin.move_stage(deal, p.won_stage, amount=1200.0, close_date="2026-12-01")
-    result = p.adapter.changes(p.deal_object, since, [p.stage_field])
+    result = all_changes(p.adapter, p.deal_object, since, [p.stage_field])
     moves = [s for s in result.stage_changes if s.record_id == deal]
     assert moves and moves[-1].stage == p.won_stage
     assert moves[-1].amount == 1200.0

@@ -12,6 +12,7 @@ from adapters.base import ChangeKind, RecordErrorKind, RecordUpdate, RecordUpser
 from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
 from adapters.hubspot import HubSpotAdapter
 from adapters.sandbox.hubspot_emulator import HubSpotEmulator
+from tests.adapters.profile import all_changes
 
 ID = "refsync_referral_id"
 
@@ -85,7 +86,7 @@ def test_merged_away_id_missing_from_results_is_missing_and_read_follows_new_id(
     read = adapter.read("contacts", [a, b], ["email", "referral_partner"])
     assert read[a] is not None and read[a].id == survivor and read[a].fields["referral_partner"] == "acme"
     assert read[b] is not None and read[b].id == survivor
-    changes = adapter.changes("contacts", since, ["email"]).changes
+    changes = all_changes(adapter, "contacts", since, ["email"]).changes
     merged = {(c.record_id, c.merged_into) for c in changes if c.kind is ChangeKind.MERGED}
     assert merged == {(a, survivor), (b, survivor)}
 
@@ -114,7 +115,7 @@ def test_changes_past_the_search_cap_lose_nothing(hub: HubSpotEmulator) -> None:
     adapter = HubSpotAdapter(hub.base_url, hub.access_token, timeout=5.0, search_cap=100, search_per_second=None)
     since = datetime.now(UTC)
     written = adapter.upsert("contacts", ID, _referrals(250))  # 3 batches: 100 records share a timestamp
-    changes = adapter.changes("contacts", since, [ID]).changes
+    changes = all_changes(adapter, "contacts", since, [ID]).changes
     updated = [c.record_id for c in changes if c.kind is ChangeKind.UPDATED]
     assert len(updated) == len(set(updated)) == 250
     assert set(updated) == {r.record_id for r in written}
@@ -125,7 +126,7 @@ def test_changes_report_deletions_and_advance_the_cursor(adapter: HubSpotAdapter
     since = datetime.now(UTC)
     rid = hub.create_record("contacts", {"email": "del@example.com"})
     hub.delete_record("contacts", rid)
-    result = adapter.changes("contacts", since, ["email"])
+    result = all_changes(adapter, "contacts", since, ["email"])
     assert [(c.kind, c.record_id) for c in result.changes] == [(ChangeKind.DELETED, rid)]
     assert result.cursor >= since
     assert adapter.read("contacts", [rid], ["email"]) == {rid: None}
@@ -138,7 +139,7 @@ def test_stage_history_and_deal_associations(adapter: HubSpotAdapter, hub: HubSp
     hub.move_stage(deal, "Qualified To Buy")
     time.sleep(0.005)
     hub.move_stage(deal, "Closed Won", amount=1200.0, close_date="2026-12-01T00:00:00Z")
-    result = adapter.changes("deals", since, ["dealname", "dealstage"])
+    result = all_changes(adapter, "deals", since, ["dealname", "dealstage"])
     updated = [c for c in result.changes if c.kind is ChangeKind.UPDATED]
     assert updated[0].record is not None and updated[0].record.fields["associations.contacts"] == [contact]
     stages = [s.stage for s in result.stage_changes if s.record_id == deal]

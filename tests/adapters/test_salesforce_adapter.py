@@ -16,6 +16,7 @@ from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientErr
 from adapters.salesforce import SalesforceAdapter
 from adapters.sandbox.salesforce_emulator import SalesforceEmulator
 from adapters.sandbox.salesforce_store import ASSIGNMENT_QUEUE_ID
+from tests.adapters.profile import all_changes
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_a_converted_lead_refuses_writes_and_shows_up_as_converted(sf: Salesforc
     [result] = sf.update("Lead", [RecordUpdate(lead.record_id, {"Referral_Partner__c": "globex"})])
     assert not result.ok and result.error is not None
     assert (result.error.kind, result.error.code) == (RecordErrorKind.CONVERTED, "CANNOT_UPDATE_CONVERTED_LEAD")
-    change = next(c for c in sf.changes("Lead", since, ["Email"]).changes if c.record_id == lead.record_id)
+    change = next(c for c in all_changes(sf, "Lead", since, ["Email"]).changes if c.record_id == lead.record_id)
     assert change.kind is ChangeKind.CONVERTED
     assert dict(change.converted_to) == converted
     opportunity = sf.read("Opportunity", [converted["opportunity"]], ["Referral_Id__c", "Name"])
@@ -123,12 +124,12 @@ def test_changes_page_through_next_records_url_and_cursor_excludes_what_was_seen
     sf.upsert("Lead", "Referral_Id__c", [_lead(f"PAGE{i:03d}") for i in range(450)])
     sf.query_batch_size = 200
     before = em.calls().get("query", 0)
-    result = sf.changes("Lead", since, ["Referral_Id__c"])
+    result = all_changes(sf, "Lead", since, ["Referral_Id__c"])
     assert em.calls()["query"] - before == 3  # 200 + 200 + 50
     assert len({c.record_id for c in result.changes}) == 450
     assert [c.at for c in result.changes] == sorted(c.at for c in result.changes)
     assert result.cursor == max(c.at for c in result.changes)
-    assert sf.changes("Lead", result.cursor, ["Referral_Id__c"]).changes == []
+    assert all_changes(sf, "Lead", result.cursor, ["Referral_Id__c"]).changes == []
 
 
 def test_opportunity_changes_carry_stage_history_with_who_moved_it(sf: SalesforceAdapter,
@@ -137,7 +138,7 @@ def test_opportunity_changes_carry_stage_history_with_who_moved_it(sf: Salesforc
     since = _since()
     em.move_stage(deal, "Negotiation/Review", amount=5000.0)
     em.move_stage(deal, "Closed Won", amount=5500.0, close_date="2026-12-15")
-    result = sf.changes("Opportunity", since, ["StageName", "Amount"])
+    result = all_changes(sf, "Opportunity", since, ["StageName", "Amount"])
     assert [(s.stage, s.amount, s.close_date) for s in result.stage_changes] == [
         ("Negotiation/Review", 5000.0, "2026-12-31"), ("Closed Won", 5500.0, "2026-12-15")]
     assert result.stage_changes[0].changed_by == em.store.user_id("rep")
@@ -229,7 +230,7 @@ def test_a_removed_field_is_a_configuration_error(sf: SalesforceAdapter, em: Sal
         sf.upsert("Lead", "Referral_Id__c", [_lead("RM1", Referral_Medium__c="email")])
     assert caught.value.code == "INVALID_FIELD"
     with pytest.raises(CrmConfigError):
-        sf.changes("Lead", _since(), ["Referral_Medium__c"])
+        all_changes(sf, "Lead", _since(), ["Referral_Medium__c"])
 
 
 def test_per_record_rejections_keep_the_crm_code(sf: SalesforceAdapter) -> None:
