@@ -451,11 +451,11 @@ class HubSpotAdapter:
         cursor = since
         page: list[CrmRecord] = []
         pages = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
-        found = next(pages, [])
-        while found:
+        found = next(pages, None)
+        while found is not None:
             page += found
-            found = next(pages, [])
-            if len(page) >= self.page_records or not found:
+            found = next(pages, None)
+            if page and (len(page) >= self.page_records or found is None):
                 changes, stage_changes = self._page_changes(object_name, page, lower)
                 cursor = max([cursor, *(r.modified_at for r in page if r.modified_at)])
                 page = []

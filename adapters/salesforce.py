@@ -423,19 +423,19 @@ class SalesforceAdapter:
         cursor = since
         page: list[Change] = []
         batches = self._query_batches(soql, include_deleted=True)
-        batch = next(batches, [])
-        while batch:
+        batch = next(batches, None)
+        while batch is not None:
             for raw in batch:
                 at = parse_sf_datetime(raw.get("SystemModstamp")) or since
                 if at <= since:  # format_soql drops milliseconds: skip what the cursor already covers
                     continue
                 cursor = max(cursor, at)
                 page.append(self._change(obj, raw, at))
-            batch = next(batches, [])
-            if page and (len(page) >= self.page_records or not batch):
+            batch = next(batches, None)
+            last = batch is None
+            if page and (len(page) >= self.page_records or last):
                 stage_changes: list[StageChange] = []
                 if obj == "Opportunity":  # a stage change always bumps the opportunity's SystemModstamp
-                    last = not batch
                     rows = self._stage_history(history.low, None if last else cursor)
                     stage_changes = history.take(rows, {c.record_id for c in page}, None if last else cursor)
                 yield ChangeSet(changes=page, stage_changes=stage_changes, cursor=cursor)
