@@ -4,11 +4,14 @@ on the CRM, stays there through owner changes, conversions and merges, and stage
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from adapters.base import ChangeSet
+from adapters.errors import TransientError
 from adapters.hubspot import HubSpotAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.sandbox.run import RunningSandbox
@@ -18,6 +21,7 @@ from connector.push import CrmTarget
 from connector.sync import CycleSettings, run_cycle
 from state.ledger import Ledger
 from state.notifications import alerts
+from state.observe import cursor
 from tests.conftest import targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
@@ -225,3 +229,39 @@ def test_a_writer_that_keeps_overwriting_wins_after_the_limit_with_a_conflict_al
     [conflict] = [a for a in alerts(ledger) if a["kind"] == "attribution_conflict"]
     writer = record["LastModifiedById"]  # the user the CRM names as the last writer
     assert writer in conflict["message"] and conflict["record_id"] == lead_id
+
+
+def test_a_poll_over_many_pages_repairs_every_record_and_resumes_after_the_last_page_it_finished(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _import(ledger, tmp_path, [f"acme,p{i}@pages.example,,,,,,2026-10-01T09:00:00Z,,e{i}" for i in range(12)])
+    run_cycle(ledger, crms, SETTINGS)
+    adapter = crms["hubspot"].adapter
+    assert isinstance(adapter, HubSpotAdapter)
+    monkeypatch.setattr(adapter, "page_records", 4)
+    monkeypatch.setattr(adapter, "search_page", 4)
+    contacts = [_lead(ledger, r["id"], "hubspot", "contacts") for r in ledger.referrals()]
+    for contact in contacts:
+        sandbox.hubspot.set_field("contacts", contact, "referral_partner", None, by="rep")
+    before = cursor(ledger, "hubspot", "contacts")
+    real = adapter.change_pages
+    handled: list[datetime] = []
+
+    def cut_after_one_page(object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+        for page in real(object_name, since, fields):
+            if handled:
+                raise TransientError("connection reset by peer", crm="hubspot")
+            handled.append(page.cursor)
+            yield page
+
+    monkeypatch.setattr(adapter, "change_pages", cut_after_one_page)
+    failed = run_cycle(ledger, crms, SETTINGS)
+    assert failed.errors, "the cut poll is reported"
+    kept = cursor(ledger, "hubspot", "contacts")
+    assert before is not None and kept is not None and before < kept == handled[0]
+    monkeypatch.setattr(adapter, "change_pages", real)
+    run_cycle(ledger, crms, SETTINGS)
+    run_cycle(ledger, crms, SETTINGS)
+    values = [(sandbox.hubspot.get_record("contacts", c) or {}).get("referral_partner") for c in contacts]
+    assert values == ["acme"] * 12
