@@ -212,8 +212,10 @@ def _write_batch(
             [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
         )
         ids = _existing_ids(txn, rows) if outcome.rows is not None else {}
+        any_email = {r.company_key for r in rows if r.company_key and not r.prospect_email}
         holders = Holders(txn.credit_holders(
-            {r.prospect_email for r in rows if r.prospect_email}, {r.company_key for r in rows if r.company_key}
+            {r.prospect_email for r in rows if r.prospect_email}, any_email,
+            {r.company_key for r in rows if r.company_key and r.prospect_email} - any_email,
         ), window)
         for row in rows:
             ext_key = f"ext:{row.external_id}" if row.external_id else None

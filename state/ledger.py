@@ -6,7 +6,7 @@ inside :meth:`Ledger.transaction`, whose :class:`LedgerTxn` offers named operati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -75,16 +75,25 @@ class LedgerTxn:
         self._partners[code] = partner_id
         return partner_id
 
-    def credit_holders(self, emails: set[str], companies: set[str]) -> list[Referral]:
-        """Referrals holding credit for any of these prospect emails or company keys.
+    def credit_holders(self, emails: Collection[str], companies: Collection[str],
+                       blank_email_companies: Collection[str] = ()) -> list[Referral]:
+        """Referrals holding credit for any of these prospect emails or company keys; for the keys in
+        ``blank_email_companies`` only the holders without an email (the only ones a prospect with an
+        email can collide with by company: loading every colleague of a big company for each batch
+        would grow the import's memory with the ledger).
 
-        Two indexed lookups rather than one OR: PostgreSQL would scan the table for the OR."""
+        Separate indexed lookups rather than one OR: PostgreSQL would scan the table for the OR."""
         live = (Referral.credited.is_(True), Referral.merged_into.is_(None),
                 Referral.status.not_in(("declined", "expired")))
         found: dict[str, Referral] = {}
-        for column, values in ((Referral.prospect_email, emails), (Referral.company_key, companies)):
-            if values:
-                for referral in self.session.scalars(select(Referral).where(column.in_(sorted(values)), *live)):
+        lookups = ((Referral.prospect_email.in_(sorted(emails)),) if emails else (),
+                   (Referral.company_key.in_(sorted(companies)),) if companies else (),
+                   (Referral.company_key.in_(sorted(blank_email_companies)),
+                    or_(Referral.prospect_email.is_(None), Referral.prospect_email == ""))
+                   if blank_email_companies else ())
+        for where in lookups:
+            if where:
+                for referral in self.session.scalars(select(Referral).where(*where, *live)):
                     found[referral.id] = referral
         return list(found.values())
 

@@ -201,6 +201,24 @@ def test_company_only_referrals_match_on_normalised_company(ledger: Ledger, tmp_
     assert flags == {"alpha": "sole_referral", "beta": "duplicate_flagged", "gamma": "sole_referral"}
 
 
+def test_company_match_across_imports_needs_one_side_without_email(ledger: Ledger, tmp_path: Path) -> None:
+    """Holders already in the ledger: a company-only referral and an email one; a later email of the
+    first company is a duplicate, a colleague's email at the second is not, a company-only row is."""
+    run(ledger, write(tmp_path, "a.csv", HEADER + "\n"
+                      "alpha,,fabrikam.com,,,,,2026-10-01T00:00:00Z,,a1\n"
+                      "delta,lee@contoso.com,,,,,,2026-10-01T00:00:00Z,,d1\n"))
+    run(ledger, write(tmp_path, "b.csv", HEADER + "\n"
+                      "beta,dana@fabrikam.com,,,,,,2026-10-02T00:00:00Z,,b1\n"
+                      "eta,sam@contoso.com,,,,,,2026-10-02T00:00:00Z,,e1\n"
+                      "epsilon,,Contoso.com,,,,,2026-10-03T00:00:00Z,,x1\n"))
+    by_partner = {r["partner"]: r for r in ledger.referrals()}
+    reasons = {p: r["attribution"]["reason"] for p, r in by_partner.items()}
+    assert reasons == {"alpha": "sole_referral", "delta": "sole_referral", "beta": "duplicate_flagged",
+                       "eta": "sole_referral", "epsilon": "duplicate_flagged"}
+    assert by_partner["beta"]["attribution"]["duplicate_of"] == by_partner["alpha"]["id"]
+    assert by_partner["epsilon"]["attribution"]["duplicate_of"] == by_partner["delta"]["id"]
+
+
 @pytest.mark.parametrize("policy", [FIRST_FLAG])
 def test_referrals_list_filters(ledger: Ledger, tmp_path: Path, policy: Policy) -> None:
     run(ledger, _two_referrals(tmp_path, "2026-10-01T00:00:00Z", "2026-10-05T00:00:00Z"), policy)
