@@ -8,8 +8,9 @@ Shapes of HubSpot's behaviour it copes with (crm-api/hubspot/README.md):
 - merges mint a new id; ``hs_merged_object_ids`` on the survivor lists the old ones, and reading an
   old id answers the survivor;
 - search is 200 a page, 10,000 results a query, about 5 requests a second, and eventually
-  consistent: changes read back with a look-back window and restart past the cap from the last
-  timestamp seen; deal stages are internal ids, resolved to labels through the pipelines API.
+  consistent: changes are read back with a look-back window, a page at a time by keyset on the
+  modified time (never an offset, so the cap never applies); deal stages are internal ids,
+  resolved to labels through the pipelines API.
 
 The client is built once with its own retries off (the engine owns retries) and a timeout on every
 call; each generated package's ``ApiException`` is turned into :mod:`adapters.errors` in one place.

@@ -1,6 +1,6 @@
 """Reconcile: the ledger against each CRM in full, raising, counting and resolving discrepancy alerts.
 
-Per CRM, with batched reads only (``adapter.read`` 100/200 ids a call, ``adapter.changes`` for
+Per CRM, with batched reads only (``adapter.read`` 100/200 ids a call, ``adapter.change_pages`` for
 recent deals, ``adapter.describe`` once per mapped object):
 - ``mapping_drift``: a mapped field removed, renamed or made read-only; it is named in the alert
   and left out of reads (push leaves it out of writes), everything else syncs; resolved when fixed;
