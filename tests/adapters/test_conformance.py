@@ -144,6 +144,28 @@ def test_change_pages_read_every_record_once_when_hundreds_share_one_timestamp(
     assert after_first_two <= resumed
 
 
+def test_each_page_carries_the_stage_history_of_its_own_deals(
+        profile: ConformanceProfile, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = profile
+    for name, value in p.small_pages.items():
+        monkeypatch.setattr(p.adapter, name, value)
+    deals = [p.admin.create_record(p.deal_object, dict(p.deal_required)) for _ in range(260)]
+    since = _since()
+    for deal in deals:
+        p.admin.move_stage(deal, p.won_stage, amount=500.0)
+    name_field = next(iter(p.deal_required))
+    for deal in deals[:30]:  # edited again later: their records move to the last page, their moves stay early
+        p.admin.set_field(p.deal_object, deal, name_field, "Renamed deal", by="rep")
+    pages = list(p.adapter.change_pages(p.deal_object, since, [p.stage_field]))
+    assert len(pages) >= 2
+    moved: list[str] = []
+    for page in pages:
+        own = {c.record_id for c in page.changes}
+        assert {s.record_id for s in page.stage_changes} <= own, "a deal's history travels with the deal"
+        moved += [s.record_id for s in page.stage_changes if s.stage == p.won_stage]
+    assert sorted(moved) == sorted(deals), "every move exactly once"
+
+
 def test_changes_report_stage_moves(profile: ConformanceProfile) -> None:
     p = profile
     deal = p.admin.create_record(p.deal_object, dict(p.deal_required))
