@@ -157,7 +157,7 @@ class AdminMixin:
 
     def hold_clock(self, held: bool = True) -> None:
         """Every write carries one timestamp until released (``held=False``): a bulk import's ties."""
-        self.store.hold_clock(held)
+        self.store.clock.hold(held)
 
     def calls(self) -> dict[str, int]:
         with self._guard:

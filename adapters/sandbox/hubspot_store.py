@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.sandbox import hubspot_schema as hs
+from adapters.sandbox.clock import Clock
 
 
 class ApiError(Exception):
@@ -77,8 +77,7 @@ class Store:
         self.assoc: set[tuple[str, str, str, str]] = set()  # (from obj, from id, to obj, to id), both ways
         self.users: dict[str, int] = {}
         self._next_id = 1001
-        self._last_ms = 0
-        self.held_ms: int | None = None
+        self.clock = Clock(strict=False)
         self._generation = 0  # bumped by every write: unique-value indexes built earlier are stale
         self._indexes: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Record]]] = {}
 
@@ -89,18 +88,7 @@ class Store:
     # -- clock and ids -------------------------------------------------------------------------
     def now_ms(self) -> int:
         """Wall-clock milliseconds, never going backwards; the held instant while the clock is held."""
-        with self.lock:
-            if self.held_ms is not None:
-                return self.held_ms
-            self._last_ms = max(self._last_ms, int(time.time() * 1000))
-            return self._last_ms
-
-    def hold_clock(self, held: bool) -> None:
-        with self.lock:
-            if not held:
-                self.held_ms = None
-            elif self.held_ms is None:
-                self.held_ms = self.now_ms()
+        return self.clock.now_ms()
 
     def _mint_id(self) -> str:
         self._next_id += 1

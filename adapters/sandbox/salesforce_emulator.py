@@ -171,7 +171,7 @@ class SalesforceEmulator(Served):
 
     def hold_clock(self, held: bool = True) -> None:
         """Every write carries one timestamp until released (``held=False``): a bulk import's ties."""
-        self.store.hold_clock(held)
+        self.store.clock.hold(held)
 
     def calls(self) -> dict[str, int]:
         with self._state_lock:

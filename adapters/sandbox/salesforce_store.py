@@ -10,11 +10,11 @@ per-record errors come back as ``{statusCode, message, fields}`` inside collecti
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from adapters.sandbox.clock import Clock
 from adapters.sandbox.salesforce_schema import KEY_PREFIX, STAGES, OrgSchema
 from adapters.sandbox.salesforce_soql import (
     Compare,
@@ -78,8 +78,7 @@ class OrgStore:
         self.schema = OrgSchema()
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema.objects()}
         self._counter = 0
-        self._last_ms = 0
-        self.held_ms: int | None = None
+        self.clock = Clock(strict=True)
         self._indexes = {}
         self.users: dict[str, str] = {}
         self.deleted_at: dict[str, int] = {}
@@ -112,19 +111,8 @@ class OrgStore:
     _indexes: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, list[dict[str, Any]]]]]
 
     def now_ms(self) -> int:
-        """Strictly increasing milliseconds (two changes never share a SystemModstamp), except while
-        the clock is held: then every change shares the held instant."""
-        if self.held_ms is not None:
-            return self.held_ms
-        self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
-        return self._last_ms
-
-    def hold_clock(self, held: bool) -> None:
-        with self.lock:
-            if not held:
-                self.held_ms = None
-            elif self.held_ms is None:
-                self.held_ms = self.now_ms()
+        """Strictly increasing milliseconds (two changes never share a SystemModstamp) unless held."""
+        return self.clock.now_ms()
 
     def user_id(self, name: str) -> str:
         """The User id of ``name`` (created on first use), so LastModifiedById names a real user."""
@@ -163,9 +151,9 @@ class OrgStore:
     def index(self, obj: str, field: str) -> dict[str, list[dict[str, Any]]]:
         """Records of ``obj`` by the case-folded value of ``field``, deleted ones included.
 
-        Every change takes a new timestamp from :meth:`now_ms`, so an index built at the current
-        one is current; it is rebuilt at most once per request, keeping a 100k-record org linear."""
-        version = (self._last_ms, id(self.records[obj]), len(self.records[obj]))
+        Every change takes a reading of the clock, so an index built at the current tick is
+        current; it is rebuilt at most once per request, keeping a 100k-record org linear."""
+        version = (self.clock.ticks, id(self.records[obj]), len(self.records[obj]))
         cached = self._indexes.get((obj, field))
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -251,12 +239,14 @@ class OrgStore:
         return None
 
     # ---- applying changes ----------------------------------------------------------------------
-    def _stamp(self, rec: dict[str, Any], by: str, *, user_edit: bool = True) -> None:
-        stamp = format_stamp(self.now_ms())
+    def _stamp(self, rec: dict[str, Any], by: str, *, user_edit: bool = True) -> int:
+        ms = self.now_ms()
+        stamp = format_stamp(ms)
         rec["SystemModstamp"] = stamp
         if user_edit:
             rec["LastModifiedDate"] = stamp
             rec["LastModifiedById"] = self.user_id(by)
+        return ms
 
     def _apply(self, obj: str, rec: dict[str, Any], values: dict[str, Any], by: str, auto_assign: bool) -> None:
         before = {k: rec.get(k) for k in ("StageName", "Amount", "CloseDate", "Probability")}
@@ -450,8 +440,7 @@ class OrgStore:
         rec["IsDeleted"] = True
         if "MasterRecordId" in rec or master:
             rec["MasterRecordId"] = master
-        self._stamp(rec, by)
-        self.deleted_at[rec["Id"]] = self._last_ms
+        self.deleted_at[rec["Id"]] = self._stamp(rec, by)
 
     # ---- queries ----------------------------------------------------------------------------
     def query(self, soql: str, include_deleted: bool) -> tuple[str, list[dict[str, Any]], list[str]]:

@@ -124,6 +124,10 @@ def test_change_pages_read_every_record_once_when_hundreds_share_one_timestamp(
     try:
         tied = [p.admin.create_record(p.lead_object, {**p.lead_required, p.email_field: f"tie{i}@pages.example"})
                 for i in range(300)]
+        assert p.adapter.find(p.lead_object, p.email_field, ["tie0@pages.example"], [p.email_field])
+        p.admin.set_field(p.lead_object, tied[0], p.email_field, "moved@pages.example")
+        found = p.adapter.find(p.lead_object, p.email_field, ["moved@pages.example"], [p.email_field])
+        assert [r.id for r in found.get("moved@pages.example", [])] == [tied[0]], "a held clock hides no edit"
     finally:
         p.admin.hold_clock(False)
     spread = [p.admin.create_record(p.lead_object, {**p.lead_required, p.email_field: f"late{i}@pages.example"})
