@@ -17,12 +17,13 @@ Rules every adapter follows:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 FieldValues = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,20 @@ class ChangeSet:
     changes: Sequence[Change]
     stage_changes: Sequence[StageChange]
     cursor: datetime
+
+
+def joined_pages(answers: Iterable[list[T]], size: int) -> Iterator[tuple[list[T], bool]]:
+    """Consecutive CRM answers joined into pages of at least ``size`` items (the last page may hold
+    fewer), each with whether it is the last: what ``change_pages`` builds its pages from."""
+    page: list[T] = []
+    remaining = iter(answers)
+    answer = next(remaining, None)
+    while answer is not None:
+        page += answer
+        answer = next(remaining, None)
+        if page and (len(page) >= size or answer is None):
+            yield page, answer is None
+            page = []
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from adapters.base import (
     Stage,
     StageChange,
     WriteResult,
+    joined_pages,
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
 
@@ -450,17 +451,11 @@ class HubSpotAdapter:
         extra = DEAL_FIELDS if object_name == "deals" else ()
         props = self._props(fields, extra)
         cursor = since
-        page: list[CrmRecord] = []
-        pages = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
-        found = next(pages, None)
-        while found is not None:
-            page += found
-            found = next(pages, None)
-            if page and (len(page) >= self.page_records or found is None):
-                changes, stage_changes = self._page_changes(object_name, page, lower)
-                cursor = max([cursor, *(r.modified_at for r in page if r.modified_at)])
-                page = []
-                yield ChangeSet(changes, stage_changes, cursor)
+        answers = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
+        for records, _last in joined_pages(answers, self.page_records):
+            changes, stage_changes = self._page_changes(object_name, records, lower)
+            cursor = max([cursor, *(r.modified_at for r in records if r.modified_at)])
+            yield ChangeSet(changes, stage_changes, cursor)
         deleted = self._deletions_due(object_name, lower)
         if deleted:
             yield ChangeSet(deleted, [], cursor)

@@ -50,6 +50,7 @@ from adapters.base import (
     Stage,
     StageChange,
     WriteResult,
+    joined_pages,
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
 
@@ -421,25 +422,22 @@ class SalesforceAdapter:
                            "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, since)
         history = _HistoryWindow(since)
         cursor = since
-        page: list[Change] = []
-        batches = self._query_batches(soql, include_deleted=True)
-        batch = next(batches, None)
-        while batch is not None:
-            for raw in batch:
+        for raws, last in joined_pages(self._query_batches(soql, include_deleted=True), self.page_records):
+            page: list[Change] = []
+            for raw in raws:
                 at = parse_sf_datetime(raw.get("SystemModstamp")) or since
                 if at <= since:  # format_soql drops milliseconds: skip what the cursor already covers
                     continue
                 cursor = max(cursor, at)
                 page.append(self._change(obj, raw, at))
-            batch = next(batches, None)
-            last = batch is None
-            if page and (len(page) >= self.page_records or last):
-                stage_changes: list[StageChange] = []
-                if obj == "Opportunity":  # a stage change always bumps the opportunity's SystemModstamp
-                    rows = self._stage_history(history.low, None if last else cursor)
-                    stage_changes = history.take(rows, {c.record_id for c in page}, None if last else cursor)
-                yield ChangeSet(changes=page, stage_changes=stage_changes, cursor=cursor)
-                page = []
+            if not page:
+                continue
+            stage_changes: list[StageChange] = []
+            if obj == "Opportunity":  # a stage change always bumps the opportunity's SystemModstamp
+                high = None if last else cursor
+                rows = self._stage_history(history.low, high)
+                stage_changes = history.take(rows, {c.record_id for c in page}, high)
+            yield ChangeSet(changes=page, stage_changes=stage_changes, cursor=cursor)
 
     def _change(self, obj: str, raw: dict[str, Any], at: datetime) -> Change:
         record_id = str(raw["Id"])
