@@ -174,6 +174,7 @@ class CrmLink(Base):
     state: Mapped[str] = mapped_column(String(16), default="active")
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("crm_links.id"))
     owner_id: Mapped[str | None] = mapped_column(String(64))  # the CRM owner when last seen
+    last_written_at: Mapped[datetime | None]  # when refsync last wrote this record (search lags writes)
     last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -274,3 +275,30 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime]
+
+
+class Worker(Base):
+    """A refsync process (daemon or one-off command) that may hold op leases and the poller lease.
+
+    It registers at start, beats while it runs and leaves at a clean exit; ops and leases held by a
+    worker whose beats stopped are taken back long before their lease runs out."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the lease owner name, host:pid
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CrmState(Base):
+    """What refsync remembers about one CRM between runs: cached schemas and stages, the fields it
+    has seen, deletion-check positions. Small JSON values keyed per CRM."""
+
+    __tablename__ = "crm_state"
+
+    crm: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
