@@ -129,9 +129,12 @@ def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOut
                 known = session.scalar(select(CrmLink).where(
                     CrmLink.referral_id == outcome.referral_id, CrmLink.crm == crm, CrmLink.object == obj,
                     CrmLink.record_id == record_id))
+                wrote = now if outcome.state == "done" and outcome.written else None
                 if known is None:
                     session.add(CrmLink(referral_id=outcome.referral_id, crm=crm, object=obj, record_id=record_id,
-                                        role=role, created_at=now, updated_at=now))
+                                        role=role, created_at=now, updated_at=now, last_written_at=wrote))
+                elif wrote is not None:
+                    known.last_written_at = wrote  # the poll must not judge this record by an older search
             if outcome.state == "done" and not outcome.unchanged:
                 for obj, record_id, _role in outcome.links[:1]:
                     session.add(AuditEvent(
