@@ -211,3 +211,41 @@ def test_status_exits_1_while_ops_are_stuck_and_lists_workers(ledger_url: str, t
     code, view = status()
     assert code == 1 and view["stuck"] == {"in_flight": 0, "failed": 1}
     real.close()
+
+
+def test_a_hanging_webhook_round_delays_neither_a_crm_job_nor_a_stop(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from connector import daemon as daemon_module
+    from connector.daemon import Daemon
+    from connector.sync import CycleSettings
+
+    monkeypatch.setattr(daemon_module, "NOTIFY_STOP_WAIT", 0.2)
+    ledger = Ledger.open(sqlite_url)
+    daemon = Daemon(ledger, {}, CycleSettings(), push_interval=1, poll_interval=1)
+    release, rounds = threading.Event(), []
+    monkeypatch.setattr(daemon, "notify_job", lambda: (rounds.append(1), release.wait(30)))
+    started = time.monotonic()
+    daemon._notify_detached()  # the scheduled job returns at once: its pool thread is free
+    daemon._notify_detached()  # one round at a time: the hanging one is not doubled
+    assert time.monotonic() - started < 0.5 and rounds == [1]
+    daemon._let_notify_go()  # a stop waits only NOTIFY_STOP_WAIT for it
+    assert time.monotonic() - started < 1.5
+    release.set()
+    ledger.close()
+
+
+def test_push_and_poll_of_one_crm_take_turns() -> None:
+    from connector.push import each_locked
+
+    class Target:
+        def __init__(self) -> None:
+            self.lock = threading.RLock()
+
+    targets = {"salesforce": Target(), "hubspot": Target()}
+    for name, target in each_locked(targets):  # type: ignore[arg-type]
+        other = threading.Thread(target=lambda t=target: setattr(t, "free", t.lock.acquire(timeout=0.05)))
+        other.start()
+        other.join()
+        assert not target.free, name  # held by this loop body: another job waits for it
+    assert all(t.lock.acquire(timeout=0.05) for t in targets.values())  # released once the loop moved on
