@@ -11,7 +11,8 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +49,14 @@ class Context:
         return self._config
 
     def ledger(self, require_current: bool = True) -> Ledger:
-        return Ledger.open(self.config.ledger_url(), require_current=require_current)
+        return Ledger.open(self.config.ledger_url(), require_current=require_current,
+                           worker_timeout=timedelta(seconds=self.config.daemon.worker_timeout_seconds))
+
+    def worker(self, ledger: Ledger) -> AbstractContextManager[str]:
+        """Register this process as a worker for a command that claims ops or leases (connector/worker.py)."""
+        from connector.worker import registered_worker
+
+        return registered_worker(ledger, self.config.daemon.heartbeat_seconds)
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
@@ -265,20 +273,40 @@ def partners_list(obj: Context, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 def status(obj: Context, as_json: bool) -> None:
-    """Ops by state, poll cursors and the last run of each job."""
-    view = obj.ledger().status()
+    """Ops by state, stuck ops, workers, poll cursors and the last run of each job. Exits 1 while
+    ops are dead or stuck (in flight under a dead worker or past their lease, or failed and overdue
+    for their next attempt by more than the grace, see :func:`stuck_grace`)."""
+    from state.workers import stuck_ops, workers_view
+
+    ledger = obj.ledger()
+    view = ledger.status()
+    view["stuck"] = stuck_ops(ledger, stuck_grace(obj.config.daemon.push_interval_seconds))
+    view["workers"] = workers_view(ledger)
+    problems = bool(view["ops"].get("dead") or any(view["stuck"].values()))
     if as_json:
         _print_json(view)
+        if problems:
+            sys.exit(EXIT_PROBLEMS)
         return
     click.echo("ops: " + ", ".join(f"{k}={v}" for k, v in view["ops"].items()))
+    click.echo("stuck: " + ", ".join(f"{k}={v}" for k, v in view["stuck"].items()))
     click.echo("referrals: " + (", ".join(f"{k}={v}" for k, v in sorted(view["referrals"].items())) or "none"))
     _table("cursors", ["crm", "object", "position"],
            [[c["crm"], c["object"], c["position"]] for c in view["cursors"]])
     _table("last runs", ["job", "started", "finished", "status", "counts"],
            [[job, r["started_at"], r["finished_at"], r["status"], json.dumps(r["counts"])]
             for job, r in sorted(view["last_runs"].items())])
-    if view["ops"].get("dead"):
+    _table("workers", ["id", "started", "last beat", "alive"],
+           [[w["id"], w["started_at"], w["heartbeat_at"], "yes" if w["alive"] else "NO"] for w in view["workers"]])
+    if problems:
         sys.exit(EXIT_PROBLEMS)
+
+
+def stuck_grace(push_interval_seconds: int) -> timedelta:
+    """How far past its next attempt a failed op may be before it counts as stuck: 15 minutes, or
+    three push intervals when longer (a daemon retries it within one interval; a `sync --once` cron
+    job every few minutes too). Longer than that, nothing is retrying it."""
+    return max(timedelta(minutes=15), timedelta(seconds=3 * push_interval_seconds))
 
 
 @cli.command()

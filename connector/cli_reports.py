@@ -27,8 +27,10 @@ def reconcile_cmd(obj: Context, as_json: bool) -> None:
 
     ledger = obj.ledger()
     config = obj.config
-    report = reconcile(ledger, _targets(obj), ReconcileSettings(config.alerts.stale_after_days,
-                                                                config.alerts.won_lookback_days))
+    targets = _targets(obj)
+    with obj.worker(ledger):
+        report = reconcile(ledger, targets, ReconcileSettings(config.alerts.stale_after_days,
+                                                              config.alerts.won_lookback_days))
     settings = settings_from_config(config)
     if settings.sinks is not None:
         announce(ledger, settings.sinks, settings.storm_threshold)
@@ -72,13 +74,14 @@ def notify_cmd(obj: Context) -> None:
     """Tell the alert sinks what is new and deliver the partner and alert webhooks that are due."""
     from connector.alerting import announce
     from connector.notify import deliver_all
-    from connector.sync import settings_from_config, worker_id
+    from connector.sync import settings_from_config
 
     ledger = obj.ledger()
     settings = settings_from_config(obj.config)
     assert settings.sinks is not None and settings.delivery is not None
     announced = announce(ledger, settings.sinks, settings.storm_threshold)
-    counts = deliver_all(ledger, worker_id(), settings.delivery)
+    with obj.worker(ledger) as owner:
+        counts = deliver_all(ledger, owner, settings.delivery)
     click.echo(f"{announced.alerts} alerts announced{' (as one storm summary)' if announced.storm else ''}; "
                f"webhooks: {counts.delivered} delivered, {counts.failed} to retry, {counts.dead} dead, "
                f"{counts.skipped} not configured to notify")

@@ -39,7 +39,9 @@ def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json:
     if dry_run:
         _dry_run(ledger, _targets(obj), settings, as_json)
         return
-    report = run_cycle(ledger, _targets(obj), settings)
+    targets = _targets(obj)
+    with obj.worker(ledger):
+        report = run_cycle(ledger, targets, settings)
     counts = report.counts()
     if as_json:
         _print_json({**counts, "errors": report.errors})
@@ -101,9 +103,10 @@ def run(obj: Context) -> None:
     # an intake silently left off would lose the referrals sent to it.
     token = http.intake_token.resolve("http.intake_token", obj.config.base_dir) if http.intake_token else None
     http_settings = HttpSettings(http.listen, token, obj.config.attribution.policy())
-    Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds,
-           daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days),
-           http=http_settings).run()
+    with obj.worker(ledger):  # registered and beating until the scheduler stopped (connector/worker.py)
+        Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds,
+               daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days),
+               http=http_settings).run()
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -179,6 +180,20 @@ class DaemonConfig(_Strict):
     batch_size: int = Field(default=200, ge=1, le=10000)
     lease_seconds: int = Field(default=300, ge=10)
     max_attempts: int = Field(default=8, ge=1)
+    # Crash recovery (state/workers.py): every process beats this often; a lease owner silent for
+    # worker_timeout_seconds is dead and its ops are taken back (the lease stays the upper bound).
+    heartbeat_seconds: float = Field(default=5, gt=0, le=300)
+    worker_timeout_seconds: float = Field(default=30, gt=0, le=3600, validate_default=True)
+
+    @field_validator("worker_timeout_seconds")
+    @classmethod
+    def _timeout_spans_beats(cls, value: float, info: ValidationInfo) -> float:
+        beat = info.data.get("heartbeat_seconds")
+        if beat is not None and value < 3 * beat:
+            raise ValueError(
+                f"{value:g} is less than 3 x heartbeat_seconds ({beat:g}): a live worker whose beat is a little "
+                "late would lose its ops; raise worker_timeout_seconds or lower heartbeat_seconds")
+        return value
 
 
 NOTIFY_DEFAULT = ("accepted", "contacted", "qualified", "opportunity", "proposal", "negotiation", "won", "lost",

@@ -2,8 +2,11 @@
 
 Every replica pushes (ops are claimed under leases, so replicas never share an op); only the
 replica holding the ``poller`` lease polls, so cursors advance once. SIGTERM and SIGINT stop the
-scheduler after the running job's round: claimed ops are either landed or, at worst, come back
-when their lease runs out. The HTTP surface (health, readiness, metrics, intake) is served from a
+scheduler after the running job's round: claimed ops are either landed or, at worst, taken back
+by the next claimer as soon as this worker has left (connector/worker.py). The jobs run in
+scheduler threads at the same time: push, poll and reconcile serialise per CRM on the target's
+lock (CrmTarget.lock); webhook and alert deliveries run on a thread of their own that neither a
+CRM's job nor a stop waits for. The HTTP surface (health, readiness, metrics, intake) is served from a
 background thread while the scheduler runs; readiness turns false as soon as a stop is asked.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import ExitStack
 from datetime import timedelta
 from types import FrameType
 
@@ -25,7 +29,7 @@ from connector.http import HttpServer, HttpSettings
 from connector.logs import get_logger
 from connector.notify import deliver_all
 from connector.poll import poll_target
-from connector.push import CrmTarget
+from connector.push import CrmTarget, each_locked
 from connector.reconcile import ReconcileSettings, reconcile
 from connector.sync import CycleSettings, push_all, worker_id
 from state.ledger import Ledger
@@ -33,6 +37,7 @@ from state.outbox import enqueue_pushes
 
 log = get_logger("refsync.daemon")
 POLLER_LEASE = "poller"
+NOTIFY_STOP_WAIT = 3.0  # seconds a stop waits for a running webhook/alert round before leaving it
 
 
 class Daemon:
@@ -48,6 +53,7 @@ class Daemon:
         self.reconcile_cron = reconcile_cron
         self.reconcile_settings = reconcile_settings or ReconcileSettings()
         self.stopping = threading.Event()
+        self._notifier: threading.Thread | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         # No server when [http] listen = "": the operator turned the HTTP surface off.
         self.http = HttpServer(ledger, http, self._scheduling) if http is not None and http.listen else None
@@ -61,7 +67,7 @@ class Daemon:
         errors: list[str] = []
         with self.ledger.transaction() as txn:
             run_id = txn.start_run("push")
-        for name, target in self.targets.items():
+        for name, target in each_locked(self.targets):  # push and poll of one CRM never overlap
             if self.stopping.is_set():
                 break
             target.start_run(self.ledger.calls_today(name))  # the API budget counts every run of today
@@ -89,7 +95,7 @@ class Daemon:
         errors: list[str] = []
         with self.ledger.transaction() as txn:
             run_id = txn.start_run("poll")
-        for name, target in self.targets.items():
+        for name, target in each_locked(self.targets):
             if self.stopping.is_set():
                 break
             target.start_run(self.ledger.calls_today(name))
@@ -120,6 +126,25 @@ class Daemon:
         except LedgerError as exc:
             log.error("webhook round failed; will retry on the next round", error=str(exc))
 
+    def _notify_detached(self) -> None:
+        """The scheduled notify job: run :meth:`notify_job` on a daemon thread of its own, so a
+        hanging webhook or alert sink never holds a scheduler thread, a CRM's push or poll, or a
+        stop (the scheduler's shutdown waits for its pool threads, and so does the interpreter's
+        exit; a daemon thread is waited for only up to NOTIFY_STOP_WAIT). One round at a time."""
+        if self._notifier is not None and self._notifier.is_alive():
+            return
+        self._notifier = threading.Thread(target=self.notify_job, name="refsync-notify", daemon=True)
+        self._notifier.start()
+
+    def _let_notify_go(self) -> None:
+        if self._notifier is None:
+            return
+        self._notifier.join(timeout=NOTIFY_STOP_WAIT)
+        if self._notifier.is_alive():
+            # Its claimed webhook ops are taken back at once: this worker leaves the ledger as it exits.
+            log.warning("a webhook or alert delivery is still running; stopping without it",
+                        waited_seconds=NOTIFY_STOP_WAIT)
+
     def _leader(self) -> bool:
         lease = timedelta(seconds=max(self.poll_interval * 3, 60))
         return self.ledger.hold_lease(POLLER_LEASE, self.owner, lease)
@@ -132,7 +157,10 @@ class Daemon:
     def reconcile_job(self) -> None:
         if not self._leader():
             return
-        report = reconcile(self.ledger, self.targets, self.reconcile_settings)
+        with ExitStack() as held:  # reconcile reads every CRM: it holds each one's lock, in one order
+            for name in sorted(self.targets):
+                held.enter_context(self.targets[name].lock)
+            report = reconcile(self.ledger, self.targets, self.reconcile_settings)
         log.info("reconcile", **{k: v for k, v in report.counts().items() if k != "errors"})
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -148,7 +176,7 @@ class Daemon:
                                next_run_time=self.ledger.clock())
         self.scheduler.add_job(self.poll_job, "interval", seconds=self.poll_interval, id="poll",
                                next_run_time=self.ledger.clock())
-        self.scheduler.add_job(self.notify_job, "interval", seconds=self.push_interval, id="notify",
+        self.scheduler.add_job(self._notify_detached, "interval", seconds=self.push_interval, id="notify",
                                next_run_time=self.ledger.clock())
         self.scheduler.add_job(self.expire_job, "interval", hours=24, id="expire", next_run_time=self.ledger.clock())
         if self.reconcile_cron:
@@ -161,7 +189,8 @@ class Daemon:
             log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
                      poll_every=self.poll_interval)
             self.stopping.wait()
-            self.scheduler.shutdown(wait=True)
+            self.scheduler.shutdown(wait=True)  # the CRM jobs finish their round; notify is not waited for
+            self._let_notify_go()
         finally:
             if self.http is not None:
                 self.http.stop()

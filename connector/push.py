@@ -7,7 +7,8 @@ contract and the ledger's outbox operations only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -101,6 +102,11 @@ class CrmTarget:
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     calls_before_run: int = 0  # API calls recorded today before this run started
     calls_at_run_start: int = 0  # the adapter's own count when this run started
+    # The daemon runs push, poll and reconcile in scheduler threads at the same time. A target is
+    # not safe to share between them (paused_until, the run's call counts, drift notes, the
+    # adapter's HTTP session), so they serialise per CRM: whoever works with a CRM holds its lock
+    # (connector/daemon.py). One CRM's work never waits for another's, nor for webhooks.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def fields_of(self, obj: ObjectMap) -> list[str]:
         """The mapped fields of ``obj`` the CRM still has (reads naming a vanished field would fail)."""
@@ -116,6 +122,14 @@ class CrmTarget:
         budget = self.adapter.budget()
         today = self.calls_before_run + budget.total_calls - self.calls_at_run_start
         return exhausted(self.limits, today, budget.used_today, budget.limit_today)
+
+
+def each_locked(targets: Mapping[str, CrmTarget]) -> Iterator[tuple[str, CrmTarget]]:
+    """The targets one by one, each held under its :attr:`CrmTarget.lock` while the caller's loop
+    body runs for it (released when the loop moves on, breaks or raises: the generator closes)."""
+    for name, target in targets.items():
+        with target.lock:
+            yield name, target
 
 
 @dataclass

@@ -6,8 +6,6 @@ once. Each CRM is handled on its own: a CRM that is rate-limited or down does no
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,13 +21,15 @@ from connector.push import CrmTarget, PushCounts, note_drift, push_round
 from connector.reconcile import ReconcileSettings, reconcile
 from state.ledger import Ledger
 from state.outbox import enqueue_pushes
+from state.workers import process_worker_id
 
 log = get_logger("refsync.sync")
 
 
 def worker_id() -> str:
-    """This process's name as a lease owner: host and pid, so an operator can tell replicas apart."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's name as a lease owner: ``host:pid:suffix`` (state/workers.py), so an operator
+    can tell replicas apart and a restarted process (same host, same pid 1) is a new owner."""
+    return process_worker_id()
 
 
 @dataclass

@@ -11,13 +11,14 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ulid import ULID
 
 from connector.errors import LedgerError
-from state import db
+from state import db, workers
 from state.models import (
     OP_STATES,
     AuditEvent,
@@ -31,8 +32,10 @@ from state.models import (
     utcnow,
 )
 from state.views import audit_json, op_json, referral_json
+from state.workers import Liveness
 
 Clock = Callable[[], datetime]
+log = structlog.get_logger("refsync.ledger")
 
 
 class LedgerTxn:
@@ -139,15 +142,18 @@ class LedgerTxn:
 class Ledger:
     """The ledger of referrals, links, ops, cursors, audit events and alerts."""
 
-    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, clock: Clock = utcnow, liveness: Liveness | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.liveness = liveness or Liveness()  # when a lease owner counts as dead (state/workers.py)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str, *, clock: Clock = utcnow, require_current: bool = True) -> Ledger:
-        """Connect to the ledger; refuses an uninitialised or outdated schema unless told not to."""
-        ledger = cls(db.make_engine(url), clock)
+    def open(cls, url: str, *, clock: Clock = utcnow, require_current: bool = True,
+             worker_timeout: timedelta | None = None) -> Ledger:
+        """Connect to the ledger; refuses an uninitialised or outdated schema unless told not to.
+        ``worker_timeout``: a lease owner silent this long is dead (``[daemon] worker_timeout_seconds``)."""
+        ledger = cls(db.make_engine(url), clock, Liveness(worker_timeout) if worker_timeout else None)
         if require_current:
             db.ensure_current(ledger.engine)
         return ledger
@@ -264,22 +270,33 @@ class Ledger:
 
     def hold_lease(self, name: str, owner: str, ttl: timedelta) -> bool:
         """Take or renew the named lease (leader election for the pollers); False while another
-        live owner holds it. A lease row works the same on SQLite and PostgreSQL."""
+        live owner holds it. The holder is replaced once its lease ran out, or at once when it is
+        dead (state/workers.py: silent, gone from this host, or unregistered). A lease row works the
+        same on SQLite and PostgreSQL; the UPDATE names the holder it replaces, so two takers never
+        both win."""
         now = self.clock()
         with self.transaction() as txn:
-            taken = txn.session.execute(
-                update(Lease).where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
-                .values(owner=owner, expires_at=now + ttl))
-            if getattr(taken, "rowcount", 0):
+            lease = txn.session.get(Lease, name)
+            if lease is None:
+                try:
+                    with txn.session.begin_nested():
+                        txn.session.add(Lease(name=name, owner=owner, expires_at=now + ttl))
+                except IntegrityError:
+                    return False
                 return True
-            if txn.session.get(Lease, name) is not None:
+            holder, expired = lease.owner, lease.expires_at < now
+            if holder != owner and not expired and not workers.dead_owners(
+                    {holder}, workers.registered(txn.session), now, self.liveness):
                 return False
-            try:
-                with txn.session.begin_nested():
-                    txn.session.add(Lease(name=name, owner=owner, expires_at=now + ttl))
-            except IntegrityError:
+            taken = txn.session.execute(
+                update(Lease).where(Lease.name == name, Lease.owner == holder)
+                .values(owner=owner, expires_at=now + ttl).execution_options(synchronize_session=False))
+            if not getattr(taken, "rowcount", 0):
                 return False
-            return True
+        if holder != owner:
+            log.warning("lease taken over" if expired else "lease taken back from a dead worker", lease=name,
+                        dead_worker=holder, owner=owner)
+        return True
 
     def release_lease(self, name: str, owner: str) -> None:
         with self.transaction() as txn:
@@ -315,8 +332,9 @@ class Ledger:
 
         PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas never claim the same op. SQLite has one
         writer at a time, so the claiming transaction itself serialises claimers. Ops whose lease
-        expired (their claimer died) are due again.
+        expired are due again; ops held by a dead worker are taken back first (:meth:`take_back_ops`).
         """
+        self.take_back_ops(owner)
         now = self.clock()
         due = or_(
             and_(SyncOp.state.in_(("pending", "failed")), SyncOp.next_attempt_at <= now),
@@ -340,6 +358,36 @@ class Ledger:
         with self.transaction() as txn:
             ops = sorted(txn.session.scalars(claim), key=lambda op: (op.next_attempt_at, op.id))
             return [op_json(op) for op in ops]
+
+    def take_back_ops(self, claimer: str) -> dict[str, int]:
+        """Return the in-flight ops of dead workers (state/workers.py) to ``pending``, at once rather
+        than when their lease runs out; returns how many per dead worker, and logs each take-back.
+
+        ``claimer`` never counts as dead: its own threads share its id. Set-based, one UPDATE per
+        dead worker; on PostgreSQL the rows are locked with ``SKIP LOCKED`` so replicas taking back
+        at the same time neither wait nor deadlock, and each counts only what it took."""
+        now = self.clock()
+        taken: dict[str, int] = {}
+        with self.transaction() as txn:
+            session = txn.session
+            owners = set(session.scalars(select(SyncOp.lease_owner).where(SyncOp.state == "in_flight").distinct()))
+            owners -= {claimer, None}
+            if not owners:
+                return taken
+            dead = workers.dead_owners(owners, workers.registered(session), now, self.liveness)  # type: ignore[arg-type]
+            for owner in sorted(dead):
+                held = select(SyncOp.id).where(SyncOp.state == "in_flight", SyncOp.lease_owner == owner)
+                if self.engine.dialect.name == "postgresql":
+                    held = held.with_for_update(skip_locked=True)
+                ids = session.scalars(
+                    update(SyncOp).where(SyncOp.id.in_(held.scalar_subquery()))
+                    .values(state="pending", lease_owner=None, lease_expires_at=None, updated_at=now)
+                    .returning(SyncOp.id).execution_options(synchronize_session=False)).all()
+                if ids:
+                    taken[owner] = len(ids)
+        for owner, count in taken.items():
+            log.warning("ops taken back from a dead worker", dead_worker=owner, ops=count, claimer=claimer)
+        return taken
 
     def enqueue_op(
         self, kind: str, dedupe_key: str, crm: str, *, referral_id: str | None = None,

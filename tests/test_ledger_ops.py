@@ -5,8 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+from state import workers
 from state.ledger import Ledger
 from tests.conftest import FakeClock
+
+
+def live(ledger: Ledger, *ids: str) -> None:
+    """Register (or beat for) replicas on another host: only their beats tell whether they live."""
+    for pid, worker_id in enumerate(ids, start=1):
+        workers.beat(ledger, worker_id, host="replica-host", pid=pid)
 
 
 def test_enqueue_is_idempotent_by_dedupe_key(ledger: Ledger) -> None:
@@ -18,10 +25,12 @@ def test_enqueue_is_idempotent_by_dedupe_key(ledger: Ledger) -> None:
 
 def test_claimed_op_is_not_claimed_again_until_its_lease_expires(ledger: Ledger, clock: FakeClock) -> None:
     ledger.enqueue_op("push", "k1", "hubspot")
+    live(ledger, "worker-a", "worker-b")
     [claimed] = ledger.claim_ops("worker-a", "hubspot", 10, timedelta(seconds=60))
     assert claimed["lease_owner"] == "worker-a" and claimed["attempts"] == 1
     assert ledger.claim_ops("worker-b", "hubspot", 10, timedelta(seconds=60)) == []
-    clock.advance(seconds=61)  # worker-a died: its lease runs out
+    clock.advance(seconds=61)  # worker-a beats but hangs: its lease runs out all the same (the upper bound)
+    live(ledger, "worker-a", "worker-b")
     [again] = ledger.claim_ops("worker-b", "hubspot", 10, timedelta(seconds=60))
     assert again["id"] == claimed["id"] and again["lease_owner"] == "worker-b" and again["attempts"] == 2
 
@@ -37,6 +46,8 @@ def test_concurrent_claimers_never_share_an_op(ledger_url: str, clock: FakeClock
     for n in range(200):
         ledger.enqueue_op("push", f"k{n}", "salesforce")
     claimed: dict[str, list[int]] = {}
+
+    live(ledger, *(f"w{i}" for i in range(4)))
 
     def worker(name: str) -> None:
         mine = Ledger.open(ledger_url, clock=clock)
@@ -58,10 +69,12 @@ def test_concurrent_claimers_never_share_an_op(ledger_url: str, clock: FakeClock
 
 def test_one_leader_holds_the_poller_lease_until_it_expires(ledger: Ledger, clock: FakeClock) -> None:
     ttl = timedelta(seconds=30)
+    live(ledger, "replica-a", "replica-b")
     assert ledger.hold_lease("poller", "replica-a", ttl)
     assert not ledger.hold_lease("poller", "replica-b", ttl)
     assert ledger.hold_lease("poller", "replica-a", ttl)  # renewal
-    clock.advance(seconds=31)  # replica-a died
+    clock.advance(seconds=31)  # replica-a hangs (it beats, but its lease ran out)
+    live(ledger, "replica-a", "replica-b")
     assert ledger.hold_lease("poller", "replica-b", ttl)
     assert not ledger.hold_lease("poller", "replica-a", ttl)
     ledger.release_lease("poller", "replica-b")

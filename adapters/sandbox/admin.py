@@ -58,6 +58,11 @@ class SandboxAdmin(Protocol):
         """API calls served, by kind (admin calls not counted)."""
         ...
 
+    def count_values(self, object_name: str, field: str) -> dict[str, int]:
+        """How many live records of ``object_name`` carry each non-empty value of ``field`` (a test
+        reads duplicates off it: a referral id on two leads)."""
+        ...
+
     def reset(self) -> None:
         """Forget all records, faults and counters."""
         ...

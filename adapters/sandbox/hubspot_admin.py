@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
                  "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
-                 "configure", "associate")
+                 "configure", "associate", "count_values")
 FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "retry_after", "slow_seconds")
 
 
@@ -68,6 +68,14 @@ class AdminMixin:
     def get_record(self, object_name: str, record_id: str) -> dict[str, Any] | None:
         rec, _merged = self.store.resolve(object_name, str(record_id))
         return dict(rec.props) if rec is not None else None
+
+    def count_values(self, object_name: str, field: str) -> dict[str, int]:
+        with self.store.lock:
+            counts: dict[str, int] = {}
+            for rec in self.store.records[object_name].values():
+                if rec.archived_ms is None and rec.props.get(field):
+                    counts[rec.props[field]] = counts.get(rec.props[field], 0) + 1
+            return counts
 
     def set_field(self, object_name: str, record_id: str, field: str, value: Any, by: str = "rep") -> None:
         with self.store.lock:

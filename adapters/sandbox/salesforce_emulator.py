@@ -41,7 +41,7 @@ MAX_COLLECTION = 200
 _API = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)/(?P<rest>.*)$")
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
                  "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
-                 "expire_sessions")
+                 "expire_sessions", "count_values")
 _FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock")
 
 
@@ -128,6 +128,14 @@ class SalesforceEmulator(Served):
                 return dict(self.store.admin_record(object_name, record_id))
             except (KeyError, SfError):
                 return None
+
+    def count_values(self, object_name: str, field: str) -> dict[str, int]:
+        with self.store.lock:
+            counts: dict[str, int] = {}
+            for rec in self.store.live(self.store.object_name(object_name)):
+                if rec.get(field):
+                    counts[str(rec[field])] = counts.get(str(rec[field]), 0) + 1
+            return counts
 
     def get_raw(self, object_name: str, record_id: str) -> dict[str, Any] | None:
         """The stored row even when deleted (IsDeleted, MasterRecordId): for tests of merges."""
