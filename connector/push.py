@@ -561,8 +561,7 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
                     crm=target.name, op_id=outcome.op_id, code=outcome.error_code, error=outcome.error_message,
                     next_attempt_at=outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else None)
     counts.calls = target.adapter.budget().total_calls - before
-    for work in works:
-        outcome = work.outcome
+    for outcome in [o for w in works for o in (w.outcome, *w.siblings)]:
         if outcome.state == "done":
             counts.pushed += 1
             counts.created += outcome.created
