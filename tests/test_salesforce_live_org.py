@@ -53,7 +53,10 @@ def _leads(sandbox: RunningSandbox, email: str) -> list[dict[str, Any]]:
 
 def _mapping(crms: dict[str, CrmTarget], tmp_path: Path, extra: str) -> None:
     """The shipped Salesforce mapping with ``extra`` lines added to its [lead] table."""
-    text = (ROOT / "mappings" / "salesforce.toml").read_text().replace("[lead]\n", "[lead]\n" + extra + "\n", 1)
+    shipped = (ROOT / "mappings" / "salesforce.toml").read_text().splitlines()
+    keys = {line.split("=")[0].strip() for line in extra.splitlines()}
+    kept = "\n".join(line for line in shipped if line.split("=")[0].strip() not in keys) + "\n"
+    text = kept.replace("[lead]\n", "[lead]\n" + extra + "\n", 1)
     path = tmp_path / "salesforce.toml"
     path.write_text(text)
     crms["salesforce"].mapping = load_mapping(path).mapping
