@@ -71,6 +71,15 @@ class RecordErrorKind(enum.StrEnum):
     CONFIG = "config"  # INVALID_FIELD etc.: a mapping problem, not this record's
     MISSING = "missing"  # the CRM answered 2xx but left this record out of its results
     CONFLICT = "conflict"  # a duplicate / uniqueness conflict (HubSpot 409)
+    DUPLICATE = "duplicate"  # a duplicate rule blocked a create: ``matches`` names the existing records
+
+
+@dataclass(frozen=True)
+class RecordMatch:
+    """An existing record a CRM's duplicate rule matched a new one against."""
+
+    object: str
+    id: str
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class RecordError:
     code: str  # the CRM's own code, e.g. UNABLE_TO_LOCK_ROW, VALIDATION_ERROR
     message: str
     fields: tuple[str, ...] = ()
+    matches: tuple[RecordMatch, ...] = ()  # DUPLICATE: the records the CRM says this one duplicates
 
 
 @dataclass(frozen=True)
@@ -215,9 +225,12 @@ class CrmAdapter(Protocol):
         ...
 
     def upsert(
-        self, object_name: str, id_field: str, records: Sequence[RecordUpsert]
+        self, object_name: str, id_field: str, records: Sequence[RecordUpsert], *, save_duplicates: bool = False
     ) -> list[WriteResult]:
-        """Create or update by our external id; one result per record, in order."""
+        """Create or update by our external id; one result per record, in order.
+
+        ``save_duplicates``: ask the CRM to save past its duplicate rules (an admin's choice in the
+        mapping); without it a blocked create comes back as ``RecordErrorKind.DUPLICATE``."""
         ...
 
     def update(self, object_name: str, records: Sequence[RecordUpdate]) -> list[WriteResult]:

@@ -339,7 +339,8 @@ class HubSpotAdapter:
                 after, floor = None, last_id
 
     # -- writes ----------------------------------------------------------------------------------
-    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert]) -> list[WriteResult]:
+    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert], *,
+               save_duplicates: bool = False) -> list[WriteResult]:  # HubSpot has no duplicate rules to pass
         results: list[WriteResult] = []
         for chunk in _chunks(list(records), BATCH):
             inputs = [{"id": r.external_id, "idProperty": id_field,

@@ -45,6 +45,7 @@ from adapters.base import (
     ObjectSchema,
     RecordError,
     RecordErrorKind,
+    RecordMatch,
     RecordUpdate,
     RecordUpsert,
     Stage,
@@ -57,6 +58,10 @@ from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, Tr
 T = TypeVar("T")
 CRM = "salesforce"
 WRITE_HEADERS = {"Sforce-Auto-Assign": "FALSE"}
+# Saves past a duplicate rule whose action is "Allow" (REST API "Duplicate Rule Header"); sent only
+# when the mapping's admin allows it (lead.allow_duplicate_save).
+SAVE_DUPLICATES_HEADERS = {**WRITE_HEADERS, "Sforce-Duplicate-Rule-Header": "allowSave=true"}
+MIN_API_VERSION = 46.0  # composite/sobjects/{Object}/{ExternalIdField} (collection upsert) exists from 46.0
 MAX_SOQL_URL = 12_000  # characters of URL-encoded SOQL per GET; Salesforce refuses URIs over 16,384
 MERGEABLE = {"Lead", "Contact", "Account"}
 OWNED = {"Lead", "Contact", "Account", "Opportunity", "Case"}
@@ -81,6 +86,7 @@ _RECORD_KINDS = {
     "INVALID_FIELD_FOR_INSERT_UPDATE": RecordErrorKind.CONFIG,
     "DUPLICATE_VALUE": RecordErrorKind.CONFLICT,
     "DUPLICATE_EXTERNAL_ID": RecordErrorKind.CONFLICT,
+    "DUPLICATES_DETECTED": RecordErrorKind.DUPLICATE,
 }
 
 
@@ -132,6 +138,21 @@ def classify_error(exc: BaseException) -> CrmError:
     if isinstance(exc, ValueError):  # a 2xx answer that is not JSON
         return TransientError(f"Salesforce sent an unreadable answer: {exc}", crm=CRM)
     raise TypeError(f"unclassified error {type(exc).__name__}") from exc
+
+
+def duplicate_matches(error: dict[str, Any]) -> tuple[RecordMatch, ...]:
+    """The records a DUPLICATES_DETECTED error names: ``duplicateResult.matchResults[].matchRecords[]
+    .record.Id`` (SOAP API DuplicateError/DuplicateResult, as serialised over REST). The documented
+    collections example carries no ``duplicateResult`` at all: then there are none to read."""
+    result = error.get("duplicateResult") or {}
+    found: list[RecordMatch] = []
+    for match in result.get("matchResults") or []:
+        for entry in match.get("matchRecords") or []:
+            record = entry.get("record") or {}
+            obj = (record.get("attributes") or {}).get("type") or record.get("type") or match.get("entityType")
+            if record.get("Id") and obj:
+                found.append(RecordMatch(str(obj), str(record["Id"])))
+    return tuple(dict.fromkeys(found))
 
 
 # ---- HTTP session ---------------------------------------------------------------------------
@@ -359,7 +380,10 @@ class SalesforceAdapter:
     def find(self, object_name: str, match_field: str, values: Sequence[str],
              fields: Sequence[str]) -> dict[str, list[CrmRecord]]:
         obj, key = _api_name(object_name), _api_name(match_field)
-        select = list(dict.fromkeys([*self._base_fields(obj), key, *(_api_name(f) for f in fields)]))
+        # A converted Lead stays queryable (IsConverted = true) and refuses writes: callers follow
+        # it to the records it became, so those ids come with every Lead found.
+        converted = ["IsConverted", *_CONVERTED.values()] if obj == "Lead" else []
+        select = list(dict.fromkeys([*self._base_fields(obj), key, *converted, *(_api_name(f) for f in fields)]))
         wanted: dict[str, list[str]] = {}
         for value in values:
             if value not in (None, ""):
@@ -417,6 +441,8 @@ class SalesforceAdapter:
         extra = ["IsDeleted", *(["MasterRecordId"] if obj in MERGEABLE else [])]
         if obj == "Lead":
             extra += ["IsConverted", *_CONVERTED.values()]
+        if obj == "Opportunity":  # a new opportunity of a referred contact (Opportunity.ContactId) is followed
+            extra += ["ContactId", "CreatedDate", "IsClosed"]
         select = list(dict.fromkeys([*self._base_fields(obj), *extra, *(_api_name(f) for f in fields)]))
         soql = format_soql("SELECT {:literal} FROM {:literal} WHERE SystemModstamp > {} "
                            "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, since)
@@ -490,14 +516,15 @@ class SalesforceAdapter:
         return ApiBudget(calls=dict(self._calls), used_today=used, limit_today=limit)
 
     # ---- writes ----------------------------------------------------------------------------------
-    def _write(self, kind: str, path: str, payload: list[dict[str, Any]], keys: list[str]) -> list[WriteResult]:
+    def _write(self, kind: str, path: str, payload: list[dict[str, Any]], keys: list[str],
+               headers: dict[str, str] = WRITE_HEADERS) -> list[WriteResult]:
         results: list[WriteResult] = []
         for start in range(0, len(payload), self.max_batch):
             chunk = payload[start:start + self.max_batch]
             chunk_keys = keys[start:start + self.max_batch]
             body = {"allOrNone": False, "records": chunk}
             def send(sf: Any, b: dict[str, Any] = body) -> Any:
-                return sf.restful(path, method="PATCH", json=b, headers=WRITE_HEADERS)
+                return sf.restful(path, method="PATCH", json=b, headers=headers)
 
             answer = self._call(kind, send)
             results += self._results(answer, chunk_keys)
@@ -522,15 +549,18 @@ class SalesforceAdapter:
                 code = str(first.get("statusCode") or first.get("errorCode") or "UNKNOWN")
                 message = "; ".join(str(e.get("message", "")) for e in errors)
                 out.append(WriteResult(key, False, record_id=item.get("id"), error=RecordError(
-                    record_error_kind(code), code, message, tuple(first.get("fields") or ()))))
+                    record_error_kind(code), code, message, tuple(first.get("fields") or ()),
+                    duplicate_matches(first))))
         return out
 
-    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert]) -> list[WriteResult]:
+    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert], *,
+               save_duplicates: bool = False) -> list[WriteResult]:
         obj, ext = _api_name(object_name), _api_name(id_field)
         payload = [{"attributes": {"type": obj}, **{k: _json_value(v) for k, v in r.values.items()},
                     ext: r.external_id} for r in records]
         return self._write("composite_upsert", f"composite/sobjects/{obj}/{ext}", payload,
-                           [r.external_id for r in records])
+                           [r.external_id for r in records],
+                           SAVE_DUPLICATES_HEADERS if save_duplicates else WRITE_HEADERS)
 
     def update(self, object_name: str, records: Sequence[RecordUpdate]) -> list[WriteResult]:
         obj = _api_name(object_name)

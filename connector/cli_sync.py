@@ -166,8 +166,15 @@ def mappings() -> None:
 @handles_errors
 def mappings_check(obj: Context) -> None:
     """Validate the mapping files against the live CRM schemas; every problem with file and line."""
+    from connector.intake import MAX_LENGTH
+    from connector.mapping import length_warnings, load_mapping
+
     targets = _targets(obj)
     for name, target in targets.items():
+        crm_config = getattr(obj.config.crm, name)
+        loaded = load_mapping(obj.config.mapping_path(crm_config.mapping, f"crm.{name}.mapping"))
+        for warning in length_warnings(loaded, target.schemas, MAX_LENGTH):
+            click.echo(f"warning: {warning}", err=True)
         click.echo(f"{name}: mapping OK ({target.mapping.lead.name}, {target.mapping.deal.name}, "
                    f"{sum(len(s) for s in target.mapping.stages.values())} stages)")
 

@@ -141,6 +141,20 @@ class SalesforceConfig(_Strict):
     daily_call_budget: int | None = Field(default=None, ge=1)
     daily_budget_share: float | None = Field(default=None, gt=0, le=1)
 
+    @field_validator("api_version")
+    @classmethod
+    def _collection_upserts(cls, value: str) -> str:
+        # refsync writes through sObject Collections upserts (PATCH composite/sobjects/{Object}/{Field}),
+        # which Salesforce serves from API version 46.0 (REST API Developer Guide, "Upsert Records
+        # Using sObject Collections").
+        match = re.fullmatch(r"v?(\d+)\.0", value.strip())
+        if match is None:
+            raise ValueError(f"'{value}' is not a Salesforce API version; write it like \"59.0\"")
+        if int(match.group(1)) < 46:
+            raise ValueError(f"API version {value} has no collection upserts, which refsync writes with; "
+                             "use 46.0 or later (e.g. \"59.0\")")
+        return value.strip().lstrip("v")
+
     @model_validator(mode="after")
     def _one_auth(self) -> SalesforceConfig:
         ways = [

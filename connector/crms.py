@@ -70,6 +70,13 @@ def build_targets(config: Config) -> tuple[dict[str, CrmTarget], list[str]]:
                 schemas[obj.name] = adapter.describe(obj.name)
             except CrmConfigError as exc:
                 problems.append(f"{loaded.where(table, 'name')}: {table}.name: {name} refuses '{obj.name}': {exc}")
+        for other in loaded.mapping.match_objects():
+            if other not in schemas:
+                try:
+                    schemas[other] = adapter.describe(other)
+                except CrmConfigError as exc:
+                    problems.append(f"{loaded.where('lead', 'match_objects')}: lead.match_objects: {name} refuses "
+                                    f"'{other}': {exc}")
         stages = adapter.stages(loaded.mapping.deal.name)
         problems += check_against_schema(loaded, schemas, stages)
         limits = BudgetLimits(crm_config.daily_call_budget, crm_config.daily_budget_share)

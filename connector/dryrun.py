@@ -71,7 +71,8 @@ class DryRunAdapter:
     def budget(self) -> ApiBudget:
         return self.inner.budget()
 
-    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert]) -> list[WriteResult]:
+    def upsert(self, object_name: str, id_field: str, records: Sequence[RecordUpsert], *,
+               save_duplicates: bool = False) -> list[WriteResult]:
         for record in records:
             self.planned.append(PlannedWrite(self.name, object_name, "create-or-update", record.external_id,
                                              dict(record.values)))

@@ -27,6 +27,7 @@ ATTRIBUTES = (
     "prospect_name", "external_id", "status", "referral_code",
 )
 Rule = Literal["protect", "fill_blank", "create_only", "ignore"]
+SALESFORCE_PEOPLE = ("Lead", "Contact")  # where a Salesforce org keeps a person
 STRING_TYPES = {"string", "text", "textarea", "email", "enum", "picklist", "phone", "url"}
 TIME_TYPES = {"datetime", "date"}
 
@@ -59,6 +60,12 @@ class ObjectMap(_Strict):
     role: Literal["lead", "contact", "opportunity", "deal"]
     id_field: str
     match_keys: list[str] = Field(default_factory=list)
+    # Objects the match keys look for the prospect in, in order (lead only). Unset: the lead object,
+    # and on Salesforce Contacts too (a referred person is often already a customer contact).
+    match_objects: list[str] | None = None
+    # Salesforce: send Sforce-Duplicate-Rule-Header allowSave=true on creates, saving a lead past the
+    # org's duplicate rules. Off: a blocked create links the referral to the record the rule names.
+    allow_duplicate_save: bool = False
     create: bool = True
     fields: dict[str, FieldMap]
 
@@ -94,8 +101,32 @@ class MappingFile(_Strict):
             raise ValueError("; ".join(wrong) + f" (use one of: {', '.join(STATUSES)})")
         return stages
 
+    @model_validator(mode="after")
+    def _lead_options(self) -> MappingFile:
+        problems = []
+        if self.lead.match_objects is not None:
+            allowed = SALESFORCE_PEOPLE if self.crm == "salesforce" else (self.lead.name,)
+            wrong = [o for o in self.lead.match_objects if o not in allowed and o != self.lead.name]
+            if wrong or not self.lead.match_objects:
+                problems.append(f"lead.match_objects: {wrong or '[]'} cannot be matched; use some of "
+                                f"{', '.join(dict.fromkeys([self.lead.name, *allowed]))}")
+        if self.deal.match_objects is not None:
+            problems.append("deal.match_objects: only the lead table looks for the prospect; remove it")
+        if self.crm != "salesforce" and (self.lead.allow_duplicate_save or self.deal.allow_duplicate_save):
+            problems.append("allow_duplicate_save: only Salesforce has duplicate rules to save past; remove it")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def objects(self) -> list[ObjectMap]:
         return [self.lead, self.deal]
+
+    def match_objects(self) -> list[str]:
+        """Where the lead table's match keys look for the prospect, in order of preference."""
+        if self.lead.match_objects is not None:
+            return list(dict.fromkeys(self.lead.match_objects))
+        return [self.lead.name, "Contact"] if self.crm == "salesforce" and self.lead.name == "Lead" else [
+            self.lead.name]
 
     def status_for(self, pipeline: str, stage: str) -> str | None:
         """The referral status a CRM stage label means, or None when the mapping does not say."""
@@ -183,6 +214,16 @@ def check_against_schema(
             if name == obj.id_field and not (described.unique or described.external_id):
                 problems.append(f"{where}: {role}.fields.{name}: the id field must be unique (an external id on "
                                 "Salesforce, a unique-value property on HubSpot)")
+    for other in mapping.match_objects():
+        if other == mapping.lead.name:
+            continue
+        schema = schemas.get(other)
+        if schema is None:  # the describe failed: build_targets reported why
+            continue
+        for key in mapping.lead.match_keys:
+            if key not in schema.fields:
+                problems.append(f"{loaded.where('lead', 'match_keys')}: lead.match_keys: '{key}' is not a field "
+                                f"of {other} (lead.match_objects looks there too)")
     known = {(s.pipeline, s.label) for s in stages}
     for pipeline, labels in mapping.stages.items():
         for label in labels:
@@ -190,6 +231,30 @@ def check_against_schema(
                 problems.append(f"{loaded.where('stages', pipeline, label)}: stages.{pipeline}.{label}: the CRM "
                                 f"has no stage '{label}' in pipeline '{pipeline}'")
     return problems
+
+
+def length_warnings(loaded: LoadedMapping, schemas: MappingABC[str, ObjectSchema],
+                    ledger_lengths: MappingABC[str, int]) -> list[str]:
+    """Mapped text fields shorter than what the ledger may hold for their source attribute: a
+    warning, not a failure (refsync cuts create_only text to the field and truncates where the
+    mapping says so; any other too-long value is refused by the CRM, STRING_TOO_LONG)."""
+    warnings: list[str] = []
+    for role in ("lead", "deal"):
+        obj: ObjectMap = getattr(loaded.mapping, role)
+        schema = schemas.get(obj.name)
+        for name, field in obj.fields.items():
+            described = schema.fields.get(name) if schema is not None else None
+            longest = ledger_lengths.get(field.source)
+            if (described is None or described.length is None or longest is None or field.rule == "ignore"
+                    or described.type.lower() not in STRING_TYPES or described.length >= longest):
+                continue
+            if field.rule == "create_only" or field.transform.truncate:
+                effect = "longer values are cut to fit"
+            else:
+                effect = "a longer value is refused by the CRM (add transform = { truncate = true } to cut it)"
+            warnings.append(f"{loaded.where(role, 'fields', name)}: {role}.fields.{name}: holds "
+                            f"{described.length} characters, {field.source} may hold {longest}; {effect}")
+    return warnings
 
 
 def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
@@ -206,7 +271,10 @@ def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
         else:
             value = value.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     value = field.transform.values.get(str(value), value)
-    if isinstance(value, str) and field.transform.truncate and length is not None:
+    # Text written only at creation is cut to the field's length (the describe's ``length``): the
+    # CRM refuses a longer value (Salesforce STRING_TOO_LONG) and the record would never exist.
+    cut = field.transform.truncate or field.rule == "create_only"
+    if isinstance(value, str) and cut and length is not None:
         value = value[:length]
     return value
 

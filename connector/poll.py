@@ -23,7 +23,7 @@ from typing import Any
 from adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
 from connector.logs import get_logger
 from connector.mapping import ObjectMap, field_values
-from connector.push import CrmTarget, same_value
+from connector.push import CrmTarget, as_instant, same_value
 from state.ledger import Ledger
 from state.models import OPEN_STATUSES, STATUSES, Referral
 from state.observe import Observation, cursor, observing
@@ -195,6 +195,8 @@ def _discover(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRec
     referral_id = record.fields.get(obj.id_field)
     if referral_id and ob.referral(str(referral_id)) is not None:
         found.append(ob.link(str(referral_id), obj.name, record.id, obj.role))
+    elif obj is target.mapping.deal and record.fields.get("ContactId"):
+        found += _contact_opportunity(ob, target, obj, record)
     elif obj is target.mapping.deal:
         contacts = record.fields.get("associations.contacts") or []
         lead_links = ob.links(target.mapping.lead.name, [str(c) for c in contacts])
@@ -266,6 +268,28 @@ def _convert(ob: Observation, target: CrmTarget, change: Change, counts: PollCou
         if referral is not None and referral.status in EARLY and change.converted_to.get("opportunity"):
             if _move(ob, referral, "opportunity", change.at, link.owner_id):
                 counts.transitions += 1
+
+
+def _contact_opportunity(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord) -> list:
+    """Salesforce: an opportunity opened on a contact a referral waits on (its lead was converted
+    without one, or it was a customer already) becomes that referral's opportunity when it was
+    created after the referral was submitted; the referral then pushes its attribution onto it.
+    Opportunity.ContactId is the primary contact (recorded Opportunity describe)."""
+    created = as_instant(record.fields.get("CreatedDate"))
+    found = []
+    for contact_link in ob.links("Contact", [str(record.fields["ContactId"])]).get(str(record.fields["ContactId"]), []):
+        referral = ob.referral(contact_link.referral_id)
+        if referral is None or referral.merged_into or not referral.credited or contact_link.state != "active":
+            continue
+        if created is None or created <= referral.submitted_at or record.fields.get("IsClosed"):
+            continue
+        if any(lk.object == obj.name for lk in ob.links_of_referrals([referral.id])):
+            continue  # it has its opportunity already
+        found.append(ob.link(referral.id, obj.name, record.id, obj.role))
+        ob.audit(referral.id, "opportunity_followed", "new_opportunity_of_contact", actor=f"crm:{target.name}",
+                 obj=obj.name, record_id=record.id, detail={"contact": contact_link.record_id})
+        ob.enqueue_push(referral.id, f"deal:{record.id}")
+    return found
 
 
 def _delete(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, counts: PollCounts) -> None:

@@ -17,6 +17,7 @@ from adapters.base import (
     CrmAdapter,
     CrmRecord,
     ObjectSchema,
+    RecordError,
     RecordErrorKind,
     RecordUpdate,
     RecordUpsert,
@@ -40,7 +41,7 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _as_instant(value: Any) -> datetime | None:
+def as_instant(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value
     if not isinstance(value, str) or len(value) < 19 or value[4] != "-":
@@ -60,7 +61,7 @@ def same_value(ours: Any, theirs: Any) -> bool:
         return True
     if ours == theirs or str(ours) == str(theirs):
         return True
-    a, b = _as_instant(ours), _as_instant(theirs)
+    a, b = as_instant(ours), as_instant(theirs)
     return a is not None and b is not None and a == b
 
 
@@ -154,6 +155,20 @@ class _Work:
     op: dict[str, Any]
     referral: dict[str, Any]
     outcome: OpOutcome
+    # Other ops of the same referral claimed in this batch: they share this op's outcome (a batch
+    # carries each record once: Salesforce fails an external id sent twice, DUPLICATE_EXTERNAL_ID).
+    siblings: list[OpOutcome] = field(default_factory=list)
+    converted_leads: list[str] = field(default_factory=list)  # converted leads this push followed
+
+
+@dataclass(frozen=True)
+class _Person:
+    """Where a prospect already lives as a contact: a converted lead's contact (and opportunity), a
+    Contact found by the match keys, or the record a duplicate rule named."""
+
+    work: _Work
+    contact_id: str
+    opportunity_id: str | None = None
 
 
 def _fail(work: _Work, kind: str, code: str | None, message: str, now: datetime, max_attempts: int,
@@ -174,27 +189,40 @@ def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, A
         return
     error = result.error
     assert error is not None
-    if error.kind in (RecordErrorKind.CONVERTED, RecordErrorKind.DELETED):
-        # Not a failure of this push: the poll follows the conversion or records the deletion.
-        work.outcome.error_class, work.outcome.error_code = error.kind.value, error.code
-        work.outcome.error_message = error.message
+    if error.kind is RecordErrorKind.CONVERTED:
+        # Converted since we looked (CANNOT_UPDATE_CONVERTED_LEAD): the next attempt finds the lead
+        # converted and follows it to its contact and opportunity.
+        _fail(work, "transient", error.code, f"{obj.name} was converted meanwhile: {error.message}", now,
+              max_attempts)
         return
     _fail(work, error.kind.value, error.code, error.message, now, max_attempts)
 
 
 def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
         dict[str, list[tuple[_Work, str]]], list[_Work]]:
-    """Split work into (object -> [(work, linked record id)]) and referrals without a lead record."""
+    """Split work into (object -> [(work, linked record id)]) and referrals without a lead record.
+
+    A referral already linked to a contact (it was a customer, or its lead was converted) keeps
+    that link in its outcome: nothing is written to a contact, the link is the record of it."""
     linked: dict[str, list[tuple[_Work, str]]] = {}
     unlinked: list[_Work] = []
-    names = {target.mapping.lead.name, target.mapping.deal.name}
+    mapping = target.mapping
+    names = {mapping.lead.name, mapping.deal.name}
+    people = set(mapping.match_objects()) - names
     for work in works:
-        links = [lk for lk in work.referral["links"] if lk["object"] in names]
+        links = work.referral["links"]
         for link in links:
-            if link["state"] == "active":
+            if link["state"] != "active":
+                continue
+            if link["object"] in names:
                 linked.setdefault(link["object"], []).append((work, link["record_id"]))
-        # A converted lead is not written any more (its opportunity is), nor looked for again.
-        if not any(lk["object"] == target.mapping.lead.name for lk in links):
+            elif link["object"] in people:
+                work.outcome.links.append((link["object"], link["record_id"], link["role"]))
+        # A converted lead is not written any more (its opportunity is), nor looked for again; a
+        # contact without an opportunity yet is looked at again (one may have been opened).
+        has_lead = any(lk["object"] == mapping.lead.name for lk in links)
+        has_deal = any(lk["object"] == mapping.deal.name and lk["state"] == "active" for lk in links)
+        if not has_lead and not has_deal:
             unlinked.append(work)
     return linked, unlinked
 
@@ -208,8 +236,9 @@ def _push_linked(target: CrmTarget, obj: ObjectMap, pairs: list[tuple[_Work, str
     for work, record_id in pairs:
         record = current.get(record_id)
         if record is None:
-            work.outcome.error_class, work.outcome.error_code = "deleted", "ENTITY_IS_DELETED"
-            work.outcome.error_message = f"{obj.name} {record_id} no longer exists in {target.name}"
+            # The poll marks the link deleted and raises orphaned_link; this op cannot write anything.
+            _fail(work, "deleted", "ENTITY_IS_DELETED", f"{obj.name} {record_id} no longer exists in {target.name}",
+                  now, max_attempts)
             continue
         _attach(work, obj, schema, record, updates)
     _write_updates(target, obj, updates, now, max_attempts)
@@ -235,39 +264,148 @@ def _write_updates(target: CrmTarget, obj: ObjectMap, updates: list[tuple[_Work,
             _apply(work, result, obj, upd.values, now, max_attempts)
 
 
-def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> None:
+def _best_record(obj: ObjectMap, work: _Work, records: list[CrmRecord]) -> CrmRecord:
+    """Among the lead-like records found for a referral: the one carrying its id, else a live
+    (not converted) one, else a converted one (to follow)."""
+    def rank(record: CrmRecord) -> tuple[bool, bool]:
+        return (record.fields.get(obj.id_field) != work.referral["id"], bool(record.fields.get("IsConverted")))
+    return min(records, key=rank)
+
+
+def _place(target: CrmTarget, work: _Work, records: list[CrmRecord], updates: list[tuple[_Work, RecordUpdate]],
+           people: list[_Person]) -> bool:
+    """Give a referral the existing record it matched; False when ``records`` holds none to use."""
     obj = target.mapping.lead
-    schema = target.schemas.get(obj.name)
+    if not records:
+        return False
+    record = _best_record(obj, work, records) if records[0].object == obj.name else records[0]
+    if record.object != obj.name:  # a Contact: the person is a customer already
+        people.append(_Person(work, record.id))
+        return True
+    if not record.fields.get("IsConverted"):
+        _attach(work, obj, target.schemas.get(obj.name), record, updates)
+        return True
+    # A converted Lead stays queryable and refuses writes (CANNOT_UPDATE_CONVERTED_LEAD): the
+    # person lives on as ConvertedContactId, with ConvertedOpportunityId when one was opened.
+    contact = record.fields.get("ConvertedContactId")
+    if not contact:
+        return False
+    work.converted_leads.append(record.id)
+    opportunity = record.fields.get("ConvertedOpportunityId")
+    people.append(_Person(work, str(contact), str(opportunity) if opportunity else None))
+    return True
+
+
+def _source_of(obj: ObjectMap, key: str) -> str:
+    return obj.fields[key].source if key in obj.fields else "prospect_email"
+
+
+def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> None:
+    """Referrals without a lead record: find the prospect (match keys over the mapping's match
+    objects, then a record carrying the referral id), else create a lead; follow what was found
+    or what a duplicate rule named to its contact and open opportunity."""
+    obj = target.mapping.lead
     fields = target.fields_of(obj)
     remaining = list(works)
     updates: list[tuple[_Work, RecordUpdate]] = []
+    people: list[_Person] = []
     for key in obj.match_keys:
-        source = obj.fields[key].source if key in obj.fields else "prospect_email"
-        values = sorted({str(w.referral[source]) for w in remaining if w.referral.get(source)})
-        if not values:
-            continue
-        found = target.adapter.find(obj.name, key, values, fields)
-        found_lower = {k.lower(): v for k, v in found.items()}
-        still: list[_Work] = []
-        for work in remaining:
-            value = work.referral.get(source)
-            records = found_lower.get(str(value).lower(), []) if value else []
-            if not records:
-                still.append(work)
-                continue
-            record = next((r for r in records if r.fields.get(obj.id_field) == work.referral["id"]), records[0])
-            _attach(work, obj, schema, record, updates)
-        remaining = still
+        source = _source_of(obj, key)
+        for name in target.mapping.match_objects():
+            values = sorted({str(w.referral[source]) for w in remaining if w.referral.get(source)})
+            if not values:
+                break
+            found = target.adapter.find(name, key, values, fields if name == obj.name else [])
+            found_lower = {k.lower(): v for k, v in found.items()}
+            remaining = [w for w in remaining if not _place(
+                target, w, found_lower.get(str(w.referral.get(source) or "").lower(), []), updates, people)]
+    if remaining:
+        # A create whose answer was lost carries our id already: an upsert would overwrite its
+        # create_only fields (a rep may have edited them since), so it is updated like any match.
+        found = target.adapter.find(obj.name, obj.id_field, [w.referral["id"] for w in remaining], fields)
+        remaining = [w for w in remaining if not _place(target, w, found.get(w.referral["id"], []), updates, people)]
+    blocked: list[tuple[_Work, RecordError]] = []
+    if obj.create:
+        blocked = _create(target, remaining, now, max_attempts)
+    if blocked:
+        _place_duplicates(target, blocked, updates, people, now, max_attempts)
     _write_updates(target, obj, updates, now, max_attempts)
-    if not obj.create:
-        return
-    creates = [(w, RecordUpsert(w.referral["id"], field_values(obj, w.referral, schema))) for w in remaining]
+    if people:
+        _follow_people(target, people, now, max_attempts)
+
+
+def _create(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> list[tuple[_Work, RecordError]]:
+    """Create lead records; returns the creates a duplicate rule blocked, with the CRM's error."""
+    obj = target.mapping.lead
+    schema = target.schemas.get(obj.name)
+    blocked: list[tuple[_Work, RecordError]] = []
+    creates = [(w, RecordUpsert(w.referral["id"], field_values(obj, w.referral, schema))) for w in works]
     for start in range(0, len(creates), target.adapter.max_batch):
         chunk = creates[start:start + target.adapter.max_batch]
-        results = write_with_split(lambda items: target.adapter.upsert(obj.name, obj.id_field, items),
-                                   [c for _, c in chunk])
+        results = write_with_split(lambda items: target.adapter.upsert(
+            obj.name, obj.id_field, items, save_duplicates=obj.allow_duplicate_save), [c for _, c in chunk])
         for (work, ups), result in zip(chunk, results, strict=True):
-            _apply(work, result, obj, ups.values, now, max_attempts)
+            if result.error is not None and result.error.kind is RecordErrorKind.DUPLICATE:
+                blocked.append((work, result.error))
+            else:
+                _apply(work, result, obj, ups.values, now, max_attempts)
+    return blocked
+
+
+def _place_duplicates(target: CrmTarget, blocked: list[tuple[_Work, RecordError]],
+                      updates: list[tuple[_Work, RecordUpdate]], people: list[_Person], now: datetime,
+                      max_attempts: int) -> None:
+    """A create the duplicate rule blocked (DUPLICATES_DETECTED) links the referral to the record
+    the rule named, as a match would have; without a name to follow it is a dead op with an alert."""
+    obj = target.mapping.lead
+    lead_ids = sorted({m.id for _, error in blocked for m in error.matches if m.object == obj.name})
+    leads = target.adapter.find(obj.name, "Id", lead_ids, target.fields_of(obj)) if lead_ids else {}
+    by_id = {r.id: r for records in leads.values() for r in records}
+    for work, error in blocked:
+        records = [by_id[m.id] for m in error.matches if m.id in by_id]
+        contacts = [m.id for m in error.matches if m.object != obj.name]
+        if _place(target, work, records, updates, people):
+            continue
+        if contacts:
+            people.append(_Person(work, contacts[0]))
+            continue
+        _fail(work, "rejected", error.code, f"{target.name}'s duplicate rule refused a new {obj.name} and named no "
+              f"record refsync can follow ({error.message}); merge the duplicates, or set "
+              "lead.allow_duplicate_save = true in the mapping", now, max_attempts)
+
+
+def _open_for(deal: ObjectMap, record: CrmRecord, referral: Mapping[str, Any]) -> bool:
+    """Whether an opportunity can take this referral's attribution: open, and not another referral's."""
+    holder = record.fields.get(deal.id_field)
+    return not record.fields.get("IsClosed") and (_blank(holder) or holder == referral["id"])
+
+
+def _follow_people(target: CrmTarget, people: list[_Person], now: datetime, max_attempts: int) -> None:
+    """Link each referral to its contact, and to the contact's open opportunity when there is one
+    (which receives the attribution under the usual rules). Without one the referral waits: the poll
+    links the next opportunity opened on that contact."""
+    deal = target.mapping.deal
+    fields = list(dict.fromkeys([*target.fields_of(deal), "IsClosed", "CreatedDate", "ContactId"]))
+    # Opportunity.ContactId: the opportunity's primary contact (recorded Opportunity describe:
+    # reference to Contact, filterable); lead conversion sets it to the converted contact.
+    by_contact = target.adapter.find(deal.name, "ContactId", sorted({p.contact_id for p in people}), fields)
+    known = {r.id: r for records in by_contact.values() for r in records}
+    missing = sorted({p.opportunity_id for p in people if p.opportunity_id and p.opportunity_id not in known})
+    if missing:
+        known.update({r.id: r for records in target.adapter.find(deal.name, "Id", missing, fields).values()
+                      for r in records})
+    updates: list[tuple[_Work, RecordUpdate]] = []
+    schema = target.schemas.get(deal.name)
+    for person in people:
+        person.work.outcome.links.append(("Contact", person.contact_id, "contact"))
+        newest_first = sorted(by_contact.get(person.contact_id, []), key=lambda r: str(r.fields.get("CreatedDate")),
+                              reverse=True)
+        candidates = [known[person.opportunity_id]] if person.opportunity_id in known else []
+        opportunity = next((r for r in [*candidates, *newest_first] if _open_for(deal, r, person.work.referral)),
+                           None)
+        if opportunity is not None:
+            _attach(person.work, deal, schema, opportunity, updates)
+    _write_updates(target, deal, updates, now, max_attempts)
 
 
 def _push_works(target: CrmTarget, works: list[_Work], now: datetime, max_attempts: int) -> None:
@@ -277,6 +415,66 @@ def _push_works(target: CrmTarget, works: list[_Work], now: datetime, max_attemp
             _push_linked(target, obj, linked[obj.name], now, max_attempts)
     if unlinked:
         _push_unlinked(target, unlinked, now, max_attempts)
+
+
+def one_work_per_referral(ops: Sequence[dict[str, Any]], inputs: Mapping[str, dict[str, Any]]) -> list[_Work]:
+    """One unit of work per referral: ops of one referral claimed together (two revisions, a push
+    and a restore) push its current attribution once, and every one of them gets that outcome."""
+    works: dict[str, _Work] = {}
+    for op in ops:
+        referral_id = op["referral_id"]
+        if referral_id not in inputs:
+            continue
+        if referral_id in works:
+            works[referral_id].siblings.append(OpOutcome(op["id"], referral_id, "done"))
+        else:
+            works[referral_id] = _Work(op, inputs[referral_id], OpOutcome(op["id"], referral_id, "done"))
+    return list(works.values())
+
+
+UNLINKED_CODES = frozenset({"NOT_LINKED", "ENTITY_IS_DELETED", "CANNOT_UPDATE_CONVERTED_LEAD", "DUPLICATES_DETECTED"})
+
+
+def settle(work: _Work, now: datetime, max_attempts: int) -> None:
+    """The op's final outcome, shared by its siblings. An op never ends ``done`` without the
+    record it wrote (or found) being linked: that would lose the referral without a trace."""
+    outcome = work.outcome
+    outcome.links = list(dict.fromkeys(outcome.links))
+    if outcome.state == "done" and not outcome.links:
+        _fail(work, "unlinked", "NOT_LINKED", outcome.error_message or "the push ended without a CRM record to link "
+              "the referral to", now, max_attempts)
+    for sibling in work.siblings:
+        sibling.state, sibling.next_attempt_at = outcome.state, outcome.next_attempt_at
+        sibling.error_class, sibling.error_code = outcome.error_class, outcome.error_code
+        sibling.error_message = outcome.error_message
+        sibling.unchanged = True  # the links, fields and audit event land once, with the first op
+
+
+def _record_follow_ups(ledger: Ledger, target: CrmTarget, works: list[_Work]) -> None:
+    """What landing an outcome does not record: converted leads the push followed (linked as
+    ``converted``), and an alert for each referral a push could not link."""
+    followed = [w for w in works if w.outcome.state == "done" and w.converted_leads]
+    lost = [w for w in works if w.outcome.state in ("failed", "dead") and w.outcome.error_code in UNLINKED_CODES]
+    if not followed and not lost:
+        return
+    lead = target.mapping.lead
+    with observing(ledger, target.name) as ob:
+        for work in followed:
+            referral_id = work.referral["id"]
+            for lead_id in work.converted_leads:
+                ob.link(referral_id, lead.name, lead_id, lead.role).state = "converted"
+                ob.audit(referral_id, "lead_converted", "followed_conversion", obj=lead.name, record_id=lead_id,
+                         detail={"links": [list(link) for link in work.outcome.links]})
+            log.info("prospect's lead was converted; followed it", referral_id=referral_id, crm=target.name,
+                     converted_leads=work.converted_leads, links=[list(link) for link in work.outcome.links])
+        for work in lost:
+            outcome = work.outcome
+            ob.raise_alert(
+                "push_unlinked", f"push_unlinked:{target.name}:{outcome.referral_id}",
+                f"referral {outcome.referral_id} could not be linked to a {target.name} record ({outcome.error_code}: "
+                f"{outcome.error_message}); refsync " + ("retries it" if outcome.state == "failed" else
+                                                          "gave up: fix the cause, then `refsync ops retry`") + ".",
+                referral_id=outcome.referral_id)
 
 
 def note_drift(ledger: Ledger, target: CrmTarget) -> bool:
@@ -328,8 +526,7 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
     if not ops:
         return counts
     inputs = push_inputs(ledger, [op["referral_id"] for op in ops], target.name)
-    works = [_Work(op, inputs[op["referral_id"]], OpOutcome(op["id"], op["referral_id"], "done"))
-             for op in ops if op["referral_id"] in inputs]
+    works = one_work_per_referral(ops, inputs)
     # A referral that lost credit (a duplicate, or merged into another) writes nothing any more:
     # its queued ops end here, so they can never overwrite the credited referral's attribution.
     idle = [w for w in works if not w.referral["credited"]]
@@ -363,10 +560,13 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
         if not dry_run:
             land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
         raise exc
+    for work in works:
+        settle(work, now, max_attempts)
     for work in works + idle:
         work.outcome.unchanged = work.outcome.state == "done" and not work.outcome.written
     if not dry_run:
-        land_outcomes(ledger, target.name, owner, [w.outcome for w in works + idle])
+        land_outcomes(ledger, target.name, owner, [o for w in works + idle for o in (w.outcome, *w.siblings)])
+        _record_follow_ups(ledger, target, works)
         for work in works:
             outcome = work.outcome
             if outcome.state in ("failed", "dead"):
@@ -375,8 +575,7 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
                     crm=target.name, op_id=outcome.op_id, code=outcome.error_code, error=outcome.error_message,
                     next_attempt_at=outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else None)
     counts.calls = target.adapter.budget().total_calls - before
-    for work in works:
-        outcome = work.outcome
+    for outcome in [o for w in works for o in (w.outcome, *w.siblings)]:
         if outcome.state == "done":
             counts.pushed += 1
             counts.created += outcome.created

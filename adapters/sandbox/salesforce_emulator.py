@@ -42,7 +42,7 @@ _API = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)/(?P<rest>.*)$")
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
                  "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
                  "expire_sessions", "count_values")
-_FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock")
+_FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "lost_answer")
 
 
 class _Reply(Exception):
@@ -167,7 +167,9 @@ class SalesforceEmulator(Served):
 
     def set_faults(self, **rates: float) -> None:
         """Probabilities (0..1) of ``rate_limit``, ``server_error``, ``slow``, ``drop``, ``lock`` per call
-        (``lock`` per record); ``slow_seconds`` sets the delay (default 2). ``retry_after`` is accepted
+        (``lock`` per record; ``lost_answer``: the request is carried out, then the connection drops
+        before the answer, as when a network path fails after Salesforce committed); ``slow_seconds``
+        sets the delay (default 2). ``retry_after`` is accepted
         for symmetry with HubSpot but Salesforce sends no Retry-After, so neither does this emulator."""
         unknown = set(rates) - {*_FAULTS, "retry_after", "slow_seconds", "seed"}
         if unknown:
@@ -246,6 +248,7 @@ class SalesforceEmulator(Served):
         version, rest = match["version"], match["rest"].rstrip("/")
         parts = [unquote(p) for p in rest.split("/")] if rest else []
         auto_assign = headers.get("sforce-auto-assign", "TRUE").strip().upper() not in ("FALSE", "0")
+        allow_save = "allowsave=true" in headers.get("sforce-duplicate-rule-header", "").replace(" ", "").lower()
         if parts[:1] in (["query"], ["queryAll"]):
             return self._query(method, parts, query, headers, version)
         if parts == ["limits"]:
@@ -255,7 +258,7 @@ class SalesforceEmulator(Served):
                          "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
                          "DataStorageMB": {"Max": 5, "Remaining": 5}}
         if parts[:2] == ["composite", "sobjects"]:
-            return self._composite(method, parts[2:], query, body, auto_assign, version)
+            return self._composite(method, parts[2:], query, body, auto_assign, version, allow_save)
         if parts[:1] == ["sobjects"] and len(parts) >= 2:
             return self._sobjects(method, parts[1:], query, body, auto_assign, version)
         raise _Reply(404, NOT_FOUND)
@@ -300,7 +303,7 @@ class SalesforceEmulator(Served):
         return 200, self._page(self._save_cursor(obj, rows, fields), 0, batch, version)
 
     def _composite(self, method: str, parts: list[str], query: dict[str, list[str]], body: Any,
-                   auto_assign: bool, version: str) -> tuple[int, Any]:
+                   auto_assign: bool, version: str, allow_save: bool = False) -> tuple[int, Any]:
         if method == "GET" and len(parts) == 1:
             self._count("composite_read")
             obj = self.store.object_name(parts[0])
@@ -330,7 +333,8 @@ class SalesforceEmulator(Served):
         all_or_none = bool(body.get("allOrNone", False))
         if parts:
             return 200, self.store.collection_upsert(parts[0], parts[1], records, all_or_none, auto_assign,
-                                                     lambda: self._roll("lock"))
+                                                     lambda: self._roll("lock"), allow_save=allow_save,
+                                                     version=version)
         return 200, self.store.collection_update(records, all_or_none, auto_assign, lambda: self._roll("lock"))
 
     def _field_or_fail(self, obj: str, name: str) -> str:
@@ -508,6 +512,8 @@ def _handler_for(emulator: SalesforceEmulator) -> type[BaseHTTPRequestHandler]:
                 status, answer = reply.status, reply.body
             except SfError as exc:
                 status, answer = exc.status, exc.body
+            if method == "PATCH" and emulator._roll("lost_answer"):
+                raise _Drop()
             self._send(status, answer, {"Sforce-Limit-Info": f"api-usage={emulator._used()}/{DAILY_LIMIT}"})
 
         def _admin(self, method: str, raw: bytes) -> None:

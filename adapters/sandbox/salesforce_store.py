@@ -34,6 +34,13 @@ MERGEABLE = ("Lead", "Contact", "Account")
 REQUIRED = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Account": ("Name",),
             "Opportunity": ("Name", "StageName", "CloseDate")}
 NOT_FOUND = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+# The standard lead duplicate rule (active in every new org): a new Lead whose email matches a Lead
+# or a Contact is blocked over the API unless the request says Sforce-Duplicate-Rule-Header:
+# allowSave=true (help.salesforce.com "Standard Duplicate Rules"; developer.salesforce.com REST API
+# "Duplicate Rule Header"). Emulated on create; the rule's edit action is not.
+DUPLICATE_RULES = {"Lead": ("Standard_Lead_Duplicate_Rule", (("Lead", "Standard_Lead_Match_Rule_v1_0"),
+                                                             ("Contact", "Standard_Contact_Match_Rule_v1_1")))}
+DUPLICATE_MESSAGE = "Use one of these records?"
 
 
 class SfError(Exception):
@@ -238,6 +245,39 @@ class OrgStore:
                                     f"with id: {holder}", [])
         return None
 
+    def duplicate_rule_error(self, obj: str, values: dict[str, Any], version: str) -> dict[str, Any] | None:
+        """DUPLICATES_DETECTED when a new ``obj`` matches existing records under the org's standard
+        duplicate rule, else None.
+
+        The per-record error is the documented collections one (``statusCode``, ``message``
+        "Use one of these records?", ``fields`` []: REST API guide, "allOrNone Parameters in
+        Composite and Collections Requests") carrying the DuplicateError's ``duplicateResult``
+        (SOAP API "DuplicateError" / "DuplicateResult"; the record shape as Salesforce serialises
+        it over REST, see crm-api/salesforce/README.md)."""
+        rule = DUPLICATE_RULES.get(obj)
+        email = str(values.get("Email") or "").casefold()
+        if rule is None or not email:
+            return None
+        name, matchers = rule
+        results = []
+        for other, match_rule in matchers:
+            found = [r for r in self.index(other, "Email").get(email, []) if not r.get("IsDeleted")]
+            if not found:
+                continue
+            results.append({
+                "entityType": other, "errors": [], "matchEngine": "FuzzyMatchEngine",
+                "matchRecords": [{"additionalInformation": [], "fieldDiffs": [], "matchConfidence": 100.0,
+                                  "record": {"attributes": {"type": other, "url": f"/services/data/v{version}/"
+                                                            f"sobjects/{other}/{r['Id']}"}, "Id": r["Id"]}}
+                                 for r in found],
+                "rule": match_rule, "size": len(found), "success": True})
+        if not results:
+            return None
+        error = record_error("DUPLICATES_DETECTED", DUPLICATE_MESSAGE, [])
+        error["duplicateResult"] = {"allowSave": True, "duplicateRule": name, "duplicateRuleEntityType": obj,
+                                    "errorMessage": DUPLICATE_MESSAGE, "matchResults": results}
+        return error
+
     # ---- applying changes ----------------------------------------------------------------------
     def _stamp(self, rec: dict[str, Any], by: str, *, user_edit: bool = True) -> int:
         ms = self.now_ms()
@@ -335,8 +375,10 @@ class OrgStore:
         return (obj, rec, values)
 
     def collection_upsert(self, obj_name: str, ext_field: str, records: list[dict[str, Any]], all_or_none: bool,
-                          auto_assign: bool, lock: Callable[[], bool]) -> list[dict[str, Any]]:
-        """``PATCH composite/sobjects/{Obj}/{ExtIdField}``: results add ``created``."""
+                          auto_assign: bool, lock: Callable[[], bool], *, allow_save: bool = False,
+                          version: str = "59.0") -> list[dict[str, Any]]:
+        """``PATCH composite/sobjects/{Obj}/{ExtIdField}``: results add ``created``. A create the
+        org's duplicate rule blocks fails DUPLICATES_DETECTED unless ``allow_save``."""
         with self.lock:
             obj = self.object_name(obj_name)
             field = self.schema.field(obj, ext_field)
@@ -366,6 +408,8 @@ class OrgStore:
                 elif (existing := self.by_external_id(obj, ext, key)) is not None:
                     values.pop(ext, None)
                     plans.append(self._plan_update(obj, existing["Id"], values, pending, lock))
+                elif not allow_save and (blocked := self.duplicate_rule_error(obj, values, version)) is not None:
+                    plans.append(blocked)
                 else:
                     plans.append(self._plan_create(obj, values, pending, lock))
             return self._commit(plans, all_or_none, auto_assign, upsert=True)

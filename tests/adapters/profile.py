@@ -43,27 +43,35 @@ def all_changes(adapter: CrmAdapter, object_name: str, since: datetime, fields: 
     return ChangeSet(changes, stage_changes, cursor)
 
 
+def reference_required() -> bool:
+    """Whether missing reference data is a failure here: in CI (``.ci/run`` sets
+    REFSYNC_REQUIRE_SHARED=1; hosted CI services set CI=true or CI=1), never a skip."""
+    import os
+
+    return os.environ.get("REFSYNC_REQUIRE_SHARED") == "1" or os.environ.get("CI", "").lower() in ("true", "1")
+
+
 def reference_dir(*parts: str) -> Path:
     """The recorded CRM reference data in ``../shared/crm-api`` beside the checkout.
 
     Missing on a machine without ``shared/``: the tests using it skip with the reason, except in CI
-    (CI=true), where a missing reference is a failure, not a skip."""
-    import os
-
+    (see :func:`reference_required`), where a missing reference is a failure, not a skip."""
     import pytest
 
     path = SHARED_CRM_API.joinpath(*parts)
     if not path.is_dir():
         message = f"CRM reference data not found at {path} (the shared/ folder beside the checkout)"
-        if os.environ.get("CI") == "true":
+        if reference_required():
             pytest.fail(message)
         pytest.skip(message)
     return path
 
 
 def recorded_body(*parts: str) -> Any:
-    """A reference body from shared/crm-api: the recorded ``body`` of a cassette, or the file itself."""
+    """A reference body from shared/crm-api: the recorded ``body`` of a cassette, or the file itself
+    (missing: skipped with the reason, or failed in CI, as :func:`reference_dir` decides)."""
     import json
 
+    reference_dir(*parts[:-1])
     data = json.loads(SHARED_CRM_API.joinpath(*parts).read_text())
     return data["body"] if isinstance(data, dict) and "_source" in data else data

@@ -155,3 +155,26 @@ def test_admin_plane_over_http_is_not_counted(em: SalesforceEmulator) -> None:
     record = admin("get_record", object_name="Opportunity", record_id=ids["opportunity"])
     assert (record["IsClosed"], record["IsWon"], record["Amount"]) == (True, True, 10.0)
     assert admin("calls") == {}
+
+
+def test_the_emulators_duplicate_rule_error_has_salesforces_shape() -> None:
+    from adapters.sandbox.salesforce_store import OrgStore
+
+    store = OrgStore()
+    contact = store.create_record("Contact", {"LastName": "Ng", "Email": "al@litware.example"}, None, "rep")
+    new = {"attributes": {"type": "Lead"}, "Referral_Id__c": "R1", "LastName": "Ng", "Company": "Litware",
+           "Email": "AL@litware.example"}
+    [blocked] = store.collection_upsert("Lead", "Referral_Id__c", [new], False, False, lambda: False)
+    documented = ref("sfdocs/collections_duplicates_detected_allOrNone_false.json")[1]
+    assert blocked.keys() == documented.keys() and blocked["success"] is False
+    error = blocked["errors"][0]
+    assert {k: error[k] for k in documented["errors"][0]} == documented["errors"][0]
+    reference = ref("thirdparty/duplicates_detected_duplicate_result.json")[0]["duplicateResult"]
+    result = error["duplicateResult"]
+    assert result.keys() == reference.keys()
+    assert result["matchResults"][0].keys() == reference["matchResults"][0].keys()
+    match = result["matchResults"][0]["matchRecords"][0]
+    assert match.keys() == reference["matchResults"][0]["matchRecords"][0].keys()
+    assert match["record"]["Id"] == contact and match["record"]["attributes"]["type"] == "Contact"
+    [saved] = store.collection_upsert("Lead", "Referral_Id__c", [new], False, False, lambda: False, allow_save=True)
+    assert saved["success"] is True and saved["created"] is True

@@ -156,3 +156,42 @@ def test_query_pages_follow_next_records_url(mocked: responses.RequestsMock, sf:
     assert sorted(found) == ["Test 1", "Test 2"]
     budget = sf.budget()
     assert budget.calls == {"query": 2} and (budget.used_today, budget.limit_today) == (19, 15000)
+
+
+def test_documented_duplicates_detected_is_a_duplicate_naming_no_record(mocked: responses.RequestsMock,
+                                                                        sf: SalesforceAdapter) -> None:
+    mocked.patch(BASE + "composite/sobjects/Lead/Referral_Id__c",
+                 json=body("sfdocs/collections_duplicates_detected_allOrNone_false.json"))
+    first, second = _upsert(sf, 2)
+    assert first.ok and second.error is not None
+    assert (second.error.kind, second.error.code, second.error.matches) == (
+        RecordErrorKind.DUPLICATE, "DUPLICATES_DETECTED", ())
+
+
+def test_duplicate_result_ids_are_read_and_save_past_rules_only_when_asked(mocked: responses.RequestsMock,
+                                                                         sf: SalesforceAdapter) -> None:
+    single = body("thirdparty/duplicates_detected_duplicate_result.json")[0]
+    error = {"statusCode": single["errorCode"], "message": single["message"], "fields": [],
+             "duplicateResult": single["duplicateResult"]}
+    mocked.patch(BASE + "composite/sobjects/Lead/Referral_Id__c", json=[{"success": False, "errors": [error]}])
+    [result] = _upsert(sf)
+    assert result.error is not None and [(m.object, m.id) for m in result.error.matches] == [
+        ("Contact", "0038M0000016Wv8QAE")]
+    assert "Sforce-Duplicate-Rule-Header" not in mocked.calls[0].request.headers
+    sf.upsert("Lead", "Referral_Id__c", [RecordUpsert("R1", {"LastName": "x"})], save_duplicates=True)
+    assert mocked.calls[1].request.headers["Sforce-Duplicate-Rule-Header"] == "allowSave=true"
+
+
+def test_find_on_leads_asks_for_what_a_converted_lead_became(mocked: responses.RequestsMock,
+                                                             sf: SalesforceAdapter) -> None:
+    page = body("sfdocs/query_page1.json")
+    page.update(done=True, records=[{"attributes": {"type": "Lead"}, "Id": "00Q000000000001AAA",
+                                     "Email": "a@b.example", "IsConverted": True,
+                                     "ConvertedContactId": "0038M0000016Wv8QAE", "ConvertedOpportunityId": None,
+                                     "ConvertedAccountId": "001RM000003oCprYAE"}])
+    page.pop("nextRecordsUrl", None)
+    mocked.get(BASE + "query/", json=page)
+    [found] = sf.find("Lead", "Email", ["a@b.example"], [])["a@b.example"]
+    assert found.fields["IsConverted"] is True and found.fields["ConvertedContactId"] == "0038M0000016Wv8QAE"
+    soql = mocked.calls[0].request.url
+    assert all(name in soql for name in ("IsConverted", "ConvertedContactId", "ConvertedOpportunityId"))
