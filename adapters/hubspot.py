@@ -256,20 +256,25 @@ class HubSpotAdapter:
         return error
 
     def time_zone(self) -> str:
-        """The portal's time zone (GET /account-info/v3/details), read once; UTC when unreadable."""
-        if self._time_zone is None:
-            try:
-                answer = self._http.request("GET", f"{self._base_url}/account-info/v3/details",
-                                            headers={"Authorization": f"Bearer {self._token}"},
-                                            timeout=self.timeout, retries=False)
-                body = json.loads(answer.data) if answer.status == 200 else {}
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                log.warning("HubSpot account details unreadable (%s); daily limits taken to reset at UTC "
-                            "midnight", exc)
-                body = {}
-            with self._lock:
-                self._calls["account_details"] += 1
-                self._time_zone = str(body.get("timeZone") or "UTC") if isinstance(body, dict) else "UTC"
+        """The portal's time zone (GET /account-info/v3/details), read once. Read early (every poll
+        asks): once the daily limit is hit, this call is refused too and UTC is all that is left."""
+        if self._time_zone is not None:
+            return self._time_zone
+        with self._lock:
+            self._calls["account_details"] += 1
+        try:
+            answer = self._http.request("GET", f"{self._base_url}/account-info/v3/details",
+                                        headers={"Authorization": f"Bearer {self._token}"},
+                                        timeout=self.timeout, retries=False)
+            body = json.loads(answer.data) if answer.status == 200 else {}
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            body = {"error": str(exc)}
+        zone = body.get("timeZone") if isinstance(body, dict) else None
+        if not zone:
+            log.warning("HubSpot account details unreadable (%s); the daily limit is taken to reset at UTC "
+                        "midnight until they are", body)
+            return "UTC"
+        self._time_zone = str(zone)
         return self._time_zone
 
     def _note(self, headers: Any) -> None:
@@ -536,6 +541,7 @@ class HubSpotAdapter:
         read by id before moving past it, so any number of ties is read exactly once. Each answer
         becomes CrmRecords at once: the client's model objects weigh several times more."""
         modified = _modified_field(object_name)
+        self.time_zone()  # known before the daily limit is hit (then the account API refuses too)
         op, stamp = "GTE", lower_ms
         seen_at_stamp: set[str] = set()
         while True:
