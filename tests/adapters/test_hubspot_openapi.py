@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -258,6 +259,7 @@ def test_search_filters_contacts_on_lastmodifieddate_apart_from_hs_lastmodifiedd
     hub.configure(search_per_second=None)
     contact = hub.create_record("contacts", {"email": "t@example.com"})
     stamp = (hub.get_record("contacts", contact) or {})["lastmodifieddate"]
+    time.sleep(0.003)  # a later millisecond
     hub.system_touch("contacts", contact)
     query = {"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "GT", "value": stamp}]}],
              "properties": ["lastmodifieddate", "hs_lastmodifieddate"], "limit": 10}
