@@ -131,10 +131,11 @@ class StageChange:
 
     record_id: str
     stage: str  # the CRM's stage label (HubSpot internal ids are resolved to labels)
-    at: datetime
+    at: datetime  # when the CRM recorded the move (history timestamp), not the record's last change
     amount: float | None = None
     close_date: str | None = None
     changed_by: str | None = None
+    pipeline: str | None = None  # the pipeline label the stage belongs to, when the CRM has several
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ class Stage:
     internal_id: str
     is_closed: bool = False
     is_won: bool = False
+    pipeline_id: str = ""  # the CRM's pipeline id (HubSpot's ``pipeline`` property holds ids, not labels)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ call; each generated package's ``ApiException`` is turned into :mod:`adapters.er
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import urllib3
 from hubspot import HubSpot
@@ -52,6 +54,7 @@ from adapters.base import (
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
 
+log = logging.getLogger("refsync.adapters.hubspot")
 API_EXCEPTIONS = (ObjectsApiException, PropertiesApiException, PipelinesApiException, AssociationsApiException)
 CRM = "hubspot"
 BATCH = 100
@@ -64,7 +67,7 @@ CONFIG_CODES = {"PROPERTY_DOESNT_EXIST", "READ_ONLY_VALUE", "MISSING_SCOPES", "I
 ERROR_KINDS = {"LOCKED": RecordErrorKind.TRANSIENT, "OBJECT_NOT_FOUND": RecordErrorKind.DELETED,
                "CONFLICT": RecordErrorKind.CONFLICT, "RATE_LIMITS": RecordErrorKind.TRANSIENT}
 EXTRA_FIELDS = ("hs_object_id", "hs_merged_object_ids", "hubspot_owner_id", "hs_updated_by_user_id")
-DEAL_FIELDS = ("dealstage", "pipeline", "amount", "closedate")
+DEAL_FIELDS = ("dealstage", "pipeline", "amount", "closedate", "createdate")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -77,9 +80,19 @@ def _body(exc: Any) -> dict[str, Any]:
 
 
 def _seconds_to_utc_midnight(now: datetime | None = None) -> float:
-    now = now or datetime.now(UTC)
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return max((midnight - now).total_seconds(), 1.0)
+    return seconds_to_midnight("UTC", now)
+
+
+def seconds_to_midnight(time_zone: str, now: datetime | None = None) -> float:
+    """Seconds until the next midnight in ``time_zone``: when HubSpot's daily limit resets, at the
+    portal's midnight in its own time zone (developers.hubspot.com/apisbytier), DST included."""
+    try:
+        zone: tzinfo = ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = UTC
+    local = (now or datetime.now(UTC)).astimezone(zone)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tzinfo=zone)
+    return max((midnight.astimezone(UTC) - local.astimezone(UTC)).total_seconds(), 1.0)
 
 
 def classify(exc: BaseException) -> CrmError:
@@ -170,7 +183,11 @@ def _field_type(prop: Any) -> str:
 
 
 def _modified_field(object_name: str) -> str:
-    """HubSpot's search property for "last modified": contacts keep the legacy name."""
+    """The one "last modified" stamp of an object, for filter, sort, keyset and cursor alike.
+
+    Contacts carry two stamps that disagree (``hs_lastmodifieddate`` also moves on system touches);
+    searching contacts by ``hs_lastmodifieddate`` misses records, so contacts use ``lastmodifieddate``
+    (amp-labs/connectors#45, crm-api/hubspot/README.md); other objects use ``hs_lastmodifieddate``."""
     return "lastmodifieddate" if object_name == "contacts" else "hs_lastmodifieddate"
 
 
@@ -210,6 +227,10 @@ class HubSpotAdapter:
         self._daily: tuple[int, int] | None = None  # (limit, remaining) from the last answer
         self._searches: deque[float] = deque()
         self._stages: dict[str, list[Stage]] = {}
+        # account details (the portal's time zone) are not in hubspot-api-client: one plain GET
+        self._base_url, self._token = base_url.rstrip("/"), access_token
+        self._http = urllib3.PoolManager(retries=False)
+        self._time_zone: str | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, kind: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
@@ -220,11 +241,41 @@ class HubSpotAdapter:
             data, status, headers = method(*args, _request_timeout=self.timeout, **kwargs)
         except API_EXCEPTIONS as exc:
             self._note(getattr(exc, "headers", None))
-            raise classify(exc) from exc
+            raise self._classified(exc) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise classify(exc) from exc
         self._note(headers)
         return data, status
+
+    def _classified(self, exc: BaseException) -> CrmError:
+        """classify(), with a DAILY 429's wait running to the portal's midnight in its time zone."""
+        error = classify(exc)
+        if isinstance(error, RateLimited) and error.code == "DAILY" \
+                and not (getattr(exc, "headers", None) or {}).get("Retry-After"):
+            error.retry_after = seconds_to_midnight(self.time_zone())
+        return error
+
+    def time_zone(self) -> str:
+        """The portal's time zone (GET /account-info/v3/details), read once. Read early (every poll
+        asks): once the daily limit is hit, this call is refused too and UTC is all that is left."""
+        if self._time_zone is not None:
+            return self._time_zone
+        with self._lock:
+            self._calls["account_details"] += 1
+        try:
+            answer = self._http.request("GET", f"{self._base_url}/account-info/v3/details",
+                                        headers={"Authorization": f"Bearer {self._token}"},
+                                        timeout=self.timeout, retries=False)
+            body = json.loads(answer.data) if answer.status == 200 else {}
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            body = {"error": str(exc)}
+        zone = body.get("timeZone") if isinstance(body, dict) else None
+        if not zone:
+            log.warning("HubSpot account details unreadable (%s); the daily limit is taken to reset at UTC "
+                        "midnight until they are", body)
+            return "UTC"
+        self._time_zone = str(zone)
+        return self._time_zone
 
     def _note(self, headers: Any) -> None:
         if not headers:
@@ -258,8 +309,9 @@ class HubSpotAdapter:
         values: dict[str, Any] = {name: props.get(name) for name in fields}
         for name in EXTRA_FIELDS:
             values.setdefault(name, props.get(name))
-        modified = _moment(props.get("hs_lastmodifieddate") or props.get("lastmodifieddate")) \
-            or _moment(getattr(obj, "updated_at", None))
+        # the stamp the search filtered and sorted on, never the other one: mixing them skips
+        # records (one ahead) or re-reads a page forever (one behind)
+        modified = _moment(props.get(_modified_field(object_name))) or _moment(getattr(obj, "updated_at", None))
         return CrmRecord(object_name, str(obj.id), values, modified_at=modified,
                          owner_id=props.get("hubspot_owner_id") or None,
                          modified_by=props.get("hs_updated_by_user_id") or None)
@@ -291,7 +343,8 @@ class HubSpotAdapter:
                     meta = stage.metadata or {}
                     found.append(Stage(pipeline.label, stage.label, stage.id,
                                        is_closed=str(meta.get("isClosed", "")).lower() == "true",
-                                       is_won=str(meta.get("probability")) in ("1.0", "1") or stage.id == "closedwon"))
+                                       is_won=str(meta.get("probability")) in ("1.0", "1") or stage.id == "closedwon",
+                                       pipeline_id=str(pipeline.id)))
             self._stages[object_name] = found
         return list(self._stages[object_name])
 
@@ -489,6 +542,7 @@ class HubSpotAdapter:
         read by id before moving past it, so any number of ties is read exactly once. Each answer
         becomes CrmRecords at once: the client's model objects weigh several times more."""
         modified = _modified_field(object_name)
+        self.time_zone()  # known before the daily limit is hit (then the account API refuses too)
         op, stamp = "GTE", lower_ms
         seen_at_stamp: set[str] = set()
         while True:
@@ -562,7 +616,11 @@ class HubSpotAdapter:
         return out
 
     def _stage_history(self, object_name: str, ids: list[str], lower: datetime) -> list[StageChange]:
-        labels = {s.internal_id: s.label for s in self.stages(object_name)}
+        """Every stage move since ``lower``, at the time HubSpot recorded it (``propertiesWithHistory``
+        of ``dealstage``: internal stage ids, resolved per pipeline id; crm-api/hubspot/README.md)."""
+        known = self.stages(object_name)
+        by_pipeline = {(s.pipeline_id, s.internal_id): s for s in known}
+        by_id = {s.internal_id: s for s in known}
         out: list[StageChange] = []
         for chunk in _chunks(ids, HISTORY_BATCH):
             data, _status = self._call("batch_read", self._batch.read_with_http_info, object_name,
@@ -580,9 +638,11 @@ class HubSpotAdapter:
                     if not entry.value or at is None or at < lower:
                         continue
                     who = entry.updated_by_user_id
-                    out.append(StageChange(str(obj.id), labels.get(entry.value, entry.value), at, amount=amount,
+                    stage = by_pipeline.get((str(props.get("pipeline") or ""), entry.value)) or by_id.get(entry.value)
+                    out.append(StageChange(str(obj.id), stage.label if stage else entry.value, at, amount=amount,
                                            close_date=props.get("closedate") or None,
-                                           changed_by=str(who) if who is not None else entry.source_id))
+                                           changed_by=str(who) if who is not None else entry.source_id,
+                                           pipeline=stage.pipeline if stage else None))
         return sorted(out, key=lambda s: s.at)  # stable: per-record order survives equal timestamps
 
     # -- budget ----------------------------------------------------------------------------------

@@ -204,6 +204,12 @@ def check_against_schema(
                                                                        field.source == "submitted_at"):
                 problems.append(f"{where}: {role}.fields.{name}: is a {described.type} field; "
                                 f"{field.source} needs a text field")
+            if kind == "date" and field.source == "submitted_at" and field.transform.format != "date":
+                # a date property takes midnight UTC only; a time of day is refused on every write
+                # (HubSpot: INVALID_DATE "... UTC, not midnight!"; crm-api/hubspot/README.md)
+                problems.append(f"{where}: {role}.fields.{name}: is a date field (midnight UTC only) and "
+                                f"would be refused a {field.transform.format or 'datetime'} value; use "
+                                'transform = { format = "date" } or map it onto a datetime field')
             if (described.length is not None and kind in STRING_TYPES and not field.transform.truncate
                     and described.length < _needed_length(field.source)):
                 problems.append(f"{where}: {role}.fields.{name}: holds {described.length} characters, "

@@ -8,7 +8,8 @@ OBSERVE_BATCH changes, the page's cursor kept with its last one:
   it ``restore_limit`` times within the window: then refsync stops and raises a conflict;
 - owner changes are recorded, attribution stays;
 - a converted lead links its contact, account and opportunity, and the opportunity gets the
-  attribution; on HubSpot a deal associated with a referred contact becomes the referral's deal;
+  attribution; on HubSpot a deal associated with a referred contact becomes the referral's deal when
+  :mod:`connector.deal_claims` says so (created after the referral, in a mapped pipeline, earliest);
 - a merge moves the link to the survivor (the attribution model decides between two referrals);
 - a deleted record marks its link deleted and raises an alert, nothing is re-created.
 """
@@ -17,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
+from connector.deal_claims import DealCandidate, choose_deal
 from connector.logs import get_logger
 from connector.mapping import ObjectMap, field_values
 from connector.push import CrmTarget, as_instant, same_value
 from state.ledger import Ledger
-from state.models import OPEN_STATUSES, STATUSES, Referral
+from state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
 from state.observe import Observation, cursor, observing
 
 log = get_logger("refsync.poll")
@@ -69,13 +71,20 @@ def _amount(value: Any) -> float | None:
 
 
 class StageBook:
-    """Resolves a deal's stage (label or internal id) to the referral status the mapping gives it."""
+    """Resolves a deal's stage (label or internal id) to the referral status the mapping gives it.
+
+    The mapping is keyed by pipeline and stage labels; HubSpot's ``pipeline`` and ``dealstage``
+    properties hold internal ids (crm-api/hubspot/README.md), resolved here per pipeline id."""
 
     def __init__(self, target: CrmTarget, stages: list[Stage]) -> None:
         self.mapping = target.mapping
         self.by_id = {s.internal_id: s for s in stages}
-        self.by_label = {(s.pipeline, s.label): s for s in stages}
-        self.pipelines = {s.internal_id: s.pipeline for s in stages} | {s.pipeline: s.pipeline for s in stages}
+        self.pipelines = {s.pipeline_id: s.pipeline for s in stages if s.pipeline_id} | {
+            s.pipeline: s.pipeline for s in stages}
+
+    def covers(self, pipeline: str) -> bool:
+        """Whether the mapping maps stages of this pipeline (label): its deals are referral deals."""
+        return pipeline in self.mapping.stages
 
     def pipeline_of(self, record: CrmRecord) -> str:
         field_name = self.mapping.pipeline_field
@@ -103,9 +112,25 @@ def _move(ob: Observation, referral: Referral, status: str, at: datetime, owner:
     return ob.transition(referral, status, at, owner, detail)
 
 
+def snapshot_predates_write(modified_at: datetime | None, last_written_at: datetime | None) -> bool:
+    """Whether a search snapshot may predate refsync's own last write to the record, so that its
+    values prove nothing: HubSpot's search index trails writes (crm-api/hubspot/README.md)."""
+    if modified_at is None or last_written_at is None:
+        return True
+    return modified_at <= last_written_at
+
+
+def _overwritten(desired: dict[str, Any], record: CrmRecord) -> list[str]:
+    return [name for name, value in desired.items()
+            if value not in (None, "") and name in record.fields and not same_value(value, record.fields[name])]
+
+
 def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referral, record: CrmRecord,
-           counts: PollCounts) -> None:
-    """Restore protected fields someone else changed; stop fighting a writer that keeps at it."""
+           counts: PollCounts, link: CrmLink | None = None) -> None:
+    """Restore protected fields someone else changed; stop fighting a writer that keeps at it.
+
+    A snapshot older than refsync's last write to the record is never evidence of an overwrite:
+    the record itself is read (batch read, not search) and judged instead."""
     mapping = target.mapping
     schema = target.schemas.get(obj.name)
     view = {"id": referral.id, "partner": referral.partner.code, "source": referral.source,
@@ -115,8 +140,13 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
             "status": referral.status, "referral_code": referral.referral_code}
     desired = field_values(obj, view, schema, rules=("protect",))
     window = timedelta(hours=mapping.restore_window_hours)
-    changed = [name for name, value in desired.items()
-               if value not in (None, "") and name in record.fields and not same_value(value, record.fields[name])]
+    changed = _overwritten(desired, record)
+    if changed and snapshot_predates_write(record.modified_at, link.last_written_at if link else None):
+        fresh = target.adapter.read(obj.name, [record.id], target.fields_of(obj)).get(record.id)
+        if fresh is None:
+            return  # deleted since: the deletion check reports it
+        record = fresh
+        changed = _overwritten(desired, record)
     if not changed:
         return
     writer = record.modified_by or "unknown writer"
@@ -152,11 +182,12 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
 
 
 def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, book: StageBook,
-                    stage_changes: list[StageChange], counts: PollCounts) -> None:
+                    stage_changes: list[StageChange], counts: PollCounts,
+                    claims: dict[str, list[str]] | None = None) -> None:
     mapping = target.mapping
     links = ob.record_links(obj.name, record.id)
     if not links:
-        links = _discover(ob, target, obj, record, counts)
+        links = _discover(ob, target, obj, record, counts, claims or {})
     owner = str(record.fields.get(mapping.owner_field)) if mapping.owner_field and record.fields.get(
         mapping.owner_field) else record.owner_id
     for link in links:
@@ -170,15 +201,18 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
         link.owner_id = owner or link.owner_id
         link.last_seen_at = ob.now
         if link.state == "active" and referral.credited and ob.was_pushed(referral.id, record.id):
-            _guard(ob, target, obj, referral, record, counts)
+            _guard(ob, target, obj, referral, record, counts, link)
         if obj is not mapping.deal:
             continue
         pipeline = book.pipeline_of(record)
-        for change in sorted(stage_changes, key=lambda c: c.at):
-            status = book.status(pipeline, change.stage)
+        # every stage the deal passed through since the last poll, in order, at the time the CRM
+        # recorded it; the current stage alone (at the record's last change) only without history
+        history = sorted(stage_changes, key=lambda c: c.at)
+        for change in history:
+            status = book.status(change.pipeline or pipeline, change.stage)
             if status and change.at > referral.status_changed_at and _move(ob, referral, status, change.at, owner):
                 counts.transitions += 1
-        status = book.status(pipeline, str(record.fields.get(mapping.stage_field) or ""))
+        status = None if history else book.status(pipeline, str(record.fields.get(mapping.stage_field) or ""))
         if status and _move(ob, referral, status, record.modified_at or ob.now, owner):
             counts.transitions += 1
         if referral.status in ("won", "lost"):
@@ -188,9 +222,10 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
                        record.fields.get(mapping.lost_reason_field or "") or None)
 
 
-def _discover(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, counts: PollCounts) -> list:
-    """Link a record we did not know: it carries our referral id, or (HubSpot) it is a deal
-    associated with a referred contact."""
+def _discover(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, counts: PollCounts,
+              claims: dict[str, list[str]]) -> list:
+    """Link a record we did not know: it carries our referral id, or (HubSpot) it is a deal of a
+    referred contact that :func:`_claims` gave to a referral."""
     found = []
     referral_id = record.fields.get(obj.id_field)
     if referral_id and ob.referral(str(referral_id)) is not None:
@@ -198,14 +233,63 @@ def _discover(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRec
     elif obj is target.mapping.deal and record.fields.get("ContactId"):
         found += _contact_opportunity(ob, target, obj, record)
     elif obj is target.mapping.deal:
-        contacts = record.fields.get("associations.contacts") or []
-        lead_links = ob.links(target.mapping.lead.name, [str(c) for c in contacts])
-        for links in lead_links.values():
-            for lead_link in links:
-                found.append(ob.link(lead_link.referral_id, obj.name, record.id, obj.role))
-                ob.enqueue_push(lead_link.referral_id, f"deal:{record.id}")
+        for claimant in claims.get(record.id, []):
+            found.append(ob.link(claimant, obj.name, record.id, obj.role))
+            ob.enqueue_push(claimant, f"deal:{record.id}")
     counts.links += len(found)
     return found
+
+
+def _claims(ob: Observation, target: CrmTarget, obj: ObjectMap, book: StageBook,
+            batch: Sequence[Change]) -> dict[str, list[str]]:
+    """Deal id -> the referrals whose deal it becomes, for the unknown deals of referred contacts in
+    this batch (:func:`connector.deal_claims.choose_deal`); every other qualifying deal raises
+    ``deal_contested`` for a human to decide."""
+    candidates: dict[str, list[DealCandidate]] = {}
+    for change in batch:
+        record = change.record
+        if change.kind is not ChangeKind.UPDATED or record is None or record.fields.get(obj.id_field) \
+                or ob.record_links(obj.name, record.id):
+            continue
+        contacts = [str(c) for c in record.fields.get("associations.contacts") or []]
+        created = _moment(record.fields.get("createdate"))
+        candidate = DealCandidate(record.id, created, book.pipeline_of(record))
+        for links in ob.links(target.mapping.lead.name, contacts).values():
+            for lead_link in links:
+                candidates.setdefault(lead_link.referral_id, []).append(candidate)
+    claims: dict[str, list[str]] = {}
+    covered = [p for p in book.pipelines.values() if book.covers(p)]
+    for referral_id, found in candidates.items():
+        referral = ob.referral(referral_id)
+        if referral is None or referral.merged_into:
+            continue
+        current = next((lk.record_id for lk in ob.links_of_referrals([referral_id]) if lk.object == obj.name), None)
+        choice = choose_deal(referral.submitted_at, found, covered, current)
+        if choice.deal is not None and choice.deal != current:
+            claims.setdefault(choice.deal, []).append(referral_id)
+        for other in choice.contested:
+            log.warning("several new deals could be the referral's; a human decides", referral_id=referral_id,
+                        crm=target.name, object=obj.name, record_id=other, kept=choice.deal)
+            ob.raise_alert(
+                "deal_contested", f"deal_contested:{target.name}:{referral_id}:{other}",
+                f"{obj.name} {other} was created after referral {referral_id} on the same contact, but "
+                f"{obj.name} {choice.deal} (created earlier) became its deal. If {other} is the referral's "
+                "deal, set its refsync_referral_id (or the mapped id field) to the referral id.",
+                referral_id=referral_id, record_id=other)
+    return claims
+
+
+def _moment(value: Any) -> datetime | None:
+    """A CRM timestamp (ISO 8601 or epoch ms) as an aware datetime, or None."""
+    if not value:
+        return None
+    text = str(value)
+    try:
+        moment = datetime.fromtimestamp(int(text) / 1000, UTC) if text.isdigit() else \
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _merge(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, counts: PollCounts) -> None:
@@ -346,10 +430,12 @@ def _observe_page(ledger: Ledger, target: CrmTarget, obj: ObjectMap, page: Chang
 
 def _observe_batch(ob: Observation, target: CrmTarget, obj: ObjectMap, batch: Sequence[Change], book: StageBook,
                    by_record: dict[str, list[StageChange]], counts: PollCounts) -> None:
+    claims = _claims(ob, target, obj, book, batch) if obj is target.mapping.deal else {}
     for change in batch:
         counts.changes += 1
         if change.kind is ChangeKind.UPDATED and change.record is not None:
-            _observe_record(ob, target, obj, change.record, book, by_record.get(change.record_id, []), counts)
+            _observe_record(ob, target, obj, change.record, book, by_record.get(change.record_id, []), counts,
+                            claims)
         elif change.kind is ChangeKind.MERGED:
             _merge(ob, target, obj, change, counts)
         elif change.kind is ChangeKind.CONVERTED:

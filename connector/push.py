@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from adapters.base import (
@@ -55,13 +55,37 @@ def as_instant(value: Any) -> datetime | None:
         return None
 
 
+def _as_day(value: Any) -> datetime | None:
+    """``YYYY-MM-DD`` (how HubSpot returns a ``date`` property) as midnight UTC."""
+    if not isinstance(value, str) or len(value) != 10 or value[4] != "-":
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _as_epoch_ms(value: Any) -> datetime | None:
+    """Epoch milliseconds (an ``epoch_ms`` transform, or what HubSpot took as a timestamp)."""
+    text = str(value)
+    if not text.isdigit() or not 11 <= len(text) <= 14:
+        return None
+    return datetime.fromtimestamp(int(text) / 1000, UTC)
+
+
 def same_value(ours: Any, theirs: Any) -> bool:
-    """Whether the CRM already holds our value (times compared as instants, blanks as equal)."""
+    """Whether the CRM already holds our value: blanks as equal, times as instants in whichever
+    form we wrote them (ISO, ``YYYY-MM-DD``, epoch ms) against the form the CRM returns (HubSpot
+    v3 returns datetimes as ISO 8601 and dates as ``YYYY-MM-DD``; crm-api/hubspot/README.md)."""
     if _blank(ours) and _blank(theirs):
         return True
     if ours == theirs or str(ours) == str(theirs):
         return True
-    a, b = as_instant(ours), as_instant(theirs)
+    a, b = as_instant(ours) or _as_day(ours), as_instant(theirs) or _as_day(theirs)
+    if a is None and b is not None:
+        a = _as_epoch_ms(ours)
+    elif b is None and a is not None:
+        b = _as_epoch_ms(theirs)
     return a is not None and b is not None and a == b
 
 

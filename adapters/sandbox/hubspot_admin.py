@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
                  "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
-                 "configure", "associate", "count_values")
+                 "configure", "associate", "count_values", "system_touch")
 FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "retry_after", "slow_seconds")
 
 
@@ -36,6 +36,7 @@ class AdminMixin:
     search_per_second: int | None
     burst_limit: int | None
     daily_limit: int
+    time_zone: str
 
     def admin_call(self, method: str, kwargs: dict[str, Any]) -> Any:
         """Run one admin method by name (the HTTP admin plane)."""
@@ -112,12 +113,16 @@ class AdminMixin:
 
     def move_stage(self, deal_id: str, stage: str, amount: float | None = None,
                    close_date: str | None = None) -> None:
-        """Move a deal to the stage with this label (or internal id); history keeps the move."""
-        match = next((s for s in hs.DEAL_STAGES if stage in (s[0], s[1])), None)
-        if match is None:
-            raise ValueError(f"no deal stage labelled {stage!r}; one of {[s[1] for s in hs.DEAL_STAGES]}")
+        """Move a deal to the stage with this label in its pipeline (or this internal id); history keeps
+        the move."""
         with self.store.lock:
             deal = self._live("deals", deal_id)
+            pipeline = deal.props.get("pipeline") or hs.DEFAULT_PIPELINE[0]
+            stages = hs.PIPELINES[pipeline][1]
+            match = next((s for s in stages if stage in (s[0], s[1])), None)
+            if match is None:
+                raise ValueError(f"no deal stage labelled {stage!r} in pipeline {pipeline}; one of "
+                                 f"{[s[1] for s in stages]}")
             values: dict[str, Any] = {"dealstage": match[0]}
             if amount is not None:
                 values["amount"] = amount
@@ -126,6 +131,11 @@ class AdminMixin:
             elif match[3] and not deal.props.get("closedate"):
                 values["closedate"] = hs.iso_ms(self.store.now_ms())
             self.store.write(deal, self._values("deals", values), self.store.user("rep"))
+
+    def system_touch(self, object_name: str, record_id: str) -> None:
+        """HubSpot itself recomputes a property of the record (no user, no integration)."""
+        with self.store.lock:
+            self.store.touch(self._live(object_name, record_id))
 
     def associate(self, from_object: str, from_id: str, to_object: str, to_id: str) -> None:
         with self.store.lock:
@@ -146,8 +156,10 @@ class AdminMixin:
 
     def configure(self, search_cap: int | None = None, search_per_second: int | None = -1,
                   burst_limit: int | None = -1, daily_limit: int | None = None,
-                  indexing_lag_ms: int | None = None, seed: int | None = None) -> None:
-        """Tunables beyond SandboxAdmin: a smaller search cap for fast tests, limits, search indexing lag.
+                  indexing_lag_ms: int | None = None, seed: int | None = None,
+                  time_zone: str | None = None) -> None:
+        """Tunables beyond SandboxAdmin: a smaller search cap for fast tests, limits, search indexing lag
+        (search answers with a record's old values for that long after a write), the portal's time zone.
 
         ``search_per_second`` / ``burst_limit`` of None switch that limit off (-1 leaves it as is)."""
         if search_cap is not None:
@@ -162,6 +174,8 @@ class AdminMixin:
             self.store.indexing_lag_ms = indexing_lag_ms
         if seed is not None:
             self.rng.seed(seed)
+        if time_zone is not None:
+            self.time_zone = time_zone
 
     def hold_clock(self, held: bool = True) -> None:
         """Every write carries one timestamp until released (``held=False``): a bulk import's ties."""
@@ -183,3 +197,4 @@ class AdminMixin:
             self._recent_search.clear()
         self.search_cap, self.search_per_second, self.burst_limit = 10_000, 5, None
         self.daily_limit = 1_000_000
+        self.time_zone = hs.ACCOUNT_TIME_ZONE

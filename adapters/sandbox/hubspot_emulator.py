@@ -16,9 +16,11 @@ import socket
 import threading
 import time
 from collections import Counter, deque
+from datetime import date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 from adapters.sandbox import hubspot_schema as hs
 from adapters.sandbox.hubspot_admin import AdminMixin
@@ -44,7 +46,9 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(rf"^/crm/v4/objects/{OBJ}/(?P<id>[^/]+)/associations/(?P<to>[a-z_0-9-]+)$"),
      "associations"),
     ("POST", re.compile(rf"^/crm/v4/associations/{OBJ}/(?P<to>[a-z_0-9-]+)/batch/read$"), "associations"),
+    ("GET", re.compile(r"^/account-info/v3/details$"), "account_details"),
 ]
+PORTAL_ID = 62515
 TYPE_IDS = {v: k for k, v in hs.OBJECT_TYPE_IDS.items()}
 
 
@@ -65,6 +69,8 @@ class HubSpotEmulator(AdminMixin, Served):
         self.burst_limit: int | None = None  # 100 or 190 per 10 s on HubSpot; off unless asked for
         self.burst_max = 190
         self.daily_limit = 1_000_000
+        self.time_zone = hs.ACCOUNT_TIME_ZONE  # daily limits reset at midnight here, not at UTC midnight
+        self._daily_day: date | None = None
         self._guard = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._daily_used = 0
@@ -96,8 +102,16 @@ class HubSpotEmulator(AdminMixin, Served):
         return self.base_url + "/__admin"
 
     # -- counters and limits -------------------------------------------------------------------
+    def _portal_day(self) -> date:
+        """Today in the portal's time zone: HubSpot's daily limit resets at the portal's midnight
+        (developers.hubspot.com/apisbytier; crm-api/hubspot/README.md)."""
+        return datetime.fromtimestamp(self.store.now_ms() / 1000, ZoneInfo(self.time_zone)).date()
+
     def _count(self, kind: str) -> None:
+        day = self._portal_day()
         with self._guard:
+            if day != self._daily_day:
+                self._daily_day, self._daily_used = day, 0
             self._counts[kind] += 1
             self._daily_used += 1
             self._recent.append(time.monotonic())
@@ -188,6 +202,7 @@ class HubSpotEmulator(AdminMixin, Served):
             "object_archive": lambda: e.archive(obj, p["id"]),
             "properties": lambda: e.properties(obj, p.get("name")),
             "pipelines": lambda: e.pipelines(obj),
+            "account_details": lambda: (200, hs.account_details(PORTAL_ID, self.time_zone)),
             "associations": lambda: (e.associations(obj, p["id"], p["to"]) if method == "GET"
                                      else e.associations_batch(obj, p["to"], body)),
         }

@@ -28,6 +28,29 @@ DEAL_STAGES: tuple[tuple[str, str, str, bool], ...] = (
     ("closedlost", "Closed Lost", "0.0", True),
 )
 DEFAULT_PIPELINE = ("default", "Sales Pipeline")
+# A second pipeline as portals add them: numeric stage ids, and labels that repeat across pipelines
+# ("Closed Won" is in both), so a stage id only means something with its pipeline id
+# (developers.hubspot.com/docs/api/crm/pipelines; crm-api/hubspot/README.md).
+RENEWALS_PIPELINE = ("75431234", "Renewals")
+RENEWAL_STAGES: tuple[tuple[str, str, str, bool], ...] = (
+    ("148300101", "Renewal Due", "0.5", False),
+    ("148300102", "Closed Won", "1.0", True),
+    ("148300103", "Closed Lost", "0.0", True),
+)
+PIPELINES: dict[str, tuple[str, tuple[tuple[str, str, str, bool], ...]]] = {
+    DEFAULT_PIPELINE[0]: (DEFAULT_PIPELINE[1], DEAL_STAGES),
+    RENEWALS_PIPELINE[0]: (RENEWALS_PIPELINE[1], RENEWAL_STAGES),
+}
+ACCOUNT_TIME_ZONE = "US/Eastern"  # the sandbox portal's time zone (GET /account-info/v3/details)
+
+
+def stage_of(stage_id: str) -> tuple[str, tuple[str, str, str, bool]] | None:
+    """(pipeline id, stage) of a deal stage id; ids are unique across a portal's pipelines."""
+    for pipeline_id, (_label, stages) in PIPELINES.items():
+        for stage in stages:
+            if stage[0] == stage_id:
+                return pipeline_id, stage
+    return None
 LIFECYCLE_STAGES = ("subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity",
                     "customer", "evangelist", "other")
 CURRENCIES = ("USD", "EUR", "GBP")
@@ -93,6 +116,8 @@ def _referral() -> list[dict[str, Any]]:
         _prop("referral_medium", "Referral medium", custom=True),
         _prop("referral_campaign", "Referral campaign", custom=True),
         _prop("referral_submitted_at", "Referral submitted at", "datetime", "date", custom=True),
+        # a date picker made in the UI: type "date", which takes midnight UTC only
+        _prop("referral_submitted_on", "Referral submitted on", "date", "date", custom=True),
     ]
 
 
@@ -106,12 +131,12 @@ def default_properties() -> dict[str, dict[str, dict[str, Any]]]:
         _prop("lifecyclestage", "Lifecycle Stage", "enumeration", "radio", options=LIFECYCLE_STAGES),
     ] + _referral()
     companies = _common() + [_prop("name", "Company name"), _prop("domain", "Company Domain Name")]
-    stage_options = tuple((sid, label) for sid, label, _p, _c in DEAL_STAGES)
+    stage_options = tuple((sid, label) for _label, stages in PIPELINES.values() for sid, label, _p, _c in stages)
     deals = _common() + [
         _prop("dealname", "Deal Name"),
         _prop("amount", "Amount", "number", "number"),
         _prop("dealstage", "Deal Stage", "enumeration", "radio", options=stage_options),
-        _prop("pipeline", "Pipeline", "enumeration", "select", options=(DEFAULT_PIPELINE,)),
+        _prop("pipeline", "Pipeline", "enumeration", "select", options=(DEFAULT_PIPELINE, RENEWALS_PIPELINE)),
         _prop("closedate", "Close Date", "datetime", "date"),
         _prop("deal_currency_code", "Currency", "enumeration", "select", options=CURRENCIES),
         _prop("closed_lost_reason", "Closed Lost Reason", "string", "textarea"),
@@ -130,15 +155,40 @@ DEFAULT_READ = {"contacts": ("firstname", "lastname", "email"), "companies": ("n
 
 
 def pipelines_body() -> dict[str, Any]:
-    """GET /crm/v3/pipelines/deals: the one default pipeline."""
-    stages = [{
-        "id": sid, "label": label, "displayOrder": order, "archived": False,
-        "createdAt": EPOCH_ISO, "updatedAt": EPOCH_ISO, "writePermissions": "CRM_PERMISSIONS_ENFORCEMENT",
-        "metadata": {"isClosed": "true" if closed else "false", "probability": probability},
-    } for order, (sid, label, probability, closed) in enumerate(DEAL_STAGES)]
-    pipeline = {"id": DEFAULT_PIPELINE[0], "label": DEFAULT_PIPELINE[1], "displayOrder": 0, "archived": False,
-                "createdAt": EPOCH_ISO, "updatedAt": EPOCH_ISO, "stages": stages}
-    return {"results": [pipeline]}
+    """GET /crm/v3/pipelines/deals: the default pipeline and a second one."""
+    results = []
+    for position, (pipeline_id, (pipeline_label, stage_list)) in enumerate(PIPELINES.items()):
+        stages = [{
+            "id": sid, "label": label, "displayOrder": order, "archived": False,
+            "createdAt": EPOCH_ISO, "updatedAt": EPOCH_ISO, "writePermissions": "CRM_PERMISSIONS_ENFORCEMENT",
+            "metadata": {"isClosed": "true" if closed else "false", "probability": probability},
+        } for order, (sid, label, probability, closed) in enumerate(stage_list)]
+        results.append({"id": pipeline_id, "label": pipeline_label, "displayOrder": position, "archived": False,
+                        "createdAt": EPOCH_ISO, "updatedAt": EPOCH_ISO, "stages": stages})
+    return {"results": results}
+
+
+def account_details(portal_id: int, time_zone: str) -> dict[str, Any]:
+    """GET /account-info/v3/details (developers.hubspot.com/docs/api-reference/latest/account/
+    account-information/get-account-details): the portal's time zone and its current UTC offset."""
+    from zoneinfo import ZoneInfo
+
+    offset = datetime.now(ZoneInfo(time_zone)).utcoffset()
+    offset_ms = int(offset.total_seconds() * 1000) if offset is not None else 0
+    sign, minutes = ("-" if offset_ms < 0 else "+"), abs(offset_ms) // 60_000
+    return {"portalId": portal_id, "accountType": "STANDARD", "timeZone": time_zone, "companyCurrency": "USD",
+            "additionalCurrencies": [], "utcOffset": f"{sign}{minutes // 60:02d}:{minutes % 60:02d}",
+            "utcOffsetMilliseconds": offset_ms, "uiDomain": "app.hubspot.com", "dataHostingLocation": "na1"}
+
+
+def midnight_problem(ms: int) -> str | None:
+    """Why epoch ms cannot be a ``date`` property value: HubSpot takes midnight UTC only, and says
+    ``1635535865 is at 22:18:55.865 UTC, not midnight!`` (INVALID_DATE; HubSpot/hubspot-api-php#74)."""
+    rest = ms % 86_400_000
+    if rest == 0:
+        return None
+    hours, minutes, seconds, millis = rest // 3_600_000, rest // 60_000 % 60, rest // 1000 % 60, rest % 1000
+    return f"{ms} is at {hours}:{minutes:02d}:{seconds:02d}.{millis:03d} UTC, not midnight!"
 
 
 def error_body(message: str, category: str, *, context: dict[str, list[str]] | None = None,

@@ -4,6 +4,8 @@ Pure in-memory state behind one re-entrant lock; the HTTP layer (``hubspot_emula
 requests into calls here and :class:`ApiError` into HubSpot's error answers. Semantics follow
 HubSpot's documented behaviour (see crm-api/hubspot/README.md): merges mint a new id, old ids
 read as the survivor, every change bumps ``hs_lastmodifieddate``, history is kept per property.
+On contacts ``lastmodifieddate`` is a second stamp that a system touch (a calculated property, an
+analytics roll-up) does not move: the two disagree as they do on live portals.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Source:
     source_id: str = "sandbox-private-app"
     user_id: int | None = None
     label: str | None = None
+    system: bool = False  # a HubSpot-internal touch: moves hs_lastmodifieddate only
+
 
     def entry(self, value: str, at_ms: int) -> dict[str, Any]:
         item: dict[str, Any] = {"value": value, "timestamp": hs.iso_ms(at_ms), "sourceType": self.source_type,
@@ -47,6 +51,7 @@ class Source:
 
 
 API = Source()
+SYSTEM = Source("CALCULATED", "RollupProperties", system=True)
 
 
 @dataclass
@@ -162,6 +167,8 @@ class Store:
                 continue
             if definition["type"] == "datetime" and text:
                 text = hs.iso_ms(hs.parse_ms(text) or 0)
+            elif definition["type"] == "date" and text:
+                text = hs.iso_ms(hs.parse_ms(text) or 0)[:10]  # read back as YYYY-MM-DD
             clean[name] = text
         if problems:
             raise ApiError(400, hs.validation_error(problems))
@@ -180,6 +187,10 @@ class Store:
                 return "INVALID_LONG", f'{text} was not a valid number for "{name}".'
         elif kind in ("datetime", "date") and hs.parse_ms(text) is None:
             return "INVALID_DATE", f'{text} was not a valid date for "{name}".'
+        elif kind == "date":
+            late = hs.midnight_problem(hs.parse_ms(text) or 0)
+            if late:
+                return "INVALID_DATE", late
         elif kind in ("enumeration", "bool") and definition["options"] and definition["fieldType"] != "checkbox":
             allowed = {o["value"] for o in definition["options"]}
             if text not in allowed:
@@ -224,7 +235,7 @@ class Store:
             initial = dict(values)
             if obj == "deals":
                 initial.setdefault("pipeline", hs.DEFAULT_PIPELINE[0])
-                initial.setdefault("dealstage", hs.DEAL_STAGES[0][0])
+                initial.setdefault("dealstage", hs.PIPELINES[initial["pipeline"]][1][0][0])
             initial.update({"hs_object_id": rec.id, "createdate": hs.iso_ms(now)})
             self._apply(rec, initial, source, now)
             return rec
@@ -238,8 +249,8 @@ class Store:
         self._generation += 1
         values = dict(values)
         if rec.object == "deals" and "dealstage" in values:
-            stage = next((s for s in hs.DEAL_STAGES if s[0] == values["dealstage"]), None)
-            closed, won = (stage[3], stage[0] == "closedwon") if stage else (False, False)
+            found = hs.stage_of(values["dealstage"])
+            closed, won = (found[1][3], found[1][2] == "1.0") if found else (False, False)
             values["hs_is_closed"] = "true" if closed else "false"
             values["hs_is_closed_won"] = "true" if won else "false"
         if source.user_id is not None:
@@ -248,7 +259,8 @@ class Store:
             values["hs_updated_by_user_id"] = ""
         stamp = hs.iso_ms(now)
         values["hs_lastmodifieddate"] = stamp
-        values["lastmodifieddate"] = stamp
+        if not source.system:
+            values["lastmodifieddate"] = stamp
         for name, value in values.items():
             if value:
                 rec.props[name] = value
@@ -257,6 +269,12 @@ class Store:
             rec.history.setdefault(name, []).insert(0, source.entry(value, now))
         rec.updated_ms = now
         self._snapshot(rec, now)
+
+    def touch(self, rec: Record) -> None:
+        """A system process recomputes a calculated property: ``hs_lastmodifieddate`` moves,
+        ``lastmodifieddate`` does not (the two stamps are distinct; crm-api/hubspot/README.md)."""
+        with self.lock:
+            self._apply(rec, {}, SYSTEM, self.now_ms())
 
     def _snapshot(self, rec: Record, now: int) -> None:
         rec.snapshots.append((now + self.indexing_lag_ms, dict(rec.props)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,92 @@ def test_admin_plane_over_http_is_not_counted(hub: HubSpotEmulator) -> None:
         {"object_name": "contacts", "record_id": contact, "field": "no_such_field", "value": "x"}))
     assert bad.status == 400 and b"PROPERTY_DOESNT_EXIST" in bad.data
     assert admin("calls") == {}
+
+
+# -- live-org behaviour (issue 10) ----------------------------------------------------------------
+def test_system_touch_moves_hs_lastmodifieddate_but_not_lastmodifieddate(hub: HubSpotEmulator) -> None:
+    contact = hub.create_record("contacts", {"email": "stamp@example.com"})
+    before = hub.get_record("contacts", contact) or {}
+    time.sleep(0.005)
+    hub.system_touch("contacts", contact)
+    after = hub.get_record("contacts", contact) or {}
+    assert after["lastmodifieddate"] == before["lastmodifieddate"]
+    assert after["hs_lastmodifieddate"] > before["hs_lastmodifieddate"]
+
+
+def test_contacts_touched_by_a_system_process_are_neither_skipped_nor_read_forever(hub: HubSpotEmulator) -> None:
+    adapter = HubSpotAdapter(hub.base_url, hub.access_token, timeout=5.0, search_per_second=None)
+    adapter.search_page = 2
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    ids = []
+    for n in range(5):
+        ids.append(hub.create_record("contacts", {"email": f"p{n}@example.com"}))
+        time.sleep(0.003)
+    hub.system_touch("contacts", ids[0])  # its hs_lastmodifieddate is now ahead of every other contact
+    result = all_changes(adapter, "contacts", since, ["email"])
+    seen = [c.record_id for c in result.changes if c.kind is ChangeKind.UPDATED]
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    stamps = [hub.get_record("contacts", i)["lastmodifieddate"] for i in ids]  # type: ignore[index]
+    assert result.cursor == datetime.fromisoformat(max(stamps).replace("Z", "+00:00"))
+    assert adapter.budget().calls["search"] <= 4
+
+
+def test_stage_history_resolves_stage_ids_per_pipeline(adapter: HubSpotAdapter, hub: HubSpotEmulator) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    deal = hub.create_record("deals", {"dealname": "renewal", "pipeline": "75431234"})
+    time.sleep(0.003)
+    hub.move_stage(deal, "Closed Won")
+    result = all_changes(adapter, "deals", since, ["dealname", "dealstage"])
+    moves = [(s.pipeline, s.stage) for s in result.stage_changes if s.record_id == deal]
+    assert moves == [("Renewals", "Renewal Due"), ("Renewals", "Closed Won")]
+    assert {(s.pipeline_id, s.pipeline) for s in adapter.stages("deals")} == {
+        ("default", "Sales Pipeline"), ("75431234", "Renewals")}
+
+
+def test_a_date_property_refuses_a_time_of_day_with_hubspots_invalid_date(adapter: HubSpotAdapter) -> None:
+    [late, midnight] = adapter.upsert("contacts", ID, [
+        RecordUpsert("d1", {"referral_submitted_on": "2026-10-01T09:30:00.000Z"})]) + adapter.upsert(
+        "contacts", ID, [RecordUpsert("d2", {"referral_submitted_on": "2026-10-01"})])
+    assert late.error is not None and late.error.kind is RecordErrorKind.REJECTED
+    assert late.error.code == "INVALID_DATE" and "not midnight" in late.error.message
+    assert midnight.ok
+
+
+def test_mapping_check_refuses_a_datetime_mapped_onto_a_date_property(adapter: HubSpotAdapter, tmp_path: Path) -> None:
+    from connector.mapping import check_against_schema, load_mapping
+
+    root = Path(__file__).resolve().parents[2]
+    base = (root / "mappings" / "hubspot.toml").read_text()
+    schemas = {name: adapter.describe(name) for name in ("contacts", "deals")}
+    for transform, refused in (('{ format = "datetime" }', True), ('{ format = "epoch_ms" }', True),
+                               ('{ format = "date" }', False)):
+        path = tmp_path / "hubspot.toml"
+        path.write_text(base.replace('company = { from = "prospect_company", rule = "fill_blank" }',
+                                     'company = { from = "prospect_company", rule = "fill_blank" }\n'
+                                     f'referral_submitted_on = {{ from = "submitted_at", transform = {transform} }}'))
+        problems = check_against_schema(load_mapping(path), schemas, adapter.stages("deals"))
+        about_date = [p for p in problems if "referral_submitted_on" in p and "midnight" in p]
+        assert bool(about_date) is refused, (transform, problems)
+
+
+def test_daily_limit_waits_until_the_portals_midnight_not_utcs(adapter: HubSpotAdapter, hub: HubSpotEmulator) -> None:
+    from adapters.hubspot import seconds_to_midnight
+
+    hub.configure(time_zone="America/Los_Angeles")
+    all_changes(adapter, "contacts", datetime.now(UTC), ["email"])  # a poll: the portal's time zone is read
+    hub.configure(daily_limit=0)
+    with pytest.raises(RateLimited) as caught:
+        adapter.read("contacts", ["1"], ["email"])
+    assert caught.value.code == "DAILY"
+    expected = seconds_to_midnight("America/Los_Angeles")
+    assert caught.value.retry_after is not None and abs(caught.value.retry_after - expected) < 5
+    assert abs(expected - seconds_to_midnight("UTC")) > 3600  # Los Angeles is 7 or 8 hours behind UTC
+    assert adapter.time_zone() == "America/Los_Angeles" and adapter.budget().calls["account_details"] == 1
+
+
+def test_seconds_to_midnight_follows_the_portals_time_zone_and_dst() -> None:
+    from adapters.hubspot import seconds_to_midnight
+
+    now = datetime(2026, 3, 8, 6, 0, tzinfo=UTC)  # 01:00 in New York, the night clocks go forward
+    assert seconds_to_midnight("America/New_York", now) == 22 * 3600  # 23 local hours, one skipped
+    assert seconds_to_midnight("UTC", now) == 18 * 3600

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -221,3 +222,82 @@ def test_ten_secondly_429_has_retry_after(api: Any, hub: HubSpotEmulator) -> Non
     assert status == 429 and headers["Retry-After"] == "3" and body["policyName"] == "TEN_SECONDLY_ROLLING"
     check(OBJECTS, "/crm/v3/objects/{objectType}", "GET", status, body)
     assert hub.calls()["object_list"] == 1
+
+
+# -- live-org behaviour (issue 10): the emulator's new answers, checked against the specs ----------
+def test_date_property_refuses_a_time_of_day_with_invalid_date(api: Any) -> None:
+    contact = api("POST", "/crm/v3/objects/contacts", {"properties": {"email": "d@example.com"}})[1]["id"]
+    update = {"inputs": [{"id": contact, "properties": {"referral_submitted_on": "1759311000000"}}]}
+    status, body, _ = api("POST", "/crm/v3/objects/contacts/batch/update", update)
+    assert status == 400 and body["category"] == "VALIDATION_ERROR"
+    assert body["errors"][0]["code"] == "INVALID_DATE"
+    assert "1759311000000 is at 9:30:00.000 UTC, not midnight!" in body["message"]
+    check(OBJECTS, "/crm/v3/objects/{objectType}/batch/update", "POST", status, body)
+    update["inputs"][0]["properties"]["referral_submitted_on"] = "1759276800000"  # 2025-10-01 00:00 UTC
+    status, body, _ = api("POST", "/crm/v3/objects/contacts/batch/update", update)
+    assert status == 200 and body["results"][0]["properties"]["referral_submitted_on"] == "2025-10-01"
+    check(OBJECTS, "/crm/v3/objects/{objectType}/batch/update", "POST", status, body)
+
+
+def test_stage_history_and_pipelines_carry_ids_per_pipeline(api: Any, hub: HubSpotEmulator) -> None:
+    deal = hub.create_record("deals", {"dealname": "renewal", "pipeline": "75431234"})
+    hub.move_stage(deal, "Closed Won")
+    status, body, _ = api("POST", "/crm/v3/objects/deals/batch/read",
+                          {"inputs": [{"id": deal}], "properties": ["pipeline", "dealstage"],
+                           "propertiesWithHistory": ["dealstage"]})
+    assert status == 200
+    assert [e["value"] for e in body["results"][0]["propertiesWithHistory"]["dealstage"]] == ["148300102", "148300101"]
+    check(OBJECTS, "/crm/v3/objects/{objectType}/batch/read", "POST", status, body)
+    status, body, _ = api("GET", "/crm/v3/pipelines/deals")
+    assert [(p["id"], p["label"]) for p in body["results"]] == [("default", "Sales Pipeline"), ("75431234", "Renewals")]
+    assert "Closed Won" in {s["label"] for s in body["results"][1]["stages"]}
+    check(PIPELINES, "/crm/v3/pipelines/{objectType}", "GET", status, body)
+
+
+def test_search_filters_contacts_on_lastmodifieddate_apart_from_hs_lastmodifieddate(
+        api: Any, hub: HubSpotEmulator) -> None:
+    hub.configure(search_per_second=None)
+    contact = hub.create_record("contacts", {"email": "t@example.com"})
+    stamp = (hub.get_record("contacts", contact) or {})["lastmodifieddate"]
+    time.sleep(0.003)  # a later millisecond
+    hub.system_touch("contacts", contact)
+    query = {"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "GT", "value": stamp}]}],
+             "properties": ["lastmodifieddate", "hs_lastmodifieddate"], "limit": 10}
+    status, body, _ = api("POST", "/crm/v3/objects/contacts/search", query)
+    assert status == 200 and body["total"] == 0  # a system touch does not move lastmodifieddate
+    query["filterGroups"][0]["filters"][0]["propertyName"] = "hs_lastmodifieddate"
+    status, body, _ = api("POST", "/crm/v3/objects/contacts/search", query)
+    assert status == 200 and body["total"] == 1
+    props = body["results"][0]["properties"]
+    assert props["hs_lastmodifieddate"] > props["lastmodifieddate"] == stamp
+    check(OBJECTS, "/crm/v3/objects/{objectType}/search", "POST", status, body)
+
+
+def test_search_answers_old_values_until_the_index_catches_up(api: Any, hub: HubSpotEmulator) -> None:
+    hub.configure(search_per_second=None)
+    contact = hub.create_record("contacts", {"email": "lag@example.com", "referral_partner": "acme"})
+    hub.configure(indexing_lag_ms=60_000)  # search trails writes by a minute from now on
+    hub.set_field("contacts", contact, "referral_partner", "someone-else")
+    query = {"filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ", "value": "lag@example.com"}]}],
+             "properties": ["referral_partner"], "limit": 10}
+    status, body, _ = api("POST", "/crm/v3/objects/contacts/search", query)
+    assert status == 200 and body["results"][0]["properties"]["referral_partner"] == "acme"  # not indexed yet
+    check(OBJECTS, "/crm/v3/objects/{objectType}/search", "POST", status, body)
+    status, body, _ = api("POST", "/crm/v3/objects/contacts/batch/read",
+                          {"inputs": [{"id": contact}], "properties": ["referral_partner"],
+                           "propertiesWithHistory": []})
+    assert body["results"][0]["properties"]["referral_partner"] == "someone-else"  # the record itself is current
+
+
+def test_daily_limit_429_and_the_account_time_zone(api: Any, hub: HubSpotEmulator) -> None:
+    hub.configure(time_zone="Europe/Berlin")
+    status, body, _ = api("GET", "/account-info/v3/details")
+    # the documented shape (developers.hubspot.com/docs/api-reference/latest/account/account-information/
+    # get-account-details); no OpenAPI file of it is in crm-api/hubspot
+    assert status == 200 and body["timeZone"] == "Europe/Berlin" and body["utcOffset"] in ("+01:00", "+02:00")
+    assert {"portalId", "accountType", "companyCurrency", "additionalCurrencies", "utcOffsetMilliseconds",
+            "uiDomain", "dataHostingLocation"} <= set(body)
+    hub.configure(daily_limit=0)
+    status, body, headers = api("GET", "/crm/v3/objects/contacts")
+    assert status == 429 and body["policyName"] == "DAILY" and "Retry-After" not in headers
+    check(OBJECTS, "/crm/v3/objects/{objectType}", "GET", status, body)
