@@ -303,6 +303,11 @@ def _merge(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, c
         link.state = "merged"
         new = ob.link(link.referral_id, obj.name, survivor, link.role, link.owner_id)
         link.superseded_by = new.id
+        moved = ob.referral(link.referral_id)
+        if moved is not None and moved.merged_into:
+            # It lost credit to the survivor's referral in an earlier merge of this same record (HubSpot
+            # lists several merged-away ids, in any order): its link stays superseded, as on Salesforce.
+            _supersede(ob, obj, survivor, moved.id, moved.merged_into)
         ob.audit(link.referral_id, "record_merged", "link_moved_to_survivor", actor=f"crm:{target.name}",
                  obj=obj.name, record_id=survivor, detail={"merged_away": change.record_id})
         ob.enqueue_push(link.referral_id, f"merge:{survivor}")
@@ -318,17 +323,22 @@ def _merge(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, c
             continue
         loser.merged_into = winner.id
         loser.credited = False
-        winner_link = ob.link(winner.id, obj.name, survivor, obj.role)
-        for link in ob.links(obj.name, [survivor]).get(survivor, []):
-            if link.referral_id == loser.id:
-                link.state = "superseded"
-                link.superseded_by = winner_link.id
+        _supersede(ob, obj, survivor, loser.id, winner.id)
         loser.attribution_reason = "merged_into_other_referral"
         loser.revision += 1
         ob.audit(loser.id, "referral_merged", "merged_into_other_referral", obj=obj.name, record_id=survivor,
                  detail={"winner": winner.id, "model": model})
         ob.audit(winner.id, "referral_merged", "kept_credit_on_merge", obj=obj.name, record_id=survivor,
                  detail={"loser": loser.id, "model": model})
+
+
+def _supersede(ob: Observation, obj: ObjectMap, survivor: str, loser_id: str, winner_id: str) -> None:
+    """The loser's link to the merged record gives way to the winner's (both CRMs record it alike)."""
+    winner_link = ob.link(winner_id, obj.name, survivor, obj.role)
+    for link in ob.links(obj.name, [survivor]).get(survivor, []):
+        if link.referral_id == loser_id:
+            link.state = "superseded"
+            link.superseded_by = winner_link.id
 
 
 def _convert(ob: Observation, target: CrmTarget, change: Change, counts: PollCounts) -> None:

@@ -212,6 +212,39 @@ def test_hubspot_merge_minting_a_new_id_is_followed_and_first_touch_keeps_credit
     assert record["referral_partner"] == "acme"
 
 
+@pytest.mark.parametrize("winner_first", [True, False])
+def test_the_referral_that_lost_a_hubspot_merge_stays_superseded_whatever_order_the_merged_ids_come_in(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path, winner_first: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _import(ledger, tmp_path, [
+        "acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1",
+        "bluebird,dana.lee@northwind.example,,,,,,2026-10-03T09:00:00Z,,e2",
+    ])
+    del crms["salesforce"]
+    run_cycle(ledger, crms, SETTINGS)
+    first, second = ledger.referrals()
+    first_contact = _lead(ledger, first["id"], "hubspot", "contacts")
+    merged = sandbox.hubspot.merge("contacts", _lead(ledger, second["id"], "hubspot", "contacts"), first_contact)
+    # hs_merged_object_ids carries no documented order: the winner's old id may be handled first
+    adapter = crms["hubspot"].adapter
+    pages = adapter.change_pages
+
+    def reordered(object_name: str, since: datetime, fields: Sequence[str], **kw: object) -> Iterator[ChangeSet]:
+        for page in pages(object_name, since, fields, **kw):  # type: ignore[arg-type]
+            merges = sorted((c for c in page.changes if c.kind == "merged"),
+                            key=lambda c: (c.record_id != first_contact) == winner_first)
+            rest = [c for c in page.changes if c.kind != "merged"]
+            yield ChangeSet([*rest, *merges], page.stage_changes, page.cursor)
+
+    monkeypatch.setattr(adapter, "change_pages", reordered)
+    run_cycle(ledger, crms, SETTINGS)
+    loser = ledger.referral(second["id"])
+    assert loser is not None and loser["attribution"]["merged_into"] == first["id"]
+    assert [lk["state"] for lk in loser["links"] if lk["record_id"] == merged] == ["superseded"]
+    assert _lead(ledger, first["id"], "hubspot", "contacts") == merged
+
+
 def test_a_writer_that_keeps_overwriting_wins_after_the_limit_with_a_conflict_alert(
     ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
