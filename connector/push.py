@@ -244,9 +244,17 @@ def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
                 work.outcome.links.append((link["object"], link["record_id"], link["role"]))
         # A converted lead is not written any more (its opportunity is), nor looked for again; a
         # contact without an opportunity yet is looked at again (one may have been opened).
-        has_lead = any(lk["object"] == mapping.lead.name for lk in links)
+        has_lead = any(lk["object"] == mapping.lead.name and lk["state"] != "deleted" for lk in links)
         has_deal = any(lk["object"] == mapping.deal.name and lk["state"] == "active" for lk in links)
-        if not has_lead and not has_deal:
+        deleted = [lk for lk in links if lk["object"] in names and lk["state"] == "deleted"]
+        if deleted and not has_lead and not has_deal and not work.outcome.links:
+            # Someone deleted its record in the CRM (the poll raised orphaned_link): refsync never
+            # re-creates it behind their back; the op waits, dead, for a restore and `refsync retry`.
+            work.outcome.state, work.outcome.error_class = "dead", "deleted"
+            work.outcome.error_code = "ENTITY_IS_DELETED"
+            work.outcome.error_message = (f"{deleted[0]['object']} {deleted[0]['record_id']} was deleted in "
+                                          f"{target.name}; restore it from the recycle bin, then `refsync retry`")
+        elif not has_lead and not has_deal:
             unlinked.append(work)
     return linked, unlinked
 

@@ -75,7 +75,7 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
                 "revision": r.revision, "credited": r.credited and r.merged_into is None,
                 "links": [
                     {"object": lk.object, "record_id": lk.record_id, "role": lk.role, "state": lk.state}
-                    for lk in r.links if lk.crm == crm and lk.state in ("active", "converted")
+                    for lk in r.links if lk.crm == crm and lk.state in ("active", "converted", "deleted")
                 ],
             }
             for r in rows

@@ -170,6 +170,12 @@ def test_deleted_record_raises_orphaned_link_and_is_not_recreated(
     assert "orphaned_link" in [a["kind"] for a in alerts(ledger)]
     links = ledger.referral(referral["id"])["links"]  # type: ignore[index]
     assert [lk["state"] for lk in links if lk["crm"] == "salesforce"] == ["deleted"]
+    # a later change of the referral (a new revision to push) does not re-create the lead either
+    assert ledger.enqueue_op("push", "push:salesforce:again", "salesforce", referral_id=referral["id"])
+    run_cycle(ledger, crms, SETTINGS)
+    assert sandbox.salesforce.count_values("Lead", "Referral_Id__c").get(referral["id"], 0) == 0
+    assert [lk["state"] for lk in ledger.referral(referral["id"])["links"]  # type: ignore[index]
+            if lk["crm"] == "salesforce"] == ["deleted"]
 
 
 def test_hubspot_deal_associated_with_a_referred_contact_gets_the_attribution(
