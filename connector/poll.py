@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
-from connector.deal_claims import DealCandidate, choose_deal
+from connector.deal_claims import DealCandidate, choose_deal, qualifies
 from connector.logs import get_logger
 from connector.mapping import ObjectMap, field_values
 from connector.push import CrmTarget, as_instant, same_value
@@ -268,15 +268,21 @@ def _claims(ob: Observation, target: CrmTarget, obj: ObjectMap, book: StageBook,
         if choice.deal is not None and choice.deal != current:
             claims.setdefault(choice.deal, []).append(referral_id)
         for other in choice.contested:
-            log.warning("several new deals could be the referral's; a human decides", referral_id=referral_id,
-                        crm=target.name, object=obj.name, record_id=other, kept=choice.deal)
-            ob.raise_alert(
-                "deal_contested", f"deal_contested:{target.name}:{referral_id}:{other}",
-                f"{obj.name} {other} was created after referral {referral_id} on the same contact, but "
-                f"{obj.name} {choice.deal} (created earlier) became its deal. If {other} is the referral's "
-                "deal, set its refsync_referral_id (or the mapped id field) to the referral id.",
-                referral_id=referral_id, record_id=other)
+            _contest(ob, target, obj, referral_id, other, choice.deal)
     return claims
+
+
+def _contest(ob: Observation, target: CrmTarget, obj: ObjectMap, referral_id: str, other: str,
+             kept: str | None) -> None:
+    """Another new deal of the referred person could be the referral's: a human decides."""
+    log.warning("several new deals could be the referral's; a human decides", referral_id=referral_id,
+                crm=target.name, object=obj.name, record_id=other, kept=kept)
+    ob.raise_alert(
+        "deal_contested", f"deal_contested:{target.name}:{referral_id}:{other}",
+        f"{obj.name} {other} was created after referral {referral_id} on the same contact, but "
+        f"{obj.name} {kept} (created earlier) became its deal. If {other} is the referral's "
+        f"deal, set its {obj.id_field} to the referral id.",
+        referral_id=referral_id, record_id=other)
 
 
 def _moment(value: Any) -> datetime | None:
@@ -369,16 +375,18 @@ def _contact_opportunity(ob: Observation, target: CrmTarget, obj: ObjectMap, rec
     without one, or it was a customer already) becomes that referral's opportunity when it was
     created after the referral was submitted; the referral then pushes its attribution onto it.
     Opportunity.ContactId is the primary contact (recorded Opportunity describe)."""
-    created = as_instant(record.fields.get("CreatedDate"))
+    candidate = DealCandidate(record.id, as_instant(record.fields.get("CreatedDate")), "default")
     found = []
     for contact_link in ob.links("Contact", [str(record.fields["ContactId"])]).get(str(record.fields["ContactId"]), []):
         referral = ob.referral(contact_link.referral_id)
         if referral is None or referral.merged_into or not referral.credited or contact_link.state != "active":
             continue
-        if created is None or created <= referral.submitted_at or record.fields.get("IsClosed"):
+        if record.fields.get("IsClosed") or not qualifies(referral.submitted_at, candidate, ("default",)):
             continue
-        if any(lk.object == obj.name for lk in ob.links_of_referrals([referral.id])):
-            continue  # it has its opportunity already
+        current = next((lk.record_id for lk in ob.links_of_referrals([referral.id]) if lk.object == obj.name), None)
+        if current is not None:  # it has its opportunity already: the earlier one keeps it
+            _contest(ob, target, obj, referral.id, record.id, current)
+            continue
         found.append(ob.link(referral.id, obj.name, record.id, obj.role))
         ob.audit(referral.id, "opportunity_followed", "new_opportunity_of_contact", actor=f"crm:{target.name}",
                  obj=obj.name, record_id=record.id, detail={"contact": contact_link.record_id})

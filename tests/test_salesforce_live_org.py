@@ -101,6 +101,13 @@ def test_a_converted_prospect_without_an_open_opportunity_waits_for_the_next_one
         run_cycle(ledger, crms, SETTINGS)
     assert ("Opportunity", new, "opportunity", "active") in _links(ledger, referral["id"])
     assert sf.get_record("Opportunity", new)["Referral_Id__c"] == referral["id"]  # type: ignore[index]
+    # another one opened later on the same contact does not take the referral: a human decides
+    later = sf.create_record("Opportunity", {"Name": "Contoso upsell", "ContactId": converted["contact"],
+                                             "AccountId": converted["account"]})
+    run_cycle(ledger, crms, SETTINGS)
+    assert sf.get_record("Opportunity", later)["Referral_Id__c"] is None  # type: ignore[index]
+    [contested] = [a for a in alerts(ledger) if a["kind"] == "deal_contested"]
+    assert contested["record_id"] == later and new in contested["message"]
 
 
 def test_a_customer_contact_is_found_and_its_open_opportunity_gets_the_attribution_without_a_new_lead(
