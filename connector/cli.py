@@ -265,10 +265,16 @@ def partners_list(obj: Context, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 def status(obj: Context, as_json: bool) -> None:
-    """Ops by state, poll cursors and the last run of each job."""
-    view = obj.ledger().status()
+    """Ops by state, poll cursors, the last run of each job and each CRM's readiness."""
+    from connector.crms import remembered_readiness
+
+    ledger = obj.ledger()
+    view = {**ledger.status(), "crms": remembered_readiness(ledger)}
+    waiting = {name: c for name, c in view["crms"].items() if not c["ready"]}
     if as_json:
         _print_json(view)
+        if view["ops"].get("dead") or waiting:
+            sys.exit(EXIT_PROBLEMS)
         return
     click.echo("ops: " + ", ".join(f"{k}={v}" for k, v in view["ops"].items()))
     click.echo("referrals: " + (", ".join(f"{k}={v}" for k, v in sorted(view["referrals"].items())) or "none"))
@@ -277,7 +283,9 @@ def status(obj: Context, as_json: bool) -> None:
     _table("last runs", ["job", "started", "finished", "status", "counts"],
            [[job, r["started_at"], r["finished_at"], r["status"], json.dumps(r["counts"])]
             for job, r in sorted(view["last_runs"].items())])
-    if view["ops"].get("dead"):
+    _table("crms", ["crm", "ready", "since", "reason"],
+           [[name, "yes" if c["ready"] else "NO", c["since"], c["reason"] or ""] for name, c in view["crms"].items()])
+    if view["ops"].get("dead") or waiting:
         sys.exit(EXIT_PROBLEMS)
 
 
