@@ -2,8 +2,8 @@
 
 - Describes and stage lists change rarely: they are cached with the time they were read and read
   again after ``[daemon] schema_refresh_seconds``, at once when a call says the schema changed
-  (:func:`refresh`), and every minute while a mapped field is drifted (so its alert resolves soon
-  after the field is back).
+  (:func:`connector.push.note_drift`), and at every job while a mapped field is drifted (a rare
+  state; so its alert resolves as soon as the field is back).
 - The mapped fields refsync has seen valid on each object are remembered. A mapped field that was
   seen and has since vanished or turned read-only is *drift*: left out of reads and writes, with a
   ``mapping_drift`` alert that resolves itself when the field is back, before and after a restart.
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from connector.push import CrmTarget
 
 log = get_logger("refsync.schemas")
-DRIFT_RECHECK = timedelta(minutes=1)  # schema re-read interval while a field is drifted
 
 Seen = dict[str, dict[str, FieldSchema]]  # object -> field -> its last valid definition
 
@@ -103,23 +102,28 @@ def load(ledger: Ledger | None, target: CrmTarget, refresh_every: timedelta, *, 
         stored = remembered_many(ledger, target.name, [f"seen:{o}" for o in objects])
         target.seen = {o: {n: _field(f) for n, f in stored[f"seen:{o}"][0]["fields"].items()}
                        for o in objects if f"seen:{o}" in stored}
-    every = min(refresh_every, DRIFT_RECHECK) if target.drift else refresh_every
-    if not force and now is not None and ledger is not None:
-        if target.schema_read_at is not None and not _stale(target.schema_read_at, now, every):
+    if not force and now is not None and ledger is not None and not target.drift:
+        if target.schema_read_at is not None and not _stale(target.schema_read_at, now, refresh_every):
             return False
         cached = remembered_many(ledger, target.name, [*(f"schema:{o}" for o in objects), f"stages:{deal}"])
         times = [at for _value, at in cached.values()]
-        if len(cached) == len(objects) + 1 and not _stale(min(times), now, every):
-            target.schemas.update({o: schema_of(cached[f"schema:{o}"][0]) for o in objects})
-            target.stages = stages_of(cached[f"stages:{deal}"][0])
-            target.schema_read_at = min(times)
-            _seed_stages(target)
-            return False
+        if len(cached) == len(objects) + 1 and not _stale(min(times), now, refresh_every):
+            schemas = {o: schema_of(cached[f"schema:{o}"][0]) for o in objects}
+            stages = stages_of(cached[f"stages:{deal}"][0])
+            assert target.loaded is not None
+            if not drift_and_check(target.loaded, schemas, stages, target.seen)[0]:
+                target.schemas.update(schemas)
+                target.stages = stages
+                target.schema_read_at = min(times)
+                _seed_stages(target)
+                return False
+            # the cache shows a drifted field: read again, it may be back
     schemas = {o: target.adapter.describe(o) for o in objects}
     stages = target.adapter.stages(deal)
     target.schemas.update(schemas)
     target.stages = stages
     target.schema_read_at = now
+    _seed_stages(target)
     if ledger is not None:
         for o, schema in schemas.items():
             remember(ledger, target.name, f"schema:{o}", schema_json(schema))
