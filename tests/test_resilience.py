@@ -21,7 +21,9 @@ from click.testing import CliRunner
 
 from adapters.sandbox.run import RunningSandbox
 from connector.cli import cli
+from connector.push import CrmTarget
 from state.ledger import Ledger
+from state.notifications import alerts
 from tests.conftest import FAST_RETRY, ROOT
 from tests.test_push import _fresh, crm_state
 
@@ -262,3 +264,24 @@ def test_run_starts_with_a_crm_down_names_it_in_readyz_and_picks_it_up_when_back
     assert daemon.returncode == 0, "".join(lines)
     waited = [json.loads(line) for line in lines if '"CRM not ready' in line]
     assert waited and waited[0]["crm"] == "hubspot"
+
+
+def test_daemon_poll_job_leaves_a_vanished_field_out_instead_of_failing(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    from connector.daemon import Daemon
+    from connector.sync import CycleSettings
+    from tests.test_push import import_rows
+
+    import_rows(ledger, tmp_path, 4)
+    daemon = Daemon(ledger, crms, CycleSettings(), push_interval=60, poll_interval=60)
+    daemon.push_job()
+    sandbox.salesforce.remove_field("Opportunity", "Referral_Campaign__c")
+    sandbox.salesforce.remove_field("Lead", "Referral_Campaign__c")  # the poll reads it: INVALID_FIELD
+    daemon.poll_job()
+    [poll] = [r for r in ledger.runs(10) if r["job"] == "poll"]
+    assert poll["status"] == "ok", poll
+    assert poll["counts"]["per_crm"]["salesforce"]["calls"] > 0
+    drift = [a for a in alerts(ledger) if a["kind"] == "mapping_drift"]
+    assert sorted(a["message"].split(" was ")[0] for a in drift) == [
+        "salesforce Lead.Referral_Campaign__c", "salesforce Opportunity.Referral_Campaign__c"]
