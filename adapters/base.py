@@ -9,8 +9,11 @@ Rules every adapter follows:
   its answer is a failed result (``RecordErrorKind.MISSING``), never a silent success.
 - Whole-call failures raise a :mod:`adapters.errors` class (rate limited, transient, auth,
   configuration). Per-record failures come back inside the results, classified by ``kind``.
-- No adapter retries on its own except one re-authentication on an expired session; the retry
-  policy belongs to the engine.
+- Every API call goes through the one retry policy the engine hands the adapter
+  (:class:`adapters.retrying.CallPolicy`, from the ``[retry]`` config): transient failures and short
+  rate limits are retried in place with backoff, and what outlives them is raised as above. Calls
+  must therefore be safe to repeat (writes are upserts by external id or updates by record id).
+  Besides that, an adapter re-authenticates once on an expired session.
 - ``budget()`` reflects the calls this adapter made and what the CRM says is left.
 """
 

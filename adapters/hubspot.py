@@ -12,8 +12,9 @@ Shapes of HubSpot's behaviour it copes with (crm-api/hubspot/README.md):
   modified time (never an offset, so the cap never applies); deal stages are internal ids,
   resolved to labels through the pipelines API.
 
-The client is built once with its own retries off (the engine owns retries) and a timeout on every
-call; each generated package's ``ApiException`` is turned into :mod:`adapters.errors` in one place.
+The client is built once with urllib3's retries off (the one retry policy, ``adapters/retrying``,
+retries every call) and a timeout on every call; each generated package's ``ApiException`` is
+turned into :mod:`adapters.errors` in one place.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from adapters.base import (
     joined_pages,
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
+from adapters.retrying import NO_RETRY, CallPolicy
 
 log = logging.getLogger("refsync.adapters.hubspot")
 API_EXCEPTIONS = (ObjectsApiException, PropertiesApiException, PipelinesApiException, AssociationsApiException)
@@ -202,8 +204,9 @@ class HubSpotAdapter:
     def __init__(self, base_url: str, access_token: str, *, timeout: float = 30.0,
                  lookback: timedelta = timedelta(minutes=2), search_cap: int = 10_000,
                  search_per_second: float | None = 5.0,
-                 deletion_check_every: timedelta = timedelta(hours=1)) -> None:
+                 deletion_check_every: timedelta = timedelta(hours=1), retry: CallPolicy = NO_RETRY) -> None:
         self.timeout = timeout
+        self.retry = retry
         # HubSpot has no "deleted since" query: archived records are listed whole. Doing that at
         # most this often keeps a quiet poll at one call per object; the next check starts where
         # the last one did, so no deletion is missed, only seen later.
@@ -234,18 +237,31 @@ class HubSpotAdapter:
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, kind: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
-        """One API call: counted, timed out, its rate-limit headers noted, its failure classified."""
-        with self._lock:
-            self._calls[kind] += 1
-        try:
-            data, status, headers = method(*args, _request_timeout=self.timeout, **kwargs)
-        except API_EXCEPTIONS as exc:
-            self._note(getattr(exc, "headers", None))
-            raise self._classified(exc) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise classify(exc) from exc
-        self._note(headers)
-        return data, status
+        """One API call: counted, timed out, its rate-limit headers noted, its failure classified,
+        and retried by the call policy on transient failures and short rate limits. Every call may
+        be repeated: reads and searches change nothing, and the writes are batch upserts keyed by
+        our unique-value property and batch updates by record id (sending one twice leaves the same
+        records)."""
+        tries = 0
+
+        def once() -> tuple[Any, int]:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and kind == "search":
+                self._pace_search()  # a retried search counts against the per-second limit too
+            with self._lock:
+                self._calls[kind] += 1
+            try:
+                data, status, headers = method(*args, _request_timeout=self.timeout, **kwargs)
+            except API_EXCEPTIONS as exc:
+                self._note(getattr(exc, "headers", None))
+                raise self._classified(exc) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise classify(exc) from exc
+            self._note(headers)
+            return data, status
+
+        return self.retry.call(CRM, kind, once)
 
     def _classified(self, exc: BaseException) -> CrmError:
         """classify(), with a DAILY 429's wait running to the portal's midnight in its time zone."""
@@ -335,18 +351,30 @@ class HubSpotAdapter:
         return ObjectSchema(object_name, fields)
 
     def stages(self, object_name: str) -> list[Stage]:
+        """The pipelines' stages, read from HubSpot on every call (the engine caches them in the
+        ledger); the answer is kept to resolve stage ids in deal history."""
+        data, _status = self._call("pipelines", self._pipelines.get_all_with_http_info, object_name)
+        found = []
+        for pipeline in data.results or []:
+            for stage in pipeline.stages or []:
+                meta = stage.metadata or {}
+                found.append(Stage(pipeline.label, stage.label, stage.id,
+                                   is_closed=str(meta.get("isClosed", "")).lower() == "true",
+                                   is_won=str(meta.get("probability")) in ("1.0", "1") or stage.id == "closedwon",
+                                   pipeline_id=str(pipeline.id)))
+        self._stages[object_name] = found
+        return list(found)
+
+    def know_stages(self, object_name: str, stages: Sequence[Stage]) -> None:
+        """Stages the engine read earlier (its ledger cache): deal history resolves ids with them
+        instead of reading the pipelines again."""
+        self._stages[object_name] = list(stages)
+
+    def _known_stages(self, object_name: str) -> list[Stage]:
+        """The stages known already (read this run or handed over by :meth:`know_stages`), else read."""
         if object_name not in self._stages:
-            data, _status = self._call("pipelines", self._pipelines.get_all_with_http_info, object_name)
-            found = []
-            for pipeline in data.results or []:
-                for stage in pipeline.stages or []:
-                    meta = stage.metadata or {}
-                    found.append(Stage(pipeline.label, stage.label, stage.id,
-                                       is_closed=str(meta.get("isClosed", "")).lower() == "true",
-                                       is_won=str(meta.get("probability")) in ("1.0", "1") or stage.id == "closedwon",
-                                       pipeline_id=str(pipeline.id)))
-            self._stages[object_name] = found
-        return list(self._stages[object_name])
+            self.stages(object_name)
+        return self._stages[object_name]
 
     # -- find ------------------------------------------------------------------------------------
     def find(self, object_name: str, match_field: str, values: Sequence[str],
@@ -618,7 +646,7 @@ class HubSpotAdapter:
     def _stage_history(self, object_name: str, ids: list[str], lower: datetime) -> list[StageChange]:
         """Every stage move since ``lower``, at the time HubSpot recorded it (``propertiesWithHistory``
         of ``dealstage``: internal stage ids, resolved per pipeline id; crm-api/hubspot/README.md)."""
-        known = self.stages(object_name)
+        known = self._known_stages(object_name)
         by_pipeline = {(s.pipeline_id, s.internal_id): s for s in known}
         by_id = {s.internal_id: s for s in known}
         out: list[StageChange] = []

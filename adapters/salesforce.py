@@ -54,6 +54,7 @@ from adapters.base import (
     joined_pages,
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
+from adapters.retrying import NO_RETRY, CallPolicy
 
 T = TypeVar("T")
 CRM = "salesforce"
@@ -72,10 +73,12 @@ _TYPES = {"string": "string", "textarea": "text", "email": "email", "phone": "st
           "date": "date", "datetime": "datetime", "double": "number", "currency": "number", "percent": "number",
           "int": "number", "long": "number", "boolean": "boolean", "picklist": "enum", "multipicklist": "enum",
           "combobox": "enum", "id": "id", "reference": "reference"}
-# Retry hints for REQUEST_LIMIT_EXCEEDED, which Salesforce sends without Retry-After: the daily
-# allocation is a rolling 24 h window (wait long), concurrency limits clear within seconds.
+# Salesforce sends REQUEST_LIMIT_EXCEEDED without Retry-After. The daily allocation is a rolling
+# 24 h window (wait long: the engine defers the CRM); the concurrency limit on long requests
+# ("ConcurrentPerOrgLongTxn Limit exceeded", 25 requests of 20 s or more at once: crm-api/salesforce
+# README, "Requests lasting 20 s or more") clears as soon as one of them ends: a transient failure,
+# retried in place with backoff.
 DAILY_LIMIT_RETRY_AFTER = 3600.0
-CONCURRENT_LIMIT_RETRY_AFTER = 20.0
 
 _RECORD_KINDS = {
     "UNABLE_TO_LOCK_ROW": RecordErrorKind.TRANSIENT,
@@ -123,8 +126,9 @@ def classify_error(exc: BaseException) -> CrmError:
         if status == 401:
             return AuthError(text, crm=CRM, code=code or "INVALID_SESSION_ID")
         if code == "REQUEST_LIMIT_EXCEEDED":
-            wait = CONCURRENT_LIMIT_RETRY_AFTER if "Concurrent" in message else DAILY_LIMIT_RETRY_AFTER
-            return RateLimited(text, crm=CRM, code=code, retry_after=wait)
+            if "Concurrent" in message:
+                return TransientError(text, crm=CRM, code=code)
+            return RateLimited(text, crm=CRM, code=code, retry_after=DAILY_LIMIT_RETRY_AFTER)
         if status >= 500 or code in ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"):
             return TransientError(text, crm=CRM, code=code)
         return CrmConfigError(text, crm=CRM, code=code)
@@ -238,7 +242,8 @@ class SalesforceAdapter:
     def __init__(self, instance_url: str, *, session_id: str | None = None, username: str | None = None,
                  password: str | None = None, security_token: str | None = None, domain: str | None = None,
                  client_id: str | None = None, client_secret: str | None = None, ca_bundle: str | None = None,
-                 api_version: str = "59.0", timeout: tuple[float, float] = (5.0, 60.0)) -> None:
+                 api_version: str = "59.0", timeout: tuple[float, float] = (5.0, 60.0),
+                 retry: CallPolicy = NO_RETRY) -> None:
         self.instance_url = instance_url.rstrip("/")
         self.api_version = api_version.lstrip("v")
         self._session_id = session_id
@@ -254,6 +259,7 @@ class SalesforceAdapter:
         self._calls: Counter[str] = Counter()
         self._usage: tuple[int, int] | None = None
         self._lock = threading.RLock()
+        self.retry = retry
 
     # ---- sessions --------------------------------------------------------------------------------
     def _can_reauthenticate(self) -> bool:
@@ -294,7 +300,13 @@ class SalesforceAdapter:
             return self._sf
 
     def _call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
-        """One API call: counted, classified, re-authenticated once on an expired session."""
+        """One API call: counted, classified, re-authenticated once on an expired session, and
+        retried by the call policy on transient failures and short rate limits. Every call may be
+        repeated: reads change nothing, and the only writes are sObject Collections upserts keyed
+        by our external id and updates by record id (sending one twice leaves the same record)."""
+        return self.retry.call(CRM, kind, lambda: self._call_once(kind, fn))
+
+    def _call_once(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
         for attempt in (0, 1):
             try:
                 sf = self._client()

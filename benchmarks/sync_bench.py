@@ -1,8 +1,11 @@
 """Sync N referrals to both sandbox CRMs: API calls against the batch lower bound, calls of a quiet
 cycle, wall time, CPU per referral and peak memory.
 
-Run: .venv/bin/python benchmarks/sync_bench.py [--referrals 10000] [--ledger sqlite|postgresql]
-Each size runs in its own process, so ru_maxrss is that run's peak.
+Run: .venv/bin/python benchmarks/sync_bench.py [--referrals 10000] [--ledger sqlite|postgresql] [--faults 0.2]
+Each size runs in its own process, so ru_maxrss is that run's peak. ``--faults RATE`` runs each size
+twice, fault-free and with RATE of every CRM call failing transiently (5xx, dropped connections,
+HubSpot 429s with a short Retry-After; start-up included), and reports the calls and wall time of the
+faulty run against the fault-free one (goal: at most 1.5x the calls).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def writes(calls: dict[str, int]) -> int:
                                                             "batch_update", "batch_create")))
 
 
-def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
+def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict[str, object]:
     import logging
 
     logging.disable(logging.WARNING)
@@ -47,7 +50,7 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
 
     # The sandbox runs in its own process, so this process's CPU time and memory are refsync's alone.
     server = subprocess.Popen([str(Path(sys.executable).with_name("refsync")), "sandbox", "--dir", str(tmp / "sb")],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert server.stdout is not None
     info = json.loads(server.stdout.readline())
     sf_info, hs_info = info["salesforce"], info["hubspot"]
@@ -56,7 +59,8 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
         answer = requests.post(f"{crm['admin_url']}/{action}", json=kwargs, timeout=30,
                                verify=info["ca_file"])
         answer.raise_for_status()
-        return dict(answer.json().get("result") or answer.json()) if action == "calls" else {}
+        result = answer.json().get("result")
+        return dict(result if result is not None else answer.json()) if action == "calls" else {}
 
     def calls() -> dict[str, dict[str, int]]:
         return {"salesforce": admin(sf_info, "calls"), "hubspot": admin(hs_info, "calls")}
@@ -84,14 +88,23 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
                       f"c{n % 7},2026-10-01T00:00:00Z,,b{n}\n")
     import_file(ledger, csv, Policy("first_touch", "flag", 365, "bench"), datetime.now(UTC))
     import_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    targets, problems = build_targets(config)
+    before = calls()
+    if faults:  # from start-up on: the describes and stage reads are faulted too
+        admin(sf_info, "set_faults", server_error=faults / 2, drop=faults / 2, seed=7)
+        admin(hs_info, "set_faults", server_error=faults / 3, drop=faults / 3, rate_limit=faults / 3, retry_after=1,
+              seed=7)
+    started, cpu = time.perf_counter(), time.process_time()
+    targets, problems = build_targets(config, ledger)
     assert not problems, problems
     settings = CycleSettings(batch_size=1000, lease_seconds=600, max_attempts=5)
-    before = calls()
-    started, cpu = time.perf_counter(), time.process_time()
     first = run_cycle(ledger, targets, settings)
     first_wall, first_cpu = time.perf_counter() - started, time.process_time() - cpu
     after_push = calls()
+    # The adapters' own count includes every attempt (an emulator does not count a call it faulted).
+    made = {name: target.adapter.budget().total_calls for name, target in targets.items()}
+    if faults:
+        admin(sf_info, "set_faults")
+        admin(hs_info, "set_faults")
     run_cycle(ledger, targets, settings)  # inside the overlap window: recent records are read again
     after_first = calls()
     # Steady state: no CRM change for longer than the overlap window. Rather than wait, move the
@@ -105,7 +118,7 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
                          {"p": position + timedelta(minutes=5), "c": row.crm, "o": row.object})
     run_cycle(ledger, targets, settings)
     after_quiet = calls()
-    result: dict[str, object] = {"referrals": referrals, "ledger": ledger_url.split(":")[0],
+    result: dict[str, object] = {"referrals": referrals, "ledger": ledger_url.split(":")[0], "faults": faults,
                                  "pushed": first.counts()["pushed"], "dead": first.counts()["dead"],
                                  "first_cycle_seconds": round(first_wall, 1),
                                  "cpu_ms_per_referral": round(first_cpu * 1000 / referrals, 2)}
@@ -114,7 +127,8 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
         wrote = writes(after_push[crm]) - writes(before[crm])
         quiet_calls = {k: v - after_first[crm].get(k, 0) for k, v in after_quiet[crm].items()
                        if v - after_first[crm].get(k, 0)}
-        result[crm] = {"calls": total, "write_calls": wrote, "write_lower_bound": math.ceil(referrals / batch),
+        result[crm] = {"calls": total, "calls_made": made.get(crm, 0), "write_calls": wrote,
+                       "write_lower_bound": math.ceil(referrals / batch),
                        "quiet_cycle_calls": quiet_calls}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["peak_rss_mb_by_end_of_import"] = round(import_peak, 1)  # the rest of the peak is the sync's
@@ -127,29 +141,50 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--referrals", type=int, nargs="+", default=[10_000])
     parser.add_argument("--ledger", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--faults", type=float, default=0.0, help="also run with this rate of transient faults")
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(one(int(args.one[0]), args.one[1].replace("TMP", tmp), Path(tmp))))
+            print(json.dumps(one(int(args.one[0]), args.one[1].replace("TMP", tmp), Path(tmp), float(args.one[2]))))
         return
     for size in args.referrals:
-        url = "sqlite:///TMP/ledger.db"
-        admin = None
-        if args.ledger == "postgresql":
-            from sqlalchemy import create_engine, text
-            from sqlalchemy.engine import make_url
+        runs = [_run(size, args.ledger, rate) for rate in ([0.0, args.faults] if args.faults else [0.0])]
+        if args.faults and all(isinstance(r, dict) for r in runs):
+            clean, faulty = runs
+            print(json.dumps({"referrals": size, "faults": args.faults, **{
+                crm: {"calls_made": faulty[crm]["calls_made"], "fault_free_calls_made": clean[crm]["calls_made"],
+                      "calls_ratio": round(faulty[crm]["calls_made"] / max(clean[crm]["calls_made"], 1), 2)}
+                for crm in ("salesforce", "hubspot")},
+                "pushed": faulty["pushed"], "fault_free_pushed": clean["pushed"],
+                "first_cycle_seconds": faulty["first_cycle_seconds"],
+                "fault_free_first_cycle_seconds": clean["first_cycle_seconds"],
+                "wall_ratio": round(faulty["first_cycle_seconds"] / max(clean["first_cycle_seconds"], 0.1), 2)}))
 
-            name = f"refsync_sbench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            url = make_url(PG).set(database=name).render_as_string(False)
-        done = subprocess.run([sys.executable, __file__, "--one", str(size), url], capture_output=True, text=True)
-        print(done.stdout.strip() or done.stderr[-3000:])
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+def _run(size: int, ledger: str, faults: float) -> dict[str, object] | None:
+    """One size in its own process; prints and returns its result."""
+    url = "sqlite:///TMP/ledger.db"
+    admin = None
+    if ledger == "postgresql":
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        name = f"refsync_sbench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(PG).set(database=name).render_as_string(False)
+    done = subprocess.run([sys.executable, __file__, "--one", str(size), url, str(faults)], capture_output=True,
+                          text=True)
+    print(done.stdout.strip() or done.stderr[-3000:])
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

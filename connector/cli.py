@@ -273,16 +273,19 @@ def partners_list(obj: Context, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 def status(obj: Context, as_json: bool) -> None:
-    """Ops by state, stuck ops, workers, poll cursors and the last run of each job. Exits 1 while
-    ops are dead or stuck (in flight under a dead worker or past their lease, or failed and overdue
-    for their next attempt by more than the grace, see :func:`stuck_grace`)."""
+    """Ops by state, stuck ops, workers, poll cursors, the last run of each job and each CRM's
+    readiness. Exits 1 while ops are dead or stuck (in flight under a dead worker or past their
+    lease, or failed and overdue for their next attempt by more than the grace, see
+    :func:`stuck_grace`), or while a CRM is not ready."""
+    from connector.crms import remembered_readiness
     from state.workers import stuck_ops, workers_view
 
     ledger = obj.ledger()
-    view = ledger.status()
+    view = {**ledger.status(), "crms": remembered_readiness(ledger)}
     view["stuck"] = stuck_ops(ledger, stuck_grace(obj.config.daemon.push_interval_seconds))
     view["workers"] = workers_view(ledger)
-    problems = bool(view["ops"].get("dead") or any(view["stuck"].values()))
+    waiting = {name: c for name, c in view["crms"].items() if not c["ready"]}
+    problems = bool(view["ops"].get("dead") or any(view["stuck"].values()) or waiting)
     if as_json:
         _print_json(view)
         if problems:
@@ -298,6 +301,8 @@ def status(obj: Context, as_json: bool) -> None:
             for job, r in sorted(view["last_runs"].items())])
     _table("workers", ["id", "started", "last beat", "alive"],
            [[w["id"], w["started_at"], w["heartbeat_at"], "yes" if w["alive"] else "NO"] for w in view["workers"]])
+    _table("crms", ["crm", "ready", "since", "reason"],
+           [[name, "yes" if c["ready"] else "NO", c["since"], c["reason"] or ""] for name, c in view["crms"].items()])
     if problems:
         sys.exit(EXIT_PROBLEMS)
 

@@ -14,9 +14,11 @@ from connector.errors import ConfigError
 
 
 def _targets(obj: Context):  # type: ignore[no-untyped-def]
+    """Every configured CRM's target; a configuration wrong on its face stops here (exit 2). A CRM
+    that cannot be reached is a target that is not ready: it waits, the others go on."""
     from connector.crms import build_targets
 
-    targets, problems = build_targets(obj.config)
+    targets, problems = build_targets(obj.config, obj.ledger())
     if problems:
         raise ConfigError(problems)
     return targets
@@ -37,7 +39,13 @@ def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json:
     ledger = obj.ledger()
     settings = settings_from_config(obj.config, with_reconcile=with_reconcile)
     if dry_run:
-        _dry_run(ledger, _targets(obj), settings, as_json)
+        targets = _targets(obj)
+        _dry_run(ledger, {n: t for n, t in targets.items() if t.ready}, settings, as_json)
+        for target in targets.values():
+            if not target.ready:
+                click.echo(f"refsync: problem: {target.name}: not ready: {target.not_ready}", err=True)
+        if not all(t.ready for t in targets.values()):
+            sys.exit(EXIT_PROBLEMS)
         return
     targets = _targets(obj)
     with obj.worker(ledger):
@@ -167,16 +175,21 @@ def mappings() -> None:
 def mappings_check(obj: Context) -> None:
     """Validate the mapping files against the live CRM schemas; every problem with file and line."""
     from connector.intake import MAX_LENGTH
-    from connector.mapping import length_warnings, load_mapping
+    from connector.mapping import length_warnings
 
     targets = _targets(obj)
     for name, target in targets.items():
-        crm_config = getattr(obj.config.crm, name)
-        loaded = load_mapping(obj.config.mapping_path(crm_config.mapping, f"crm.{name}.mapping"))
-        for warning in length_warnings(loaded, target.schemas, MAX_LENGTH):
-            click.echo(f"warning: {warning}", err=True)
+        if not target.ready:
+            click.echo(f"refsync: problem: {name}: not checked: {target.not_ready}", err=True)
+            continue
+        if target.loaded is not None:
+            for warning in length_warnings(target.loaded, target.schemas, MAX_LENGTH):
+                click.echo(f"warning: {warning}", err=True)
+        drift = f"; drifted, left out: {', '.join(f'{o}.{f}' for o, f in sorted(target.drift))}" if target.drift else ""
         click.echo(f"{name}: mapping OK ({target.mapping.lead.name}, {target.mapping.deal.name}, "
-                   f"{sum(len(s) for s in target.mapping.stages.values())} stages)")
+                   f"{sum(len(s) for s in target.mapping.stages.values())} stages{drift})")
+    if not all(t.ready and not t.drift for t in targets.values()):
+        sys.exit(EXIT_PROBLEMS)
 
 
 @cli.command()

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from adapters.retrying import CallPolicy, RetrySettings
 from connector.attribution import Policy
 from connector.errors import ConfigError
 from connector.tomlfile import line_of
@@ -194,6 +195,9 @@ class DaemonConfig(_Strict):
     batch_size: int = Field(default=200, ge=1, le=10000)
     lease_seconds: int = Field(default=300, ge=10)
     max_attempts: int = Field(default=8, ge=1)
+    # Describes and stage lists are cached in the ledger and read again after this long (at once
+    # when a call says the schema changed).
+    schema_refresh_seconds: int = Field(default=3600, ge=0)
     # Crash recovery (state/workers.py): every process beats this often; a lease owner silent for
     # worker_timeout_seconds is dead and its ops are taken back (the lease stays the upper bound).
     heartbeat_seconds: float = Field(default=5, gt=0, le=300)
@@ -208,6 +212,25 @@ class DaemonConfig(_Strict):
                 f"{value:g} is less than 3 x heartbeat_seconds ({beat:g}): a live worker whose beat is a little "
                 "late would lose its ops; raise worker_timeout_seconds or lower heartbeat_seconds")
         return value
+
+
+class RetryConfig(_Strict):
+    """How hard each CRM call is tried inside the cycle (adapters/retrying.CallPolicy)."""
+
+    attempts: int = Field(default=6, ge=1, le=20)
+    initial_wait_seconds: float = Field(default=0.5, ge=0, le=60)
+    max_wait_seconds: float = Field(default=20.0, ge=0, le=600)
+    max_retry_after_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.max_wait_seconds < self.initial_wait_seconds:
+            raise ValueError("max_wait_seconds must be at least initial_wait_seconds")
+        return self
+
+    def policy(self) -> CallPolicy:
+        return CallPolicy(RetrySettings(self.attempts, self.initial_wait_seconds, self.max_wait_seconds,
+                                        self.max_retry_after_seconds))
 
 
 NOTIFY_DEFAULT = ("accepted", "contacted", "qualified", "opportunity", "proposal", "negotiation", "won", "lost",
@@ -272,6 +295,7 @@ class Config(_Strict):
     attribution: AttributionConfig = AttributionConfig()
     crm: CrmConfigs = CrmConfigs()
     daemon: DaemonConfig = DaemonConfig()
+    retry: RetryConfig = RetryConfig()
     http: HttpConfig = HttpConfig(intake_token=None)
     logging: LoggingConfig = LoggingConfig()
     notifications: NotificationsConfig = NotificationsConfig()

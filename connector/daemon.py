@@ -21,17 +21,17 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from adapters.errors import CrmError
+from adapters.errors import CrmError, RateLimited
 from connector.alerting import announce
+from connector.crms import ensure_ready, readiness
 from connector.errors import LedgerError
 from connector.expire import expire_referrals
 from connector.http import HttpServer, HttpSettings
 from connector.logs import get_logger
 from connector.notify import deliver_all
-from connector.poll import poll_target
 from connector.push import CrmTarget, each_locked
 from connector.reconcile import ReconcileSettings, reconcile
-from connector.sync import CycleSettings, push_all, worker_id
+from connector.sync import CycleSettings, poll_with_drift, push_all, worker_id
 from state.ledger import Ledger
 from state.outbox import enqueue_pushes
 
@@ -56,7 +56,8 @@ class Daemon:
         self._notifier: threading.Thread | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         # No server when [http] listen = "": the operator turned the HTTP surface off.
-        self.http = HttpServer(ledger, http, self._scheduling) if http is not None and http.listen else None
+        self.http = HttpServer(ledger, http, self._scheduling, lambda: readiness(self.targets)) \
+            if http is not None and http.listen else None
 
     def _scheduling(self) -> bool:
         """Whether the jobs run: the readiness probe's view of the scheduler."""
@@ -70,9 +71,12 @@ class Daemon:
         for name, target in each_locked(self.targets):  # push and poll of one CRM never overlap
             if self.stopping.is_set():
                 break
+            enqueue_pushes(self.ledger, name)  # a CRM that waits keeps its work queued
+            if not self._ready(target):
+                errors.append(f"{name}: not ready: {target.not_ready}")
+                continue
             target.start_run(self.ledger.calls_today(name))  # the API budget counts every run of today
             try:
-                enqueue_pushes(self.ledger, name)
                 counts = push_all(self.ledger, target, self.settings, self.owner)
                 per_crm[name] = {"pushed": counts.pushed, "failed": counts.failed, "dead": counts.dead,
                                  "calls": counts.calls}
@@ -98,20 +102,37 @@ class Daemon:
         for name, target in each_locked(self.targets):
             if self.stopping.is_set():
                 break
+            if not self._ready(target):
+                errors.append(f"{name}: not ready: {target.not_ready}")
+                continue
+            if target.paused(self.ledger.clock()):
+                continue  # a rate limit paused this CRM: polls wait for it too
             target.start_run(self.ledger.calls_today(name))
             if target.over_budget():
                 continue  # the push job raised the alert; polls wait for the budget too
             try:
-                counts = poll_target(self.ledger, target)
+                counts = poll_with_drift(self.ledger, target)
                 per_crm[name] = {"changes": counts.changes, "transitions": counts.transitions,
                                  "repairs": counts.repairs, "calls": counts.calls}
                 log.info("poll", crm=name, changes=counts.changes, transitions=counts.transitions,
                          repairs=counts.repairs, api_calls=counts.calls)
+            except RateLimited as exc:
+                wait = exc.retry_after if exc.retry_after is not None else 60.0
+                target.paused_until = self.ledger.clock() + timedelta(seconds=wait)
+                errors.append(f"{name}: rate limited for {wait:.0f} s")
+                log.warning("rate limited; pausing this CRM", crm=name, seconds=wait)
             except CrmError as exc:
                 errors.append(f"{name}: {exc}")
                 log.error("poll failed; will retry on the next round", crm=name, error=str(exc))
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
+
+    def _ready(self, target: CrmTarget) -> bool:
+        """Try to make a CRM that waits ready (and refresh a ready one's schemas when stale).
+        Push and poll may run at once: readiness and schemas change under the target's lock."""
+        with target.lock:
+            ensure_ready(self.ledger, target)
+        return target.ready
 
     def notify_job(self) -> None:
         """Tell the alert sinks what is new and deliver due webhooks (every replica may deliver:
@@ -160,7 +181,8 @@ class Daemon:
         with ExitStack() as held:  # reconcile reads every CRM: it holds each one's lock, in one order
             for name in sorted(self.targets):
                 held.enter_context(self.targets[name].lock)
-            report = reconcile(self.ledger, self.targets, self.reconcile_settings)
+            ready = {name: t for name, t in self.targets.items() if self._ready(t)}
+            report = reconcile(self.ledger, ready, self.reconcile_settings)
         log.info("reconcile", **{k: v for k, v in report.counts().items() if k != "errors"})
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -187,7 +209,8 @@ class Daemon:
         try:
             self.scheduler.start()
             log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
-                     poll_every=self.poll_interval)
+                     poll_every=self.poll_interval,
+                     waiting={n: t.not_ready for n, t in self.targets.items() if not t.ready})
             self.stopping.wait()
             self.scheduler.shutdown(wait=True)  # the CRM jobs finish their round; notify is not waited for
             self._let_notify_go()

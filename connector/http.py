@@ -77,10 +77,12 @@ class _Server6(_Server):
 class HttpServer:
     """The HTTP endpoints of one daemon, bound by :meth:`start` and served from a thread."""
 
-    def __init__(self, ledger: Ledger, settings: HttpSettings, scheduler_running: Callable[[], bool]) -> None:
+    def __init__(self, ledger: Ledger, settings: HttpSettings, scheduler_running: Callable[[], bool],
+                 crms: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
         self.ledger = ledger
         self.settings = settings
         self.scheduler_running = scheduler_running
+        self.crms = crms  # each CRM's readiness (connector/crms.readiness)
         self.metrics = Metrics(ledger)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -138,6 +140,21 @@ class HttpServer:
         if not self.scheduler_running():
             return "the scheduler is not running (starting up or shutting down)"
         return None
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """The ``/readyz`` answer. 503 when the daemon itself cannot work (ledger, scheduler). A CRM
+        that waits (down, credentials refused) is named with its reason under ``crms`` and makes the
+        status "degraded", but the answer stays 200: the other CRMs sync and the intake takes
+        referrals, so a load balancer must keep sending them here."""
+        reason = self.readiness()
+        crms = self.crms() if self.crms is not None else {}
+        if reason is not None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "not ready", "reason": reason,
+                                                    **({"crms": crms} if crms else {})}
+        waiting = [f"{name}: {state['reason']}" for name, state in crms.items() if not state["ready"]]
+        if waiting:
+            return HTTPStatus.OK, {"status": "degraded", "reason": "; ".join(waiting), "crms": crms}
+        return HTTPStatus.OK, {"status": "ready", **({"crms": crms} if crms else {})}
 
     def intake(self, body: Any) -> tuple[int, dict[str, Any]]:
         """Validate and import the referrals of one request body; the status and the JSON answer."""
@@ -242,11 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "/healthz":
             self._json(HTTPStatus.OK, {"status": "ok"})
         elif route == "/readyz":
-            reason = self.app.readiness()
-            if reason is None:
-                self._json(HTTPStatus.OK, {"status": "ready"})
-            else:
-                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "not ready", "reason": reason})
+            self._json(*self.app.readyz())
         elif route == "/metrics":
             body, content_type = self.app.metrics.render()
             self._send(HTTPStatus.OK, body, content_type)

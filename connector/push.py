@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from adapters.base import (
     CrmAdapter,
     CrmRecord,
+    FieldSchema,
     ObjectSchema,
     RecordError,
     RecordErrorKind,
@@ -26,9 +27,10 @@ from adapters.base import (
 )
 from adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableError
 from connector import retry
+from connector import schemas as schema_cache
 from connector.budget import BudgetLimits, exhausted
 from connector.logs import get_logger
-from connector.mapping import MappingFile, ObjectMap, drifted_fields, field_values
+from connector.mapping import LoadedMapping, MappingFile, ObjectMap, field_values
 from state.ledger import Ledger
 from state.observe import observing
 from state.outbox import OpOutcome, land_outcomes, preview_pushes, push_inputs
@@ -116,22 +118,42 @@ def write_with_split(write: Callable[[Sequence[T]], list[WriteResult]], items: S
 
 @dataclass
 class CrmTarget:
-    """One configured CRM: its adapter, its mapping and the live schemas of the mapped objects."""
+    """One configured CRM: its adapter, its mapping and the schemas of the mapped objects.
+
+    A target is *not ready* (``not_ready`` holds why) while its CRM is down, refuses our
+    credentials or its schema cannot be read: it is left waiting and every other CRM syncs
+    (connector/crms.ensure_ready tries again before each job). Schemas and stages come from the
+    ledger's cache (connector/schemas) and are read again when stale or when a call fails on them."""
 
     name: str
     adapter: CrmAdapter
     mapping: MappingFile
     schemas: dict[str, ObjectSchema]
     paused_until: datetime | None = None
-    stages: list[Stage] | None = None  # the deal stages, read once (they change rarely)
+    stages: list[Stage] | None = None  # the deal stages (cached in the ledger; they change rarely)
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     calls_before_run: int = 0  # API calls recorded today before this run started
     calls_at_run_start: int = 0  # the adapter's own count when this run started
+    loaded: LoadedMapping | None = None  # the mapping file, for problems with file and line
+    not_ready: str | None = None  # why this CRM waits (None: ready)
+    not_ready_since: datetime | None = None
+    schema_read_at: datetime | None = None  # when the schemas held were read from the CRM
+    schema_refresh: timedelta = timedelta(hours=1)
+    seen: dict[str, dict[str, FieldSchema]] = field(default_factory=dict)  # object -> mapped fields seen valid
+    drift: set[tuple[str, str]] = field(default_factory=set)  # (object, field) left out: drifted
     # The daemon runs push, poll and reconcile in scheduler threads at the same time. A target is
-    # not safe to share between them (paused_until, the run's call counts, drift notes, the
-    # adapter's HTTP session), so they serialise per CRM: whoever works with a CRM holds its lock
+    # not safe to share between them (paused_until, the run's call counts, drift notes, readiness,
+    # schema refreshes), so they serialise per CRM: whoever works with a CRM holds its lock
     # (connector/daemon.py). One CRM's work never waits for another's, nor for webhooks.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready is None
+
+    def paused(self, now: datetime) -> bool:
+        """Whether a rate limit told us to leave this CRM alone until later (no push, no poll)."""
+        return self.paused_until is not None and now < self.paused_until
 
     def fields_of(self, obj: ObjectMap) -> list[str]:
         """The mapped fields of ``obj`` the CRM still has (reads naming a vanished field would fail)."""
@@ -510,26 +532,14 @@ def _record_follow_ups(ledger: Ledger, target: CrmTarget, works: list[_Work]) ->
 
 
 def note_drift(ledger: Ledger, target: CrmTarget) -> bool:
-    """Re-describe the mapped objects; raise a mapping_drift alert per drifted field. True when
-    some field drifted (so writes without it can go ahead)."""
-    found = False
-    for obj in target.mapping.objects():
-        schema = target.adapter.describe(obj.name)
-        target.schemas[obj.name] = schema
-        drift = drifted_fields(obj, schema)
-        if not drift:
-            continue
-        found = True
-        with observing(ledger, target.name) as ob:
-            for name, why in drift:
-                ob.raise_alert(
-                    "mapping_drift", f"mapping_drift:{target.name}:{obj.name}:{name}",
-                    f"{target.name} {obj.name}.{name} was {why}: refsync leaves it out of writes and keeps syncing "
-                    "the other fields. Restore the field (or its write access), or change the mapping file and run "
-                    "`refsync mappings check`.")
-        log.warning("mapping drift: fields left out of writes", crm=target.name, object=obj.name,
-                    fields=[n for n, _ in drift])
-    return found
+    """A call failed on the schema (a field gone or read-only): read the schemas again at once,
+    leave drifted fields out with a ``mapping_drift`` alert each (connector/schemas). True when
+    some field is drifted (so the work can go ahead without it)."""
+    schema_cache.load(ledger, target, target.schema_refresh, force=True)
+    problems = schema_cache.reckon(ledger, target)
+    if problems:
+        log.error("mapping no longer matches the CRM", crm=target.name, problems=problems)
+    return bool(target.drift)
 
 
 def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lease: timedelta,
@@ -540,7 +550,7 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
     adapter is then a :class:`connector.dryrun.DryRunAdapter`, which sends no write)."""
     counts = PushCounts()
     now = ledger.clock()
-    if target.paused_until and now < target.paused_until:
+    if target.paused(now):
         return counts
     reason = target.over_budget()
     if reason:

@@ -1,7 +1,8 @@
 """One sync cycle: plan pushes, push until nothing is due, poll back, and record the run.
 
 The daemon (`refsync run`) calls :func:`run_cycle` on its schedule; `refsync sync --once` calls it
-once. Each CRM is handled on its own: a CRM that is rate-limited or down does not hold up another.
+once. Each CRM is handled on its own: a CRM that is rate-limited, down or refusing our credentials does not
+hold up another (connector/crms.ensure_ready keeps each CRM's readiness).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from adapters.errors import AuthError, CrmConfigError, CrmError
+from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited
 from connector.alerting import Sink, announce, build_sinks
 from connector.config import Config
+from connector.crms import ensure_ready
 from connector.expire import expire_referrals
 from connector.logs import get_logger
 from connector.notify import DeliverySettings, deliver_all
@@ -119,40 +121,74 @@ def over_budget(ledger: Ledger, target: CrmTarget, report: CycleReport) -> bool:
     return True
 
 
+def poll_with_drift(ledger: Ledger, target: CrmTarget) -> PollCounts:
+    """Poll one CRM; when a read fails on the schema (a mapped field vanished), read the schemas
+    again, leave the drifted field out with an alert, and poll once more without it."""
+    try:
+        return poll_target(ledger, target)
+    except CrmConfigError:
+        if not note_drift(ledger, target):
+            raise
+        return poll_target(ledger, target)
+
+
 def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings) -> CycleReport:
-    """Plan and push for every CRM, recording the run with its counts."""
+    """Plan and push for every CRM, recording the run with its counts. A CRM that is not ready
+    (down, credentials refused) or paused by a rate limit is reported and skipped; the others sync."""
     report = CycleReport()
     owner = worker_id()
     with ledger.transaction() as txn:
         run_id = txn.start_run("sync")
     for name, target in targets.items():
         report.planned[name] = enqueue_pushes(ledger, name)
+        with target.lock:
+            ensure_ready(ledger, target)
+        if not target.ready:
+            report.errors.append(f"{name}: not ready: {target.not_ready}")
+            continue
         target.start_run(ledger.calls_today(name))
         try:
             report.push[name] = push_all(ledger, target, settings, owner)
             if over_budget(ledger, target, report):
                 continue
+            if _paused(ledger, target, report):
+                continue
             if settings.poll:
-                try:
-                    report.poll[name] = poll_target(ledger, target)
-                except CrmConfigError:
-                    if not note_drift(ledger, target):  # a mapped field vanished: poll without it
-                        raise
-                    report.poll[name] = poll_target(ledger, target)
+                report.poll[name] = poll_with_drift(ledger, target)
                 # What the poll found (a converted lead's new opportunity, a repair) goes out now.
                 report.push[name].add(push_all(ledger, target, settings, owner))
         except (AuthError, CrmConfigError) as exc:
             report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log.error("CRM refused our credentials or setup; its work waits", crm=name, error=str(exc))
+        except RateLimited as exc:
+            _pause(ledger, target, exc)
+            _paused(ledger, target, report)
         except CrmError as exc:
             report.errors.append(f"{name}: {exc}")
             log.warning("CRM failed this cycle; will retry", crm=name, error=str(exc))
-    _after_poll(ledger, targets, settings, owner, report)
+    ready = {name: t for name, t in targets.items() if t.ready}
+    _after_poll(ledger, ready, settings, owner, report)
     with ledger.transaction() as txn:
         txn.finish_run(run_id, "failed" if report.errors else "ok", report.counts(),
                        "; ".join(report.errors) or None)
     log.info("sync cycle finished", **{k: v for k, v in report.counts().items() if k != "per_crm"})
     return report
+
+
+def _pause(ledger: Ledger, target: CrmTarget, exc: RateLimited) -> None:
+    """A long rate limit outside a push (a poll, a read): leave the CRM alone until it passes."""
+    wait = exc.retry_after if exc.retry_after is not None else 60.0
+    target.paused_until = ledger.clock() + timedelta(seconds=wait)
+    log.warning("rate limited; pausing this CRM", crm=target.name, seconds=wait)
+
+
+def _paused(ledger: Ledger, target: CrmTarget, report: CycleReport) -> bool:
+    """Whether a rate limit paused this CRM (then it is not polled either); reported as a problem."""
+    if not target.paused(ledger.clock()):
+        return False
+    assert target.paused_until is not None
+    report.errors.append(f"{target.name}: rate limited; paused until {target.paused_until.isoformat()}")
+    return True
 
 
 def _after_poll(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings, owner: str,

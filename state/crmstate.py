@@ -45,3 +45,10 @@ def remember(ledger: Ledger, crm: str, key: str, value: dict[str, Any], at: date
 def forget(ledger: Ledger, crm: str, key: str) -> None:
     with ledger.transaction() as txn:
         txn.session.execute(delete(CrmState).where(CrmState.crm == crm, CrmState.key == key))
+
+
+def remembered_everywhere(ledger: Ledger, key: str) -> dict[str, tuple[dict[str, Any], datetime]]:
+    """The value stored under ``key`` for every CRM that has one, by CRM."""
+    with ledger.transaction() as txn:
+        rows = txn.session.scalars(select(CrmState).where(CrmState.key == key))
+        return {row.crm: (dict(row.value), row.updated_at) for row in rows}

@@ -124,6 +124,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox
     running.stop()
 
 
+# The one retry policy with waits too short to slow a test (faults still cost their retries).
+FAST_RETRY = "[retry]\nattempts = 8\ninitial_wait_seconds = 0.001\nmax_wait_seconds = 0.01\n"
+
+
 def targets_for(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
     """Fresh emulators and the CRM targets a config pointing at them builds (the real adapters)."""
     from connector.config import load_config
@@ -139,7 +143,7 @@ def targets_for(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.Mon
         f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
         f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
         f'[crm.hubspot]\nbase_url = "{sandbox.hubspot.base_url}"\naccess_token = "env:T_HS_TOKEN"\n'
-        f'mapping = "{ROOT}/mappings/hubspot.toml"\n')
+        f'mapping = "{ROOT}/mappings/hubspot.toml"\n{FAST_RETRY}')
     targets, problems = build_targets(load_config(config))
     assert problems == []
     return targets

@@ -45,6 +45,10 @@ class SandboxAdmin(Protocol):
         """Delete a custom field / property from the schema (mapping drift)."""
         ...
 
+    def restore_field(self, object_name: str, field: str) -> None:
+        """Put a field removed by :meth:`remove_field` back (its values stay blank)."""
+        ...
+
     def set_faults(self, **rates: float) -> None:
         """Fault injection by probability: rate_limit, server_error, slow, drop, lock; retry_after=s."""
         ...

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     import threading
 
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
-                 "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
-                 "configure", "associate", "count_values", "system_touch")
-FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "retry_after", "slow_seconds")
+                 "convert_lead", "move_stage", "remove_field", "restore_field", "set_faults", "hold_clock", "calls",
+                 "reset", "configure", "associate", "count_values", "system_touch")
+FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "retry_after", "slow_seconds", "seed")
 
 
 class AdminMixin:
@@ -147,11 +147,17 @@ class AdminMixin:
     def remove_field(self, object_name: str, field: str) -> None:
         self.store.remove_property(object_name, field)
 
+    def restore_field(self, object_name: str, field: str) -> None:
+        self.store.restore_property(object_name, field)
+
     def set_faults(self, **rates: float) -> None:
-        """Fault rates (0..1): rate_limit, server_error, slow, drop, lock; retry_after and slow_seconds in s."""
+        """Fault rates (0..1): rate_limit, server_error, slow, drop, lock; retry_after and slow_seconds in s;
+        ``seed`` makes the faults repeatable."""
         unknown = set(rates) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        if "seed" in rates:
+            self.rng.seed(rates.pop("seed"))
         self._faults = {k: float(v) for k, v in rates.items()}
 
     def configure(self, search_cap: int | None = None, search_per_second: int | None = -1,

@@ -77,6 +77,7 @@ class Store:
 
     def _reset_state(self) -> None:
         self.properties = hs.default_properties()
+        self.removed_properties: dict[tuple[str, str], dict[str, Any]] = {}
         self.records: dict[str, dict[str, Record]] = {name: {} for name in hs.OBJECTS}
         self.merged: dict[str, dict[str, str]] = {name: {} for name in hs.OBJECTS}  # old id -> new id
         self.assoc: set[tuple[str, str, str, str]] = set()  # (from obj, from id, to obj, to id), both ways
@@ -336,9 +337,17 @@ class Store:
         with self.lock:
             if name not in self.object_props(obj):
                 raise KeyError(f"{obj}.{name} does not exist")
-            del self.properties[obj][name]
+            self.removed_properties[(obj, name)] = self.properties[obj].pop(name)
             for rec in self.records[obj].values():
                 rec.props.pop(name, None)
+
+    def restore_property(self, obj: str, name: str) -> None:
+        """Put a removed property back (HubSpot: restore a deleted property from the archive);
+        its values stay blank."""
+        with self.lock:
+            if (obj, name) not in self.removed_properties:
+                raise KeyError(f"{obj}.{name} was not removed")
+            self.properties[obj][name] = self.removed_properties.pop((obj, name))
 
     # -- reads ---------------------------------------------------------------------------------
     def search_view(self, rec: Record, now: int) -> dict[str, str] | None:

@@ -40,8 +40,8 @@ DAILY_LIMIT = 15000
 MAX_COLLECTION = 200
 _API = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)/(?P<rest>.*)$")
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
-                 "convert_lead", "move_stage", "remove_field", "set_faults", "hold_clock", "calls", "reset",
-                 "expire_sessions", "count_values")
+                 "convert_lead", "move_stage", "remove_field", "restore_field", "set_faults", "hold_clock", "calls",
+                 "reset", "expire_sessions", "count_values")
 _FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "lost_answer")
 
 
@@ -164,6 +164,9 @@ class SalesforceEmulator(Served):
 
     def remove_field(self, object_name: str, field: str) -> None:
         self.store.remove_field(object_name, field)
+
+    def restore_field(self, object_name: str, field: str) -> None:
+        self.store.restore_field(object_name, field)
 
     def set_faults(self, **rates: float) -> None:
         """Probabilities (0..1) of ``rate_limit``, ``server_error``, ``slow``, ``drop``, ``lock`` per call

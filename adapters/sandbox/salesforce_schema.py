@@ -106,6 +106,7 @@ class OrgSchema:
         data = json.loads(DATA.read_text())
         self.template: dict[str, Any] = data["field_template"]
         self.describes: dict[str, dict[str, Any]] = {}
+        self.removed: dict[tuple[str, str], dict[str, Any]] = {}  # (object, field lowercased) -> its describe
         lead_top = data["objects"]["Lead"]["top"]
         for name, obj in data["objects"].items():
             fields = [self._full(f) for f in obj["fields"]]
@@ -160,6 +161,14 @@ class OrgSchema:
         if field is None:
             return False
         self.describes[obj]["fields"] = [f for f in self.describes[obj]["fields"] if f is not field]
+        self.removed[(obj, name.lower())] = field
+        return True
+
+    def restore_field(self, obj: str, name: str) -> bool:
+        field = self.removed.pop((obj, name.lower()), None)
+        if field is None:
+            return False
+        self.describes[obj]["fields"].append(field)
         return True
 
     def describe_body(self, obj: str, version: str, host: str) -> dict[str, Any]:

@@ -631,6 +631,13 @@ class OrgStore:
             for rec in self.records[obj].values():
                 rec.pop(canonical["name"], None)
 
+    def restore_field(self, obj: str, field: str) -> None:
+        """Undelete a custom field (Setup, "Deleted Fields": kept 15 days); its values stay blank here."""
+        with self.lock:
+            obj = self.object_name(obj)
+            if not self.schema.restore_field(obj, field):
+                raise KeyError(f"{obj}.{field} was not removed")
+
 
 def _rename(node: Any, names: dict[str, str]) -> Any:
     """The WHERE tree with field names made canonical (SOQL names are case-insensitive)."""

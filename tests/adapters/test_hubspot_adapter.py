@@ -207,10 +207,10 @@ def test_budget_reports_daily_usage_from_headers(adapter: HubSpotAdapter, hub: H
     hub.configure(daily_limit=500)
     adapter.describe("contacts")
     adapter.stages("deals")
-    adapter.stages("deals")  # cached: no second call
+    adapter.stages("deals")  # read each time: the engine caches stages in the ledger
     budget = adapter.budget()
-    assert budget.calls == {"properties": 1, "pipelines": 1}
-    assert budget.limit_today == 500 and budget.used_today == 2 and budget.remaining_today == 498
+    assert budget.calls == {"properties": 1, "pipelines": 2}
+    assert budget.limit_today == 500 and budget.used_today == 3 and budget.remaining_today == 497
 
 
 def test_admin_plane_over_http_is_not_counted(hub: HubSpotEmulator) -> None:

@@ -12,6 +12,7 @@ import responses
 
 from adapters.base import RecordErrorKind, RecordUpdate, RecordUpsert
 from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
+from adapters.retrying import CallPolicy, RetrySettings
 from adapters.salesforce import SalesforceAdapter
 from tests.adapters.profile import recorded_body, reference_dir
 
@@ -42,17 +43,26 @@ def _upsert(sf: SalesforceAdapter, n: int = 1) -> list[Any]:
     return sf.upsert("Lead", "Referral_Id__c", [RecordUpsert(f"R{i}", {"LastName": "x"}) for i in range(n)])
 
 
-@pytest.mark.parametrize("name", ["thirdparty/request_limit_exceeded_daily_403.json",
-                                  "thirdparty/request_limit_exceeded_concurrent_403.json"])
-def test_request_limit_exceeded_is_rate_limited(mocked: responses.RequestsMock, sf: SalesforceAdapter,
-                                                name: str) -> None:
-    mocked.patch(BASE + "composite/sobjects/Lead/Referral_Id__c", json=body(name), status=403)
+def test_daily_request_limit_is_a_long_rate_limit(mocked: responses.RequestsMock, sf: SalesforceAdapter) -> None:
+    mocked.patch(BASE + "composite/sobjects/Lead/Referral_Id__c",
+                 json=body("thirdparty/request_limit_exceeded_daily_403.json"), status=403)
     with pytest.raises(RateLimited) as caught:
         _upsert(sf)
     assert caught.value.code == "REQUEST_LIMIT_EXCEEDED"
-    # no Retry-After from Salesforce: a daily limit waits far longer than a concurrency limit
-    expected = 20.0 if "concurrent" in name else 3600.0
-    assert caught.value.retry_after == expected
+    assert caught.value.retry_after == 3600.0  # no Retry-After from Salesforce: the rolling 24 h window
+
+
+def test_concurrent_request_limit_is_transient_and_retried_in_place(mocked: responses.RequestsMock) -> None:
+    waits: list[float] = []
+    sf = SalesforceAdapter("https://acme.my.salesforce.com", session_id="SESSION",
+                           retry=CallPolicy(RetrySettings(attempts=3, initial_wait_seconds=0.01), sleep=waits.append))
+    url = BASE + "composite/sobjects/Lead/Referral_Id__c"
+    mocked.patch(url, json=body("thirdparty/request_limit_exceeded_concurrent_403.json"), status=403)
+    with pytest.raises(TransientError) as caught:
+        _upsert(sf)
+    assert caught.value.code == "REQUEST_LIMIT_EXCEEDED"
+    assert len(waits) == 2  # three tries, two backoffs
+    assert sf.budget().calls == {"composite_upsert": 3}
 
 
 def test_invalid_session_is_an_auth_error_without_credentials(mocked: responses.RequestsMock,
