@@ -13,12 +13,21 @@ from connector.cli import EXIT_PROBLEMS, Context, _print_json, _table, cli, hand
 from connector.errors import ConfigError
 
 
-def _targets(obj: Context):  # type: ignore[no-untyped-def]
+def _targets(obj: Context, *, ledger_optional: bool = False):  # type: ignore[no-untyped-def]
     """Every configured CRM's target; a configuration wrong on its face stops here (exit 2). A CRM
-    that cannot be reached is a target that is not ready: it waits, the others go on."""
+    that cannot be reached is a target that is not ready: it waits, the others go on.
+    ``ledger_optional``: without a usable ledger (`mappings check` before `init`) the mapping is
+    checked against the live schemas alone, with no memory of fields seen before."""
     from connector.crms import build_targets
+    from connector.errors import LedgerError
 
-    targets, problems = build_targets(obj.config, obj.ledger())
+    try:
+        ledger = obj.ledger()
+    except LedgerError:
+        if not ledger_optional:
+            raise
+        ledger = None
+    targets, problems = build_targets(obj.config, ledger)
     if problems:
         raise ConfigError(problems)
     return targets
@@ -177,7 +186,7 @@ def mappings_check(obj: Context) -> None:
     from connector.intake import MAX_LENGTH
     from connector.mapping import length_warnings
 
-    targets = _targets(obj)
+    targets = _targets(obj, ledger_optional=True)
     for name, target in targets.items():
         if not target.ready:
             click.echo(f"refsync: problem: {name}: not checked: {target.not_ready}", err=True)
