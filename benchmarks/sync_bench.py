@@ -3,12 +3,14 @@ cycle (one run right after the first cycle, inside the overlap window, by a new 
 steady state), wall time, CPU per referral and peak memory.
 
 Run: .venv/bin/python benchmarks/sync_bench.py [--referrals 10000] [--ledger sqlite|postgresql]
-Each size runs in its own process, so ru_maxrss is that run's peak.
+Each size runs in its own process, so ru_maxrss is that run's peak. SYNC_BENCH_PROFILE=FILE writes a
+cProfile of the first cycle there (CPU figures then include the profiler's overhead).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
 import os
@@ -94,9 +96,15 @@ def one(referrals: int, ledger_url: str, tmp: Path) -> dict[str, object]:
     assert not problems, problems
     settings = CycleSettings(batch_size=1000, lease_seconds=600, max_attempts=5)
     before = calls()
+    profiler = cProfile.Profile() if os.environ.get("SYNC_BENCH_PROFILE") else None
     started, cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
     first = run_cycle(ledger, targets, settings)
     first_wall, first_cpu = time.perf_counter() - started, time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.environ["SYNC_BENCH_PROFILE"])
     after_push = calls()
     # A `sync --once` right after, inside the overlap window: a new process (fresh targets, nothing
     # remembered in memory), so what it costs is what the ledger remembers between processes.

@@ -71,6 +71,9 @@ class Observation:
         self.now = txn.clock()
         self._links: dict[tuple[str, str], list[CrmLink]] = {}
         self._pushed: set[tuple[str, str]] = set()
+        # Held here: the session's identity map is weak, so prefetched rows it alone held would be
+        # collected and read again one at a time.
+        self._referrals: dict[str, Referral] = {}
 
     def prefetch(self, obj: str, record_ids: Sequence[str]) -> None:
         """Load the links, referrals and push history of many records at once (a poll of 100,000
@@ -83,7 +86,8 @@ class Observation:
                 self._links[(obj, record_id)] = found.get(record_id, [])
             referral_ids = {lk.referral_id for links in found.values() for lk in links}
             if referral_ids:
-                list(self.session.scalars(select(Referral).where(Referral.id.in_(referral_ids))))
+                self._referrals.update((r.id, r) for r in self.session.scalars(
+                    select(Referral).where(Referral.id.in_(referral_ids))))
             pushed = self.session.execute(select(AuditEvent.referral_id, AuditEvent.record_id).where(
                 AuditEvent.kind == "pushed", AuditEvent.crm == self.crm, AuditEvent.record_id.in_(chunk)))
             self._pushed.update((str(r), str(rec)) for r, rec in pushed)
@@ -144,7 +148,8 @@ class Observation:
             CrmLink.crm == self.crm, CrmLink.referral_id.in_(list(referral_ids)), CrmLink.state == "active")))
 
     def referral(self, referral_id: str) -> Referral | None:
-        return self.session.get(Referral, referral_id)
+        cached = self._referrals.get(referral_id)
+        return cached if cached is not None else self.session.get(Referral, referral_id)
 
     def link(self, referral_id: str, obj: str, record_id: str, role: str, owner_id: str | None = None) -> CrmLink:
         """The active link of a referral to a record, created when missing."""
