@@ -15,6 +15,9 @@ Rules every adapter follows:
   must therefore be safe to repeat (writes are upserts by external id or updates by record id).
   Besides that, an adapter re-authenticates once on an expired session.
 - ``budget()`` reflects the calls this adapter made and what the CRM says is left.
+- ``change_pages`` remembers nothing between processes itself: what a poll must carry over (which
+  records it already handled inside the overlap window, an adapter's own positions such as
+  HubSpot's deletion check) the caller keeps in the ledger and hands back (see ``change_pages``).
 """
 
 from __future__ import annotations
@@ -164,6 +167,17 @@ class ChangeSet:
     changes: Sequence[Change]
     stage_changes: Sequence[StageChange]
     cursor: datetime
+    # Adapter-private poll state to keep once this page is handled (None: nothing new), handed back
+    # as ``poll_state`` to the next ``change_pages`` of the object. JSON values only. Kept with the
+    # page's observations, so a position never moves past changes that were not handled.
+    poll_state: Mapping[str, Any] | None = None
+
+
+def unhandled(changes: Iterable[Change], handled: Mapping[str, datetime] | None) -> list[Change]:
+    """The changes whose (record id, stamp) the caller has not handled yet (``change_pages``)."""
+    if not handled:
+        return list(changes)
+    return [c for c in changes if handled.get(c.record_id) != c.at]
 
 
 def joined_pages(answers: Iterable[list[T]], size: int) -> Iterator[tuple[list[T], bool]]:
@@ -248,13 +262,22 @@ class CrmAdapter(Protocol):
         """Current records by id; a merged-away id maps to its survivor, a deleted one to None."""
         ...
 
-    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
+                     handled: Mapping[str, datetime] | None = None,
+                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
         """Everything that changed on ``object_name`` since ``since`` (the caller applies overlap),
         a page at a time (about ``page_records`` changes each), in ascending modification order.
 
         Paging follows the CRM's own query cursor or a keyset on (modified time, id), never an
         offset, so records that share one timestamp across a page boundary are neither lost nor
-        read forever, however many there are. Memory stays bounded by one page."""
+        read forever, however many there are. Memory stays bounded by one page.
+
+        ``handled`` maps record ids to the modification stamp (``Change.at``) the caller already
+        handled: a change with that record id and stamp is left out of the pages and nothing more
+        is read about it (associations, stage history), so a poll that re-reads its overlap window
+        costs one query or search per object. A page left empty by it is not yielded. ``poll_state`` is
+        the last ``ChangeSet.poll_state`` the caller kept for this object (None: the adapter keeps
+        it in memory, for this process only)."""
         ...
 
     def stages(self, object_name: str) -> list[Stage]:

@@ -24,8 +24,9 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -52,6 +53,7 @@ from adapters.base import (
     StageChange,
     WriteResult,
     joined_pages,
+    unhandled,
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
 from adapters.retrying import NO_RETRY, CallPolicy
@@ -171,6 +173,28 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def _json_answer(method: Callable[..., Any]) -> Callable[..., tuple[Any, int, Any]]:
+    """``method`` (a generated ``*_with_http_info``) answering the parsed JSON body, status and
+    headers; failures still raise the client's ApiException, for :func:`classify`."""
+    def call(*args: Any, **kwargs: Any) -> tuple[Any, int, Any]:
+        response = method(*args, _preload_content=False, **kwargs)
+        try:
+            return json.loads(response.data or b"{}"), response.status, response.headers
+        finally:
+            response.release_conn()
+    return call
+
+
+def _search_answer(data: dict[str, Any]) -> SimpleNamespace:
+    """A search answer shaped like the client's model (``results[].id/.properties/.updated_at``,
+    ``paging.next.after``), built from the JSON (`POST /crm/v3/objects/{type}/search`)."""
+    after = ((data.get("paging") or {}).get("next") or {}).get("after")
+    return SimpleNamespace(
+        results=[SimpleNamespace(id=str(r.get("id")), properties=r.get("properties") or {},
+                                 updated_at=r.get("updatedAt")) for r in data.get("results") or []],
+        paging=SimpleNamespace(next=SimpleNamespace(after=str(after))) if after is not None else None)
+
+
 def _field_type(prop: Any) -> str:
     name, kind, widget = prop.name, prop.type, prop.field_type
     if name == "hs_object_id":
@@ -211,7 +235,7 @@ class HubSpotAdapter:
         # most this often keeps a quiet poll at one call per object; the next check starts where
         # the last one did, so no deletion is missed, only seen later.
         self.deletion_check_every = deletion_check_every
-        self._deletions_checked: dict[str, tuple[float, datetime]] = {}
+        self._deletions_checked: dict[str, dict[str, str]] = {}  # when the caller keeps no poll_state
         self.lookback = lookback
         self.search_cap = search_cap
         self.search_per_second = search_per_second
@@ -316,9 +340,12 @@ class HubSpotAdapter:
                 time.sleep(self._searches[0] + SEARCH_WINDOW - now + 0.001)
 
     def _search(self, object_name: str, body: dict[str, Any]) -> Any:
+        """One search request, its answer read from the JSON itself: the client's models (a
+        dateutil parse per timestamp) cost more CPU than refsync spends on the records."""
         self._pace_search()
-        data, _status = self._call("search", self._search_api.do_search_with_http_info, object_name, body)
-        return data
+        data, _status = self._call("search", _json_answer(self._search_api.do_search_with_http_info),
+                                   object_name, body)
+        return _search_answer(data)
 
     def _record(self, object_name: str, obj: Any, fields: Sequence[str]) -> CrmRecord:
         props = obj.properties or {}
@@ -527,7 +554,9 @@ class HubSpotAdapter:
         return self._record(object_name, data, fields)
 
     # -- changes ---------------------------------------------------------------------------------
-    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
+                     handled: Mapping[str, datetime] | None = None,
+                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
         lower = since - self.lookback
         extra = DEAL_FIELDS if object_name == "deals" else ()
@@ -535,16 +564,21 @@ class HubSpotAdapter:
         cursor = since
         answers = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
         for records, _last in joined_pages(answers, self.page_records):
-            changes, stage_changes = self._page_changes(object_name, records, lower)
             cursor = max([cursor, *(r.modified_at for r in records if r.modified_at)])
-            yield ChangeSet(changes, stage_changes, cursor)
-        deleted = self._deletions_due(object_name, lower)
-        if deleted:
-            yield ChangeSet(deleted, [], cursor)
+            changes, stage_changes = self._page_changes(object_name, records, lower, handled)
+            if changes:
+                yield ChangeSet(changes, stage_changes, cursor)
+        due = self._deletions_due(object_name, lower, poll_state)
+        if due is not None:
+            deleted, state = due
+            yield ChangeSet(unhandled(deleted, handled), [], cursor, poll_state=state)
 
-    def _page_changes(self, object_name: str, records: list[CrmRecord],
-                      lower: datetime) -> tuple[list[Change], list[StageChange]]:
-        if object_name == "deals":
+    def _page_changes(self, object_name: str, records: list[CrmRecord], lower: datetime,
+                      handled: Mapping[str, datetime] | None) -> tuple[list[Change], list[StageChange]]:
+        """The page's changes, less those already handled; details (associations, stage history)
+        are read only for the records that remain."""
+        records = [r for r in records if not handled or handled.get(r.id) != (r.modified_at or lower)]
+        if object_name == "deals" and records:
             contacts = self._associated(object_name, "contacts", [r.id for r in records])
             for rec in records:
                 rec.fields["associations.contacts"] = contacts.get(rec.id, [])
@@ -556,7 +590,7 @@ class HubSpotAdapter:
                 if old.strip() and old.strip() != rec.id:
                     changes.append(Change(ChangeKind.MERGED, object_name, old.strip(), at, merged_into=rec.id))
         stage_changes = self._stage_history(object_name, [r.id for r in records], lower) \
-            if object_name == "deals" else []
+            if object_name == "deals" and records else []
         return changes, stage_changes
 
     def _changed_since(self, object_name: str, lower_ms: int, props: list[str],
@@ -607,15 +641,27 @@ class HubSpotAdapter:
                 yield rest
             op, seen_at_stamp = "GT", set()
 
-    def _deletions_due(self, object_name: str, lower: datetime) -> list[Change]:
-        checked = self._deletions_checked.get(object_name)
-        now = time.monotonic()
-        if checked is not None and now - checked[0] < self.deletion_check_every.total_seconds():
-            return []
-        since = min(lower, checked[1]) if checked else lower
+    def _deletions_due(self, object_name: str, lower: datetime, poll_state: Mapping[str, Any] | None
+                       ) -> tuple[list[Change], dict[str, str]] | None:
+        """Archived records since the last check, and the position to keep once they are handled;
+        None while the last check is more recent than ``deletion_check_every``.
+
+        The position (when the last check ran, and from where it listed) comes from the caller's
+        ``poll_state`` (the ledger, so a new process does not list archived records again), or from
+        this adapter's memory when the caller keeps none."""
+        state = poll_state if poll_state is not None else self._deletions_checked.get(object_name)
+        now = datetime.now(UTC)
+        checked_at = _moment((state or {}).get("deletions_checked_at"))
+        checked_from = _moment((state or {}).get("deletions_since"))
+        if checked_at is not None and timedelta(0) <= now - checked_at < self.deletion_check_every:
+            return None
+        since = min(lower, checked_from) if checked_from is not None else lower
         found = self._deleted(object_name, since)
-        self._deletions_checked[object_name] = (now, lower)
-        return found
+        # the next check starts where this one's look-back began: nothing archived since is missed
+        position = {"deletions_checked_at": now.isoformat(), "deletions_since": lower.isoformat()}
+        if poll_state is None:
+            self._deletions_checked[object_name] = position
+        return found, position
 
     def _deleted(self, object_name: str, lower: datetime) -> list[Change]:
         """Archived records (HubSpot keeps them 90 days) archived since ``lower``."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -447,7 +447,9 @@ class SalesforceAdapter:
             out[record_id] = None if raw is None or raw.get("IsDeleted") else self._record(obj, raw)
         return out
 
-    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
+                     handled: Mapping[str, datetime] | None = None,
+                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
         obj = _api_name(object_name)
         since = _aware(since)
         extra = ["IsDeleted", *(["MasterRecordId"] if obj in MERGEABLE else [])]
@@ -460,6 +462,7 @@ class SalesforceAdapter:
                            "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, since)
         history = _HistoryWindow(since)
         cursor = since
+        skipped: set[str] = set()  # handled opportunities: their history rows were handled with them
         for raws, last in joined_pages(self._query_batches(soql, include_deleted=True), self.page_records):
             page: list[Change] = []
             for raw in raws:
@@ -467,13 +470,16 @@ class SalesforceAdapter:
                 if at <= since:  # format_soql drops milliseconds: skip what the cursor already covers
                     continue
                 cursor = max(cursor, at)
+                if handled and handled.get(str(raw["Id"])) == at:
+                    skipped.add(str(raw["Id"]))
+                    continue
                 page.append(self._change(obj, raw, at))
             if not page:
                 continue
             stage_changes: list[StageChange] = []
             if obj == "Opportunity":  # a stage change always bumps the opportunity's SystemModstamp
                 high = None if last else cursor
-                rows = self._stage_history(history.low, high)
+                rows = [r for r in self._stage_history(history.low, high) if r.record_id not in skipped]
                 stage_changes = history.take(rows, {c.record_id for c in page}, high)
             yield ChangeSet(changes=page, stage_changes=stage_changes, cursor=cursor)
 

@@ -1,16 +1,19 @@
 """Sync N referrals to both sandbox CRMs: API calls against the batch lower bound, calls of a quiet
-cycle, wall time, CPU per referral and peak memory.
+cycle (one run right after the first cycle, inside the overlap window, by a new process; one in the
+steady state), wall time, CPU per referral and peak memory.
 
 Run: .venv/bin/python benchmarks/sync_bench.py [--referrals 10000] [--ledger sqlite|postgresql] [--faults 0.2]
 Each size runs in its own process, so ru_maxrss is that run's peak. ``--faults RATE`` runs each size
 twice, fault-free and with RATE of every CRM call failing transiently (5xx, dropped connections,
 HubSpot 429s with a short Retry-After; start-up included), and reports the calls and wall time of the
-faulty run against the fault-free one (goal: at most 1.5x the calls).
+faulty run against the fault-free one (goal: at most 1.5x the calls). SYNC_BENCH_PROFILE=FILE writes
+a cProfile of the first cycle there (CPU figures then include the profiler's overhead).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
 import os
@@ -32,6 +35,11 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 def writes(calls: dict[str, int]) -> int:
     return sum(v for k, v in calls.items() if k.startswith(("composite_upsert", "composite_update", "batch_upsert",
                                                             "batch_update", "batch_create")))
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Calls by kind made between two readings of an emulator's counters."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
 def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict[str, object]:
@@ -93,19 +101,29 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
         admin(sf_info, "set_faults", server_error=faults / 2, drop=faults / 2, seed=7)
         admin(hs_info, "set_faults", server_error=faults / 3, drop=faults / 3, rate_limit=faults / 3, retry_after=1,
               seed=7)
+    profiler = cProfile.Profile() if os.environ.get("SYNC_BENCH_PROFILE") else None
     started, cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
     targets, problems = build_targets(config, ledger)
     assert not problems, problems
     settings = CycleSettings(batch_size=1000, lease_seconds=600, max_attempts=5)
     first = run_cycle(ledger, targets, settings)
     first_wall, first_cpu = time.perf_counter() - started, time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.environ["SYNC_BENCH_PROFILE"])
     after_push = calls()
     # The adapters' own count includes every attempt (an emulator does not count a call it faulted).
     made = {name: target.adapter.budget().total_calls for name, target in targets.items()}
     if faults:
         admin(sf_info, "set_faults")
         admin(hs_info, "set_faults")
-    run_cycle(ledger, targets, settings)  # inside the overlap window: recent records are read again
+    # A `sync --once` right after, inside the overlap window: a new process (fresh targets, nothing
+    # remembered in memory), so what it costs is what the ledger remembers between processes.
+    fresh, problems = build_targets(config, ledger)
+    assert not problems, problems
+    run_cycle(ledger, fresh, settings)
     after_first = calls()
     # Steady state: no CRM change for longer than the overlap window. Rather than wait, move the
     # cursors forward by that much (exactly what the waiting would do), then run a quiet cycle.
@@ -125,11 +143,10 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
     for crm, batch in (("salesforce", 200), ("hubspot", 100)):
         total = sum(after_push[crm].values()) - sum(before[crm].values())
         wrote = writes(after_push[crm]) - writes(before[crm])
-        quiet_calls = {k: v - after_first[crm].get(k, 0) for k, v in after_quiet[crm].items()
-                       if v - after_first[crm].get(k, 0)}
         result[crm] = {"calls": total, "calls_made": made.get(crm, 0), "write_calls": wrote,
                        "write_lower_bound": math.ceil(referrals / batch),
-                       "quiet_cycle_calls": quiet_calls}
+                       "quiet_cycle_calls_in_overlap": _delta(after_push[crm], after_first[crm]),
+                       "quiet_cycle_calls": _delta(after_first[crm], after_quiet[crm])}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["peak_rss_mb_by_end_of_import"] = round(import_peak, 1)  # the rest of the peak is the sync's
     server.terminate()

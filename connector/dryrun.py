@@ -6,7 +6,7 @@ records writes instead of sending them; the ledger is only read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,8 +62,10 @@ class DryRunAdapter:
     def page_records(self) -> int:  # type: ignore[override]
         return self.inner.page_records
 
-    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
-        return self.inner.change_pages(object_name, since, fields)
+    def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
+                     handled: Mapping[str, datetime] | None = None,
+                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
+        return self.inner.change_pages(object_name, since, fields, handled=handled, poll_state=poll_state)
 
     def stages(self, object_name: str) -> list[Stage]:
         return self.inner.stages(object_name)

@@ -28,11 +28,15 @@ from connector.mapping import ObjectMap, field_values
 from connector.push import CrmTarget, as_instant, same_value
 from state.ledger import Ledger
 from state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
-from state.observe import Observation, cursor, observing
+from state.observe import Observation, cursor, observing, poll_memory
 
 log = get_logger("refsync.poll")
 OVERLAP = timedelta(minutes=2)
 OBSERVE_BATCH = 2000  # changes observed per ledger transaction
+# How long past the overlap the handled records of a page are kept: an adapter may look further
+# back than the overlap on its own (HubSpot's search look-back, 2 minutes). Kept too long costs a
+# little memory; dropped too early, a record is handled once more, as before.
+HANDLED_SLACK = timedelta(minutes=10)
 FIRST_POLL_LOOKBACK = timedelta(days=30)
 EARLY = set(STATUSES[:4])  # submitted, accepted, contacted, qualified: before an opportunity exists
 
@@ -423,7 +427,11 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
                              mapping.currency_field, mapping.close_date_field, mapping.lost_reason_field)
                  if f and (obj is mapping.deal or f == mapping.owner_field)]
         fields = list(dict.fromkeys([*target.fields_of(obj), *extra]))
-        for page in target.adapter.change_pages(obj.name, since - OVERLAP, fields):
+        # What earlier polls (of any process) handled in the overlap window is not read again in
+        # detail, re-handled or counted: a quiet poll costs one query or search per object.
+        memory = poll_memory(ledger, target.name, obj.name)
+        for page in target.adapter.change_pages(obj.name, since - OVERLAP, fields, handled=memory.handled,
+                                                poll_state=memory.state):
             _observe_page(ledger, target, obj, page, book, counts)
     counts.calls = target.adapter.budget().total_calls - before
     return counts
@@ -442,8 +450,12 @@ def _observe_page(ledger: Ledger, target: CrmTarget, obj: ObjectMap, page: Chang
         with observing(ledger, target.name) as ob:
             ob.prefetch(obj.name, [c.record_id for c in batch if c.kind is ChangeKind.UPDATED])
             _observe_batch(ob, target, obj, batch, book, by_record, counts)
+            ob.remember_handled(obj.name, {c.record_id: c.at for c in batch}, page.cursor, start,
+                                forget_before=page.cursor - OVERLAP - HANDLED_SLACK)
             if start == starts[-1]:
                 ob.set_cursor(obj.name, page.cursor)
+                if page.poll_state is not None:
+                    ob.keep_poll_state(obj.name, page.poll_state)
 
 
 def _observe_batch(ob: Observation, target: CrmTarget, obj: ObjectMap, batch: Sequence[Change], book: StageBook,

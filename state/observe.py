@@ -6,23 +6,59 @@ transaction per batch of changes, so a crash mid-poll replays the batch from the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from state.ledger import Ledger, LedgerTxn
-from state.models import Alert, AuditEvent, CrmLink, Cursor, Referral, SyncOp
+from state.models import Alert, AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
 from state.notifications import enqueue_status_notice
+
+# crm_state keys of a poll's memory of one object: the adapter's poll state, and the records the
+# poll handled inside the overlap window, one row per observed batch, keyed by the batch's page
+# cursor (fixed-width UTC, so rows older than the window are one range delete).
+POLL_STATE = "poll_state:{obj}"
+HANDLED = "handled:{obj}:"
+STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 
 def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
     with ledger.transaction() as txn:
         row = txn.session.get(Cursor, (crm, obj))
         return row.position if row else None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class PollMemory:
+    """What the last polls of one object left for the next (``CrmAdapter.change_pages``)."""
+
+    handled: dict[str, datetime] = field(default_factory=dict)  # record id -> modification stamp handled
+    state: dict[str, Any] = field(default_factory=dict)  # the adapter's poll state
+
+
+def poll_memory(ledger: Ledger, crm: str, obj: str) -> PollMemory:
+    """The handled records and adapter state kept for ``obj`` on ``crm`` (across processes)."""
+    prefix = HANDLED.format(obj=obj)
+    memory = PollMemory()
+    with ledger.transaction() as txn:
+        ours = (CrmState.key == POLL_STATE.format(obj=obj)) | CrmState.key.startswith(prefix, autoescape=True)
+        rows = txn.session.execute(
+            select(CrmState.key, CrmState.value).where(CrmState.crm == crm, ours).order_by(CrmState.key))
+        for key, value in rows:
+            if key.startswith(prefix):
+                memory.handled.update((rid, datetime.fromisoformat(at)) for rid, at in value.items())
+            else:
+                memory.state = dict(value)
+    return memory
 
 
 class Observation:
@@ -35,6 +71,9 @@ class Observation:
         self.now = txn.clock()
         self._links: dict[tuple[str, str], list[CrmLink]] = {}
         self._pushed: set[tuple[str, str]] = set()
+        # Held here: the session's identity map is weak, so prefetched rows it alone held would be
+        # collected and read again one at a time.
+        self._referrals: dict[str, Referral] = {}
 
     def prefetch(self, obj: str, record_ids: Sequence[str]) -> None:
         """Load the links, referrals and push history of many records at once (a poll of 100,000
@@ -47,7 +86,8 @@ class Observation:
                 self._links[(obj, record_id)] = found.get(record_id, [])
             referral_ids = {lk.referral_id for links in found.values() for lk in links}
             if referral_ids:
-                list(self.session.scalars(select(Referral).where(Referral.id.in_(referral_ids))))
+                self._referrals.update((r.id, r) for r in self.session.scalars(
+                    select(Referral).where(Referral.id.in_(referral_ids))))
             pushed = self.session.execute(select(AuditEvent.referral_id, AuditEvent.record_id).where(
                 AuditEvent.kind == "pushed", AuditEvent.crm == self.crm, AuditEvent.record_id.in_(chunk)))
             self._pushed.update((str(r), str(rec)) for r, rec in pushed)
@@ -65,6 +105,33 @@ class Observation:
             row.position = position
             row.updated_at = self.now
 
+    def remember_handled(self, obj: str, handled: dict[str, datetime], page_cursor: datetime, part: int,
+                         forget_before: datetime) -> None:
+        """Keep the (record id, stamp) pairs this batch handled, so later polls that re-read the
+        overlap window skip them; drop those of pages wholly older than ``forget_before``."""
+        prefix = HANDLED.format(obj=obj)
+        self.session.execute(delete(CrmState).where(
+            CrmState.crm == self.crm, CrmState.key.startswith(prefix, autoescape=True),
+            CrmState.key < prefix + _utc(forget_before).strftime(STAMP)))
+        if not handled:
+            return
+        key = f"{prefix}{_utc(page_cursor).strftime(STAMP)}:{part}"
+        value = {rid: _utc(at).isoformat() for rid, at in handled.items()}
+        row = self.session.get(CrmState, (self.crm, key))
+        if row is None:
+            self.session.add(CrmState(crm=self.crm, key=key, value=value, updated_at=self.now))
+        else:  # the same page cursor again (a replay, or late-indexed records at the same stamp)
+            row.value, row.updated_at = {**row.value, **value}, self.now
+
+    def keep_poll_state(self, obj: str, state: Mapping[str, Any]) -> None:
+        """The adapter's poll state for ``obj`` (e.g. HubSpot's deletion-check position)."""
+        key = POLL_STATE.format(obj=obj)
+        row = self.session.get(CrmState, (self.crm, key))
+        if row is None:
+            self.session.add(CrmState(crm=self.crm, key=key, value=dict(state), updated_at=self.now))
+        else:
+            row.value, row.updated_at = dict(state), self.now
+
     def links(self, obj: str, record_ids: Sequence[str]) -> dict[str, list[CrmLink]]:
         """Active (and converted) links of these records, by record id."""
         found: dict[str, list[CrmLink]] = {}
@@ -81,7 +148,8 @@ class Observation:
             CrmLink.crm == self.crm, CrmLink.referral_id.in_(list(referral_ids)), CrmLink.state == "active")))
 
     def referral(self, referral_id: str) -> Referral | None:
-        return self.session.get(Referral, referral_id)
+        cached = self._referrals.get(referral_id)
+        return cached if cached is not None else self.session.get(Referral, referral_id)
 
     def link(self, referral_id: str, obj: str, record_id: str, role: str, owner_id: str | None = None) -> CrmLink:
         """The active link of a referral to a record, created when missing."""

@@ -6,16 +6,18 @@ attribution is pushed to each CRM once, whatever crashes or replays happen in be
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, and_, cast, exists, insert, literal, select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from state.ledger import Ledger
 from state.models import AuditEvent, CrmLink, Referral, SyncOp
+
+CHUNK = 500  # ids per IN list: well under every driver's bound-parameter limit
 
 
 def push_key(crm: str, referral_id: str, revision: int) -> str:
@@ -99,55 +101,110 @@ class OpOutcome:
     unchanged: bool = False
 
 
+def _op_values(outcome: OpOutcome, now: datetime) -> dict[str, Any]:
+    """The columns an outcome sets on its op (``attempts`` as an expression for a release)."""
+    values: dict[str, Any] = {"state": outcome.state, "updated_at": now, "lease_owner": None,
+                              "lease_expires_at": None}
+    if outcome.state == "done":
+        values["done_at"] = now
+    if outcome.state in ("failed", "released") and outcome.next_attempt_at is not None:
+        values["next_attempt_at"] = outcome.next_attempt_at
+    if outcome.state == "released":
+        values["state"] = "pending"
+        values["attempts"] = SyncOp.attempts - 1  # never attempted: does not count
+    if outcome.error_class:
+        values.update(last_error_class=outcome.error_class, last_error_code=outcome.error_code,
+                      last_error_message=(outcome.error_message or "")[:2000])
+    return values
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _land_ops(session: Session, owner: str, outcomes: Sequence[OpOutcome], now: datetime) -> set[int]:
+    """Set the ops' states, one UPDATE per distinct set of values (a batch has a handful: done,
+    released, a few failures), each only where the op is still leased to ``owner``; the ids that
+    were, as the database saw them under that condition."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    values_of: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for outcome in outcomes:
+        values = _op_values(outcome, now)
+        key = tuple(sorted((k, str(v)) for k, v in values.items()))
+        values_of.setdefault(key, values)
+        groups.setdefault(key, []).append(outcome.op_id)
+    landed: set[int] = set()
+    for key, ids in groups.items():
+        for chunk in _chunks(ids):
+            landed.update(session.scalars(update(SyncOp).where(
+                SyncOp.id.in_(list(chunk)), SyncOp.lease_owner == owner).values(**values_of[key])
+                .returning(SyncOp.id)))
+    return landed
+
+
+def _land_links(session: Session, crm: str, outcomes: Sequence[OpOutcome], now: datetime) -> None:
+    """New links inserted once (in bulk), and ``last_written_at`` set on the links of done ops that
+    wrote fields (the poll must not judge such a record by an older search)."""
+    wanted: dict[tuple[str, str, str], tuple[str, bool]] = {}  # (referral, object, record) -> (role, wrote)
+    for outcome in outcomes:
+        wrote = outcome.state == "done" and bool(outcome.written)
+        for obj, record_id, role in outcome.links:
+            key = (str(outcome.referral_id), obj, record_id)
+            known_role, known_wrote = wanted.get(key, (role, False))
+            wanted[key] = (known_role, known_wrote or wrote)
+    if not wanted:
+        return
+    existing: dict[tuple[str, str, str], int] = {}
+    referral_ids = sorted({key[0] for key in wanted})
+    for chunk in _chunks(referral_ids):
+        rows = session.execute(select(CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.id).where(
+            CrmLink.crm == crm, CrmLink.referral_id.in_(list(chunk))))
+        existing.update(((r, o, rec), link_id) for r, o, rec, link_id in rows)
+    new = [{"referral_id": r, "crm": crm, "object": o, "record_id": rec, "role": role, "state": "active",
+            "created_at": now, "updated_at": now, "last_written_at": now if wrote else None}
+           for (r, o, rec), (role, wrote) in wanted.items() if (r, o, rec) not in existing]
+    if new:
+        session.execute(insert(CrmLink), new)
+    written = [existing[key] for key, (_role, wrote) in wanted.items() if wrote and key in existing]
+    for chunk in _chunks(written):
+        session.execute(update(CrmLink).where(CrmLink.id.in_(list(chunk))).values(last_written_at=now,
+                                                                                   updated_at=now))
+
+
+def _audit_rows(crm: str, outcomes: Sequence[OpOutcome], now: datetime) -> list[dict[str, Any]]:
+    """The audit events of landed outcomes: what was pushed where, and which ops died."""
+    rows: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.state == "done" and not outcome.unchanged:
+            for obj, record_id, _role in outcome.links[:1]:
+                rows.append({"referral_id": outcome.referral_id, "at": now, "actor": "refsync", "kind": "pushed",
+                             "reason_code": "created" if outcome.created else "updated", "crm": crm, "object": obj,
+                             "record_id": record_id, "detail": {"fields": outcome.written, "op_id": outcome.op_id}})
+        elif outcome.state == "dead":
+            rows.append({"referral_id": outcome.referral_id, "at": now, "actor": "refsync", "kind": "push_dead",
+                         "reason_code": outcome.error_code or outcome.error_class or "dead", "crm": crm,
+                         "object": None, "record_id": None,
+                         "detail": {"message": outcome.error_message, "op_id": outcome.op_id}})
+    return rows
+
+
 def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOutcome]) -> None:
-    """Record op states, new links and audit events in one transaction.
+    """Record op states, new links and audit events in one transaction, with a few set-based
+    statements whatever the batch size (a first cycle lands hundreds of thousands of ops).
 
     Only ops still leased to ``owner`` are touched: a replica whose lease ran out does not
-    overwrite the work of the one that took over.
+    overwrite the work of the one that took over; links and events of other ops are left out too.
     """
     now = ledger.clock()
     with ledger.transaction() as txn:
         session = txn.session
-        for outcome in outcomes:
-            values: dict[str, Any] = {"state": outcome.state, "updated_at": now, "lease_owner": None,
-                                      "lease_expires_at": None}
-            if outcome.state == "done":
-                values["done_at"] = now
-            if outcome.state in ("failed", "released") and outcome.next_attempt_at is not None:
-                values["next_attempt_at"] = outcome.next_attempt_at
-            if outcome.state == "released":
-                values["state"] = "pending"
-                values["attempts"] = SyncOp.attempts - 1  # never attempted: does not count
-            if outcome.error_class:
-                values.update(last_error_class=outcome.error_class, last_error_code=outcome.error_code,
-                              last_error_message=(outcome.error_message or "")[:2000])
-            result = session.execute(update(SyncOp).where(
-                and_(SyncOp.id == outcome.op_id, SyncOp.lease_owner == owner)).values(**values))
-            if getattr(result, "rowcount", 1) == 0 or outcome.referral_id is None:
-                continue
-            for obj, record_id, role in outcome.links:
-                known = session.scalar(select(CrmLink).where(
-                    CrmLink.referral_id == outcome.referral_id, CrmLink.crm == crm, CrmLink.object == obj,
-                    CrmLink.record_id == record_id))
-                wrote = now if outcome.state == "done" and outcome.written else None
-                if known is None:
-                    session.add(CrmLink(referral_id=outcome.referral_id, crm=crm, object=obj, record_id=record_id,
-                                        role=role, created_at=now, updated_at=now, last_written_at=wrote))
-                elif wrote is not None:
-                    known.last_written_at = wrote  # the poll must not judge this record by an older search
-            if outcome.state == "done" and not outcome.unchanged:
-                for obj, record_id, _role in outcome.links[:1]:
-                    session.add(AuditEvent(
-                        referral_id=outcome.referral_id, at=now, actor="refsync", kind="pushed",
-                        reason_code="created" if outcome.created else "updated", crm=crm, object=obj,
-                        record_id=record_id, detail={"fields": outcome.written, "op_id": outcome.op_id},
-                    ))
-            elif outcome.state == "dead":
-                session.add(AuditEvent(
-                    referral_id=outcome.referral_id, at=now, actor="refsync", kind="push_dead",
-                    reason_code=outcome.error_code or outcome.error_class or "dead", crm=crm,
-                    detail={"message": outcome.error_message, "op_id": outcome.op_id},
-                ))
+        landed = _land_ops(session, owner, outcomes, now)
+        mine = [o for o in outcomes if o.op_id in landed and o.referral_id is not None]
+        _land_links(session, crm, mine, now)
+        events = _audit_rows(crm, mine, now)
+        if events:
+            session.execute(insert(AuditEvent), events)
 
 
 def retry_dead(ledger: Ledger, op_ids: Sequence[int] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,8 +288,9 @@ def test_a_poll_over_many_pages_repairs_every_record_and_resumes_after_the_last_
     real = adapter.change_pages
     handled: list[datetime] = []
 
-    def cut_after_one_page(object_name: str, since: datetime, fields: Sequence[str]) -> Iterator[ChangeSet]:
-        for page in real(object_name, since, fields):
+    def cut_after_one_page(object_name: str, since: datetime, fields: Sequence[str],
+                           **memory: Any) -> Iterator[ChangeSet]:
+        for page in real(object_name, since, fields, **memory):
             if handled:
                 raise TransientError("connection reset by peer", crm="hubspot")
             handled.append(page.cursor)

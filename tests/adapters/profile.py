@@ -30,12 +30,13 @@ class ConformanceProfile:
     small_pages: dict[str, int]  # adapter attributes that make change_pages page after a few hundred records
 
 
-def all_changes(adapter: CrmAdapter, object_name: str, since: datetime, fields: Sequence[str]) -> ChangeSet:
+def all_changes(adapter: CrmAdapter, object_name: str, since: datetime, fields: Sequence[str],
+                handled: dict[str, datetime] | None = None) -> ChangeSet:
     """Every page of ``change_pages`` joined, the last page's cursor kept; checks pages ascend."""
     changes: list = []
     stage_changes: list = []
     cursor = since
-    for page in adapter.change_pages(object_name, since, fields):
+    for page in adapter.change_pages(object_name, since, fields, handled=handled):
         assert page.cursor >= cursor, f"page cursor went back: {page.cursor} < {cursor}"
         changes += page.changes
         stage_changes += page.stage_changes

@@ -181,6 +181,28 @@ def test_changes_report_stage_moves(profile: ConformanceProfile) -> None:
     assert moves[-1].amount == 1200.0
 
 
+def test_changes_already_handled_are_left_out_and_nothing_more_is_read_about_them(
+        profile: ConformanceProfile) -> None:
+    """A poll re-reading its overlap window must not pay for (or re-handle) what it handled."""
+    p = profile
+    deals = [p.admin.create_record(p.deal_object, dict(p.deal_required)) for _ in range(3)]
+    since = _since()
+    for deal in deals:
+        p.admin.move_stage(deal, p.won_stage, amount=100.0)
+    first = all_changes(p.adapter, p.deal_object, since, [p.stage_field])
+    handled = {c.record_id: c.at for c in first.changes}
+    assert set(deals) <= set(handled) and {s.record_id for s in first.stage_changes} >= set(deals)
+    before = p.admin.calls()
+    again = all_changes(p.adapter, p.deal_object, since, [p.stage_field], handled=handled)
+    assert (again.changes, again.stage_changes) == ([], [])
+    made = {k: v - before.get(k, 0) for k, v in p.admin.calls().items() if v - before.get(k, 0)}
+    assert sum(made.values()) == 1, f"one query or search, no association, history or batch read: {made}"
+    name_field = next(iter(p.deal_required))
+    p.admin.set_field(p.deal_object, deals[0], name_field, "Renamed deal", by="rep")
+    later = all_changes(p.adapter, p.deal_object, since, [p.stage_field], handled=handled)
+    assert [c.record_id for c in later.changes] == [deals[0]], "a record changed since is reported again"
+
+
 def test_budget_counts_the_calls_made(profile: ConformanceProfile) -> None:
     p = profile
     before = p.adapter.budget().total_calls

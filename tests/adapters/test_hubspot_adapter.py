@@ -133,6 +133,28 @@ def test_changes_report_deletions_and_advance_the_cursor(adapter: HubSpotAdapter
     assert adapter.read("contacts", [rid], ["email"]) == {rid: None}
 
 
+def test_the_deletion_check_position_travels_in_poll_state_to_a_new_adapter(hub: HubSpotEmulator) -> None:
+    """A new process handed the kept position does not list archived records again within the
+    check interval, and once due lists from where the last check began: nothing archived between
+    is missed, however long the gap."""
+    since = datetime.now(UTC)
+    first = HubSpotAdapter(hub.base_url, hub.access_token, timeout=5.0)
+    pages = list(first.change_pages("contacts", since, ["email"], poll_state={}))
+    [state] = [p.poll_state for p in pages if p.poll_state is not None]
+    assert hub.calls()["object_list"] == 1
+    rid = hub.create_record("contacts", {"email": "late@example.com"})
+    hub.delete_record("contacts", rid)
+    second = HubSpotAdapter(hub.base_url, hub.access_token, timeout=5.0)
+    quiet = list(second.change_pages("contacts", since, ["email"], poll_state=state))
+    assert hub.calls()["object_list"] == 1 and all(p.poll_state is None for p in quiet)
+    assert rid not in {c.record_id for p in quiet for c in p.changes}
+    due = {**state, "deletions_checked_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat()}
+    later = datetime.now(UTC) + timedelta(minutes=30)  # the poll's own window has moved past the deletion
+    pages = list(second.change_pages("contacts", later, ["email"], poll_state=due))
+    assert (ChangeKind.DELETED, rid) in {(c.kind, c.record_id) for p in pages for c in p.changes}
+    assert hub.calls()["object_list"] == 2
+
+
 def test_stage_history_and_deal_associations(adapter: HubSpotAdapter, hub: HubSpotEmulator) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
     contact = hub.create_record("contacts", {"email": "buyer@example.com"})
