@@ -258,6 +258,7 @@ class HubSpotAdapter:
         self._base_url, self._token = base_url.rstrip("/"), access_token
         self._http = urllib3.PoolManager(retries=False)
         self._time_zone: str | None = None
+        self._time_zone_retry_at = 0.0  # monotonic: when an unreadable account API may be asked again
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, kind: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
@@ -295,11 +296,20 @@ class HubSpotAdapter:
             error.retry_after = seconds_to_midnight(self.time_zone())
         return error
 
+    def know_time_zone(self, zone: str) -> None:
+        """The portal's time zone as the engine read it earlier (its ledger cache), so no process
+        has to ask the account API again."""
+        self._time_zone = zone
+
     def time_zone(self) -> str:
-        """The portal's time zone (GET /account-info/v3/details), read once. Read early (every poll
-        asks): once the daily limit is hit, this call is refused too and UTC is all that is left."""
+        """The portal's time zone (GET /account-info/v3/details), read once. The engine reads it with
+        the schemas (connector/schemas.py), before any daily limit is hit: then this call is refused
+        too and UTC is all that is left. An account API that does not answer is asked again at most
+        once an hour (a quiet poll must not pay for it)."""
         if self._time_zone is not None:
             return self._time_zone
+        if time.monotonic() < self._time_zone_retry_at:
+            return "UTC"
         with self._lock:
             self._calls["account_details"] += 1
         try:
@@ -313,6 +323,7 @@ class HubSpotAdapter:
         if not zone:
             log.warning("HubSpot account details unreadable (%s); the daily limit is taken to reset at UTC "
                         "midnight until they are", body)
+            self._time_zone_retry_at = time.monotonic() + 3600
             return "UTC"
         self._time_zone = str(zone)
         return self._time_zone
@@ -604,7 +615,6 @@ class HubSpotAdapter:
         read by id before moving past it, so any number of ties is read exactly once. Each answer
         becomes CrmRecords at once: the client's model objects weigh several times more."""
         modified = _modified_field(object_name)
-        self.time_zone()  # known before the daily limit is hit (then the account API refuses too)
         op, stamp = "GTE", lower_ms
         seen_at_stamp: set[str] = set()
         while True:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import FieldSchema, ObjectSchema, Stage
 from connector.logs import get_logger
 from connector.mapping import LoadedMapping, check_against_schema, drifted_fields
-from state.crmstate import remember, remembered_many
+from state.crmstate import remember, remembered, remembered_many
 from state.ledger import Ledger
 from state.notifications import AlertSpec, sync_alerts
 
@@ -117,6 +117,7 @@ def load(ledger: Ledger | None, target: CrmTarget, refresh_every: timedelta, *, 
                 target.stages = stages
                 target.schema_read_at = min(times)
                 _seed_stages(target)
+                _account(ledger, target, read=False)
                 return False
             # the cache shows a drifted field: read again, it may be back
     schemas = {o: target.adapter.describe(o) for o in objects}
@@ -125,6 +126,7 @@ def load(ledger: Ledger | None, target: CrmTarget, refresh_every: timedelta, *, 
     target.stages = stages
     target.schema_read_at = now
     _seed_stages(target)
+    _account(ledger, target, read=True)
     if ledger is not None:
         for o, schema in schemas.items():
             remember(ledger, target.name, f"schema:{o}", schema_json(schema))
@@ -138,6 +140,23 @@ def _seed_stages(target: CrmTarget) -> None:
     know = getattr(target.adapter, "know_stages", None)
     if know is not None and target.stages is not None:
         know(target.mapping.deal.name, target.stages)
+
+
+def _account(ledger: Ledger | None, target: CrmTarget, *, read: bool) -> None:
+    """The account facts an adapter needs before trouble comes (HubSpot: the portal's time zone,
+    where its daily limit resets; the account API is refused once that limit is hit): read with
+    the schemas and cached with them, else handed over from the cache."""
+    ask, know = getattr(target.adapter, "time_zone", None), getattr(target.adapter, "know_time_zone", None)
+    if ask is None or know is None:
+        return
+    if not read and ledger is not None:
+        stored = remembered(ledger, target.name, "account")
+        if stored is not None and stored[0].get("time_zone"):
+            know(str(stored[0]["time_zone"]))
+            return
+    zone = ask()
+    if ledger is not None:
+        remember(ledger, target.name, "account", {"time_zone": zone})
 
 
 def reckon(ledger: Ledger | None, target: CrmTarget) -> list[str]:

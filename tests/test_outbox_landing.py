@@ -15,6 +15,7 @@ from connector.imports import import_file
 from state.ledger import Ledger
 from state.models import CrmLink
 from state.outbox import OpOutcome, enqueue_pushes, land_outcomes
+from state.workers import beat, register
 from tests.conftest import FakeClock
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
@@ -86,7 +87,10 @@ def test_a_later_write_to_a_linked_record_moves_last_written_at_and_adds_no_link
 def test_ops_no_longer_leased_to_the_lander_are_left_to_their_new_owner(
         ledger: Ledger, clock: FakeClock, tmp_path: Path) -> None:
     ops = _claimed(ledger, tmp_path, 3, owner="w1")
+    for worker in ("w1", "w2"):  # both alive: w1 is only slow, so nothing is taken back before its lease ends
+        register(ledger, worker, host="elsewhere", pid=1)
     clock.advance(seconds=61)  # w1 stalled past its lease; w2 took two of them over
+    beat(ledger, "w1", host="elsewhere", pid=1)
     taken = ledger.claim_ops("w2", "salesforce", 2, LEASE)
     land_outcomes(ledger, "salesforce", "w1", [
         OpOutcome(op["id"], op["referral_id"], "done", links=[("Lead", f"00Q{n}", "lead")], written={"X": 1})
