@@ -23,7 +23,6 @@ from tests.conftest import targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
-SCHEMA_READS = {"describe", "properties", "pipelines"}  # cached in the ledger by the describe work
 
 
 @pytest.fixture
