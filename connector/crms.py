@@ -23,7 +23,7 @@ from connector.errors import ConfigError
 from connector.logs import get_logger
 from connector.mapping import load_mapping
 from connector.push import CrmTarget
-from state.crmstate import remember, remembered_everywhere
+from state.crmstate import remember, remembered, remembered_everywhere
 from state.ledger import Ledger
 from state.notifications import sync_alerts
 from state.observe import observing
@@ -147,8 +147,10 @@ def _not_ready(ledger: Ledger | None, target: CrmTarget, reason: str, *, keep_re
         return
     changed = target.not_ready != reason
     now = ledger.clock() if ledger is not None else datetime.now().astimezone()
-    if target.ready or target.not_ready == STARTING:
+    if target.ready:
         target.not_ready_since = now
+    elif target.not_ready == STARTING:  # a new process: the CRM may have been waiting since an earlier one
+        target.not_ready_since = _waiting_since(ledger, target) or now
     target.not_ready = reason
     if not changed:
         return
@@ -159,6 +161,14 @@ def _not_ready(ledger: Ledger | None, target: CrmTarget, reason: str, *, keep_re
         ob.raise_alert("crm_unavailable", f"crm_unavailable:{target.name}",
                        f"{reason}. Nothing is lost: its work waits and refsync tries again every cycle.")
     _remember(ledger, target)
+
+
+def _waiting_since(ledger: Ledger | None, target: CrmTarget) -> datetime | None:
+    """Since when an earlier process recorded this CRM as not ready, if it did."""
+    stored = remembered(ledger, target.name, READINESS) if ledger is not None else None
+    if stored is None or stored[0].get("ready") or not stored[0].get("since"):
+        return None
+    return datetime.fromisoformat(str(stored[0]["since"]))
 
 
 def _ready(ledger: Ledger | None, target: CrmTarget) -> None:

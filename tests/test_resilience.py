@@ -150,6 +150,8 @@ def test_one_broken_crm_leaves_the_other_syncing_as_if_alone(
     crms = json.loads(out)["crms"]
     assert code == 1 and crms[healthy]["ready"] is True and crms[broken]["ready"] is False
     assert label in crms[broken]["reason"] and crms[broken]["since"]
+    assert sync_once(both, referrals)[0] == 1  # a later run: still waiting, since the first one noticed
+    assert json.loads(refsync(both, "status", "--json")[1])["crms"][broken]["since"] == crms[broken]["since"]
     code, out, _ = refsync(both, "alerts", "--json", "--kind", "crm_unavailable")
     assert [(a["crm"], a["resolved_at"]) for a in json.loads(out)] == [(broken, None)]
 
