@@ -455,8 +455,6 @@ class SalesforceAdapter:
         extra = ["IsDeleted", *(["MasterRecordId"] if obj in MERGEABLE else [])]
         if obj == "Lead":
             extra += ["IsConverted", *_CONVERTED.values()]
-        if obj == "Opportunity":  # a new opportunity of a referred contact (Opportunity.ContactId) is followed
-            extra += ["ContactId", "CreatedDate", "IsClosed"]
         select = list(dict.fromkeys([*self._base_fields(obj), *extra, *(_api_name(f) for f in fields)]))
         soql = format_soql("SELECT {:literal} FROM {:literal} WHERE SystemModstamp > {} "
                            "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, since)

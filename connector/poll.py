@@ -426,7 +426,9 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
         extra = [f for f in (mapping.owner_field, mapping.stage_field, mapping.pipeline_field, mapping.amount_field,
                              mapping.currency_field, mapping.close_date_field, mapping.lost_reason_field)
                  if f and (obj is mapping.deal or f == mapping.owner_field)]
-        fields = list(dict.fromkeys([*target.fields_of(obj), *extra]))
+        if obj is mapping.deal:  # Salesforce: a new opportunity of a referred contact is followed (_discover)
+            extra += ["ContactId", "CreatedDate", "IsClosed"]
+        fields = target.present(obj.name, [*obj.fields, *extra])
         # What earlier polls (of any process) handled in the overlap window is not read again in
         # detail, re-handled or counted: a quiet poll costs one query or search per object.
         memory = poll_memory(ledger, target.name, obj.name)

@@ -8,7 +8,7 @@ contract and the ledger's outbox operations only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -157,8 +157,13 @@ class CrmTarget:
 
     def fields_of(self, obj: ObjectMap) -> list[str]:
         """The mapped fields of ``obj`` the CRM still has (reads naming a vanished field would fail)."""
-        schema = self.schemas.get(obj.name)
-        return [f for f in obj.fields if schema is None or f in schema.fields]
+        return self.present(obj.name, obj.fields)
+
+    def present(self, object_name: str, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` the object's schema has (all of them while the schema is unknown): an
+        org without a field refsync can do without (Opportunity.ContactId) must not fail every read."""
+        schema = self.schemas.get(object_name)
+        return [f for f in dict.fromkeys(names) if schema is None or f in schema.fields]
 
     def start_run(self, recorded_today: int) -> None:
         self.calls_before_run = recorded_today
@@ -439,10 +444,11 @@ def _follow_people(target: CrmTarget, people: list[_Person], now: datetime, max_
     (which receives the attribution under the usual rules). Without one the referral waits: the poll
     links the next opportunity opened on that contact."""
     deal = target.mapping.deal
-    fields = list(dict.fromkeys([*target.fields_of(deal), "IsClosed", "CreatedDate", "ContactId"]))
+    fields = target.present(deal.name, [*deal.fields, "IsClosed", "CreatedDate", "ContactId"])
     # Opportunity.ContactId: the opportunity's primary contact (recorded Opportunity describe:
     # reference to Contact, filterable); lead conversion sets it to the converted contact.
-    by_contact = target.adapter.find(deal.name, "ContactId", sorted({p.contact_id for p in people}), fields)
+    by_contact = target.adapter.find(deal.name, "ContactId", sorted({p.contact_id for p in people}), fields) \
+        if "ContactId" in fields else {}
     known = {r.id: r for records in by_contact.values() for r in records}
     missing = sorted({p.opportunity_id for p in people if p.opportunity_id and p.opportunity_id not in known})
     if missing:

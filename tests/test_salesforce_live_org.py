@@ -239,3 +239,22 @@ def test_an_api_version_without_collection_upserts_is_a_config_error(tmp_path: P
     result = CliRunner().invoke(cli, ["--config", str(config), "status"], catch_exceptions=False)
     assert result.exit_code == 2
     assert f"{config}:6: crm.salesforce.api_version" in result.stderr
+
+
+def test_an_org_without_opportunity_contact_id_still_follows_a_conversion_and_polls(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    sf = sandbox.salesforce
+    sf.remove_field("Opportunity", "ContactId")  # an org (or an older API version) without it
+    target = crms["salesforce"]
+    target.schemas["Opportunity"] = target.adapter.describe("Opportunity")
+    lead = sf.create_record("Lead", {"LastName": "Lee", "Company": "Northwind", "Email": "dana@northwind.example"})
+    converted = sf.convert_lead(lead)
+    [referral] = _import(ledger, tmp_path, "acme,dana@northwind.example,Northwind,Dana Lee,,,,2026-10-01T09:00:00Z,,e1")
+    for _ in range(2):
+        report = run_cycle(ledger, {"salesforce": target}, SETTINGS)
+        assert report.errors == []
+    assert ("Opportunity", converted["opportunity"], "opportunity", "active") in _links(ledger, referral["id"])
+    sf.move_stage(converted["opportunity"], "Closed Won", amount=1200)
+    assert run_cycle(ledger, {"salesforce": target}, SETTINGS).errors == []
+    assert ledger.referral(referral["id"])["status"] == "won"  # type: ignore[index]

@@ -602,8 +602,10 @@ class OrgStore:
             contact = self.create_record("Contact", {"FirstName": lead.get("FirstName"), "LastName":
                                                      lead.get("LastName"), "Email": lead.get("Email"),
                                                      "AccountId": account}, owner, by)
-            opportunity = self.create_record("Opportunity", {"Name": opportunity_name or f"{company}-",
-                                                             "AccountId": account, "ContactId": contact}, owner, by)
+            values = {"Name": opportunity_name or f"{company}-", "AccountId": account, "ContactId": contact}
+            if self.schema.field("Opportunity", "ContactId") is None:  # an org without the field
+                del values["ContactId"]
+            opportunity = self.create_record("Opportunity", values, owner, by)
             self._apply("Lead", lead, {"IsConverted": True, "ConvertedAccountId": account,
                                        "ConvertedContactId": contact, "ConvertedOpportunityId": opportunity,
                                        "ConvertedDate": date.today().isoformat(), "Status": "Closed - Converted"},
