@@ -196,9 +196,10 @@ def test_hubspot_deal_associated_with_a_referred_contact_gets_the_attribution(
 
 
 
-def test_hubspot_merge_minting_a_new_id_is_followed_and_first_touch_keeps_credit(
-    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
-) -> None:
+def _two_referred_contacts_of_one_person(ledger: Ledger, crms: dict[str, CrmTarget],
+                                         tmp_path: Path) -> tuple[dict, dict, str, str]:
+    """Two partners' referrals of one person (two emails), pushed to HubSpot only: (first, second,
+    first's contact, second's contact)."""
     _import(ledger, tmp_path, [
         "acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1",
         "bluebird,dana.lee@northwind.example,,,,,,2026-10-03T09:00:00Z,,e2",
@@ -206,8 +207,14 @@ def test_hubspot_merge_minting_a_new_id_is_followed_and_first_touch_keeps_credit
     del crms["salesforce"]
     run_cycle(ledger, crms, SETTINGS)
     first, second = ledger.referrals()
-    first_contact = _lead(ledger, first["id"], "hubspot", "contacts")
-    second_contact = _lead(ledger, second["id"], "hubspot", "contacts")
+    return (first, second, _lead(ledger, first["id"], "hubspot", "contacts"),
+            _lead(ledger, second["id"], "hubspot", "contacts"))
+
+
+def test_hubspot_merge_minting_a_new_id_is_followed_and_first_touch_keeps_credit(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    first, second, first_contact, second_contact = _two_referred_contacts_of_one_person(ledger, crms, tmp_path)
     merged = sandbox.hubspot.merge("contacts", second_contact, first_contact)
     assert merged not in (first_contact, second_contact)  # HubSpot minted a new id
     run_cycle(ledger, crms, SETTINGS)
@@ -224,15 +231,8 @@ def test_the_referral_that_lost_a_hubspot_merge_stays_superseded_whatever_order_
     ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path, winner_first: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _import(ledger, tmp_path, [
-        "acme,dana@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1",
-        "bluebird,dana.lee@northwind.example,,,,,,2026-10-03T09:00:00Z,,e2",
-    ])
-    del crms["salesforce"]
-    run_cycle(ledger, crms, SETTINGS)
-    first, second = ledger.referrals()
-    first_contact = _lead(ledger, first["id"], "hubspot", "contacts")
-    merged = sandbox.hubspot.merge("contacts", _lead(ledger, second["id"], "hubspot", "contacts"), first_contact)
+    first, second, first_contact, second_contact = _two_referred_contacts_of_one_person(ledger, crms, tmp_path)
+    merged = sandbox.hubspot.merge("contacts", second_contact, first_contact)
     # hs_merged_object_ids carries no documented order: the winner's old id may be handled first
     adapter = crms["hubspot"].adapter
     pages = adapter.change_pages
