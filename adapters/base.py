@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 FieldValues = dict[str, Any]
@@ -95,6 +95,9 @@ class RecordError:
     message: str
     fields: tuple[str, ...] = ()
     matches: tuple[RecordMatch, ...] = ()  # DUPLICATE: the records the CRM says this one duplicates
+    # The CRM refused the whole request for a value in *some* record (Salesforce JSON_PARSER_ERROR):
+    # every record of the request carries this error; the engine splits the batch to find the one.
+    whole_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,15 @@ def unhandled(changes: Iterable[Change], handled: Mapping[str, datetime] | None)
     if not handled:
         return list(changes)
     return [c for c in changes if handled.get(c.record_id) != c.at]
+
+
+def iso_utc(moment: datetime) -> str:
+    """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, the year always four digits. Formatted by
+    hand: glibc's ``strftime('%Y')`` writes year 1 as ``1``, and Salesforce refuses the whole request
+    for a value it cannot parse (crm-api/salesforce/README.md, JSON_PARSER_ERROR). Naive is UTC."""
+    m = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
+            f"{m.microsecond // 1000:03d}Z")
 
 
 def joined_pages(answers: Iterable[list[T]], size: int) -> Iterator[tuple[list[T], bool]]:

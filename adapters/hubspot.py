@@ -52,6 +52,7 @@ from adapters.base import (
     Stage,
     StageChange,
     WriteResult,
+    iso_utc,
     joined_pages,
     unhandled,
 )
@@ -139,8 +140,7 @@ def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        return iso_utc(value)
     if isinstance(value, date):
         return value.isoformat()
     return str(value)

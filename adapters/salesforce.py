@@ -51,6 +51,7 @@ from adapters.base import (
     Stage,
     StageChange,
     WriteResult,
+    iso_utc,
     joined_pages,
 )
 from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
@@ -91,6 +92,14 @@ _RECORD_KINDS = {
     "DUPLICATE_EXTERNAL_ID": RecordErrorKind.CONFLICT,
     "DUPLICATES_DETECTED": RecordErrorKind.DUPLICATE,
 }
+
+
+# A whole request refused for a value Salesforce cannot parse (e.g. a datetime with a 1-digit year):
+# "fails the whole request with JSON_PARSER_ERROR, in sObject Collections too" (crm-api/salesforce
+# README). The value is one record's, not the mapping's: each record of the request gets the error
+# (RecordError.whole_request) and the engine splits the batch until the record is found. A refusal
+# about the mapping (INVALID_FIELD: no such column) stays a CrmConfigError: drift handling.
+VALUE_REFUSALS = frozenset({"JSON_PARSER_ERROR"})
 
 
 # ---- classification: the one place that decides what an error means ------------------------------
@@ -184,10 +193,9 @@ def _api_name(name: str) -> str:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_utc(value)
     if isinstance(value, date):
-        return value.isoformat()
+        return value.isoformat()  # date.isoformat always writes four year digits
     if isinstance(value, Decimal):
         return float(value)
     return value
@@ -542,7 +550,14 @@ class SalesforceAdapter:
             def send(sf: Any, b: dict[str, Any] = body) -> Any:
                 return sf.restful(path, method="PATCH", json=b, headers=headers)
 
-            answer = self._call(kind, send)
+            try:
+                answer = self._call(kind, send)
+            except CrmConfigError as exc:
+                if exc.code not in VALUE_REFUSALS:
+                    raise
+                results += [WriteResult(key, False, error=RecordError(
+                    RecordErrorKind.REJECTED, str(exc.code), exc.message, whole_request=True)) for key in chunk_keys]
+                continue
             results += self._results(answer, chunk_keys)
         return results
 

@@ -53,6 +53,9 @@ _NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+EARLIEST_YEAR = 1900  # submitted_at before this is refused: a typo or placeholder, not a referral
+
+
 @dataclass(frozen=True)
 class RowProblem:
     line: int
@@ -232,6 +235,13 @@ def fingerprint(values: dict[str, str | None]) -> str:
     return hashlib.sha256(basis.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
+def _too_early(line: int, text: str) -> RowProblem:
+    # A typo (0226 for 2026) or a placeholder (0001-01-01): no referral is that old, and a CRM may
+    # refuse the value for the whole request (crm-api/salesforce/README.md, JSON_PARSER_ERROR).
+    return RowProblem(line, "submitted_at", f"{text} is before {EARLIEST_YEAR}; check the year (write it like "
+                      "2026-03-01T09:30:00Z)")
+
+
 def validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral | list[RowProblem]:
     """Check one row; a NewReferral or every problem of the row."""
     problems: list[RowProblem] = []
@@ -294,7 +304,11 @@ def validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral |
         except ValueError:
             problems.append(RowProblem(line, "submitted_at", f"'{values['submitted_at']}' is not an ISO 8601 "
                                        "time; write it like 2026-03-01T09:30:00Z"))
+        except OverflowError:  # 0001-01-01T00:00+05:00: before the first moment Python can hold in UTC
+            problems.append(_too_early(line, values["submitted_at"]))
         else:
+            if submitted_at.year < EARLIEST_YEAR:
+                problems.append(_too_early(line, values["submitted_at"]))
             if naive:
                 notes.append(RowProblem(line, "submitted_at", "has no timezone; read as UTC", "note"))
             if submitted_at > now + timedelta(minutes=5):

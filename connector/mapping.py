@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adapters.base import ObjectSchema, Stage
+from adapters.base import ObjectSchema, Stage, iso_utc
 from connector.errors import ConfigError
 from connector.tomlfile import line_of
 from state.models import STATUSES
@@ -275,7 +275,8 @@ def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
         elif field.transform.format == "epoch_ms":
             value = str(int(value.timestamp() * 1000))
         else:
-            value = value.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            value = iso_utc(value.replace(microsecond=0))  # strftime('%Y') writes year 1 as '1'
+
     value = field.transform.values.get(str(value), value)
     # Text written only at creation is cut to the field's length (the describe's ``length``): the
     # CRM refuses a longer value (Salesforce STRING_TOO_LONG) and the record would never exist.

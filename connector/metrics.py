@@ -29,7 +29,7 @@ log = get_logger("refsync.metrics")
 
 # Every alert kind the engine raises is reported, at 0 when none is open: an alerting rule on
 # ``refsync_open_alerts{kind="dead_op"} > 0`` must see a series, not an absent one.
-ALERT_KINDS = (*CRM_KINDS, *LEDGER_KINDS, "api_budget_exhausted")
+ALERT_KINDS = (*CRM_KINDS, *LEDGER_KINDS, "api_budget_exhausted", "poison_record")
 
 
 def open_alerts_by_kind(ledger: Ledger) -> dict[str, int]:

@@ -104,13 +104,22 @@ def changes_for_existing(obj: ObjectMap, desired: Mapping[str, Any], current: Ma
     return changes
 
 
+def _whole_batch_refused(results: Sequence[WriteResult]) -> bool:
+    """Whether the CRM failed a batch as a whole, for something only some of its records cause: a
+    conflict (HubSpot answers some batch conflicts with one 409) or a value it could not parse
+    (Salesforce JSON_PARSER_ERROR, ``RecordError.whole_request``)."""
+    errors = [r.error for r in results]
+    if any(e is None for e in errors):
+        return False
+    return all(e is not None and e.kind is RecordErrorKind.CONFLICT for e in errors) or all(
+        e is not None and e.whole_request for e in errors)
+
+
 def write_with_split(write: Callable[[Sequence[T]], list[WriteResult]], items: Sequence[T]) -> list[WriteResult]:
-    """Write a batch; when the CRM fails the whole batch for a conflict, split it until only the
-    conflicting records are held back (HubSpot answers some batch conflicts with one 409)."""
+    """Write a batch; when the CRM fails the whole batch for something one record causes, split it
+    until only the offending records are held back (each gets the CRM's error; the rest land)."""
     results = write(items)
-    whole_batch_conflict = len(items) > 1 and all(
-        r.error is not None and r.error.kind is RecordErrorKind.CONFLICT for r in results)
-    if not whole_batch_conflict:
+    if len(items) <= 1 or not _whole_batch_refused(results):
         return results
     middle = len(items) // 2
     return write_with_split(write, items[:middle]) + write_with_split(write, items[middle:])
@@ -210,6 +219,7 @@ class _Work:
     # carries each record once: Salesforce fails an external id sent twice, DUPLICATE_EXTERNAL_ID).
     siblings: list[OpOutcome] = field(default_factory=list)
     converted_leads: list[str] = field(default_factory=list)  # converted leads this push followed
+    poison: RecordError | None = None  # this record made the CRM refuse a whole request (a value)
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,8 @@ def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, A
         _fail(work, "transient", error.code, f"{obj.name} was converted meanwhile: {error.message}", now,
               max_attempts)
         return
+    if error.whole_request:
+        work.poison = error
     _fail(work, error.kind.value, error.code, error.message, now, max_attempts)
 
 
@@ -515,7 +527,8 @@ def _record_follow_ups(ledger: Ledger, target: CrmTarget, works: list[_Work]) ->
     ``converted``), and an alert for each referral a push could not link."""
     followed = [w for w in works if w.outcome.state == "done" and w.converted_leads]
     lost = [w for w in works if w.outcome.state in ("failed", "dead") and w.outcome.error_code in UNLINKED_CODES]
-    if not followed and not lost:
+    poisoned = [w for w in works if w.outcome.state in ("failed", "dead") and w.poison is not None]
+    if not followed and not lost and not poisoned:
         return
     lead = target.mapping.lead
     with observing(ledger, target.name) as ob:
@@ -535,6 +548,15 @@ def _record_follow_ups(ledger: Ledger, target: CrmTarget, works: list[_Work]) ->
                 f"{outcome.error_message}); refsync " + ("retries it" if outcome.state == "failed" else
                                                           "gave up: fix the cause, then `refsync ops retry`") + ".",
                 referral_id=outcome.referral_id)
+        for work in poisoned:
+            # One record whose value made the CRM refuse the whole request: the batch was split
+            # until it was found, every other record landed; it waits, dead, for a fix.
+            outcome = work.outcome
+            ob.raise_alert(
+                "poison_record", f"poison_record:{target.name}:{outcome.referral_id}",
+                f"{target.name} refused every request carrying referral {outcome.referral_id} ({outcome.error_code}: "
+                f"{outcome.error_message}); the other referrals of its batch were written. Correct the referral's "
+                "values (e.g. its submitted_at), then `refsync retry`.", referral_id=outcome.referral_id)
 
 
 def note_drift(ledger: Ledger, target: CrmTarget) -> bool:
@@ -602,9 +624,14 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
             if work.outcome.state == "done" and not work.outcome.links:
                 _fail(work, "transient", exc.code, str(exc), now, max_attempts, exc.retry_after)
     except (AuthError, CrmConfigError) as exc:
+        # The CRM's setup, not these records: released un-counted (an outage of credentials or
+        # mapping must not kill ops), but each op keeps why it waits (`refsync ops` shows it).
+        kind = "auth" if isinstance(exc, AuthError) else "config"
         for work in works:
             if work.outcome.state == "done" and not work.outcome.links:
                 work.outcome.state, work.outcome.next_attempt_at = "released", now + timedelta(minutes=5)
+                work.outcome.error_class, work.outcome.error_code = kind, exc.code
+                work.outcome.error_message = str(exc)
         if not dry_run:
             land_outcomes(ledger, target.name, owner, [w.outcome for w in works])
         raise exc

@@ -9,6 +9,7 @@ per-record errors come back as ``{statusCode, message, fields}`` inside collecti
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -52,6 +53,9 @@ class SfError(Exception):
         self.body: list[dict[str, Any]] = [{"message": message, "errorCode": code}]
         if fields is not None:
             self.body[0]["fields"] = fields
+
+
+_SF_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?\Z")
 
 
 def record_error(code: str, message: str, fields: Iterable[str] = ()) -> dict[str, Any]:
@@ -196,6 +200,11 @@ class OrgStore:
             return None
         kind = field["type"]
         try:
+            if kind in ("datetime", "date") and not _SF_DATE.match(str(value)):
+                # Salesforce parses only ISO 8601 with a four-digit year; anything else (``1-01-01T..``)
+                # fails the whole request with JSON_PARSER_ERROR, in sObject Collections too
+                # (crm-api/salesforce/README.md): raised here, before any record of the request is saved.
+                raise ValueError(value)
             if kind == "datetime":
                 return format_stamp(int(parse_datetime(str(value)).timestamp() * 1000))
             if kind == "date":
