@@ -59,11 +59,25 @@ class LogSink:
         return []
 
 
-def slack_text(alert: dict[str, Any]) -> dict[str, Any]:
-    where = " ".join(x for x in (alert.get("crm"), alert.get("record_id")) if x)
-    referral = f" · referral `{alert['referral_id']}`" if alert.get("referral_id") else ""
-    text = f":rotating_light: *{alert['kind']}*{referral}{f' · {where}' if where else ''}\n{alert['message']}"
+def slack_escape(text: object) -> str:
+    """``text`` as literal Slack text. Slack reads ``&``, ``<`` and ``>`` as control characters
+    (``<!channel>`` pings, ``<url|label>`` hides a link) and says to send exactly these three as
+    HTML entities when they are meant literally, and nothing else encoded:
+    https://api.slack.com/reference/surfaces/formatting#escaping (Formatting message text,
+    "Escaping text"). Alert text carries partner-supplied names, so every value is escaped."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_message(text: str) -> dict[str, Any]:
     return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+
+
+def slack_text(alert: dict[str, Any]) -> dict[str, Any]:
+    where = " ".join(slack_escape(x) for x in (alert.get("crm"), alert.get("record_id")) if x)
+    referral = f" · referral `{slack_escape(alert['referral_id'])}`" if alert.get("referral_id") else ""
+    text = (f":rotating_light: *{slack_escape(alert['kind'])}*{referral}{f' · {where}' if where else ''}\n"
+            f"{slack_escape(alert['message'])}")
+    return _slack_message(text)
 
 
 @dataclass
@@ -84,10 +98,9 @@ class WebhookSink:
     def summary(self, alerts: Sequence[dict[str, Any]], batch_key: str) -> list[tuple[str, dict[str, Any]]]:
         shape = summarise(alerts)
         if self.format == "slack":
-            lines = "\n".join(f"• {a['kind']}: {a['message']}" for a in shape["examples"])
-            text = f":rotating_light: *{shape['message']}*\n{lines}"
-            body: dict[str, Any] = {"text": text,
-                                    "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+            lines = "\n".join(f"• {slack_escape(a['kind'])}: {slack_escape(a['message'])}"
+                              for a in shape["examples"])
+            body: dict[str, Any] = _slack_message(f":rotating_light: *{slack_escape(shape['message'])}*\n{lines}")
         else:
             body = shape
         return [(f"alert-storm:{batch_key}", self._payload(body))]

@@ -91,9 +91,26 @@ def key_of_names(by: str) -> list[str]:
     return ["source", "medium", "campaign"] if by == "channel" else [by]
 
 
+# OWASP, CSV Injection (https://owasp.org/www-community/attacks/CSV_Injection): a spreadsheet runs a
+# cell that begins with one of these as a formula; a leading single quote makes it plain text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would read as a formula gets a leading ``'``; numbers, None and
+    harmless text pass unchanged (a negative amount is a number, not a formula)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(report: list[dict[str, Any]], by: str) -> str:
+    """The report as CSV; every text cell goes through :func:`spreadsheet_safe`, because source,
+    medium and campaign come from partners and tracking links. Lines end in CRLF (RFC 4180): the
+    csv module quotes a field only for the characters of its line terminator, so with a bare LF a
+    carriage return inside a value would go out unquoted and split the record."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, [*key_of_names(by), *COLUMNS, "currency"], lineterminator="\n")
+    writer = csv.DictWriter(out, [*key_of_names(by), *COLUMNS, "currency"], lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(report)
+    writer.writerows({name: spreadsheet_safe(value) for name, value in line.items()} for line in report)
     return out.getvalue()

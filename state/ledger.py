@@ -147,6 +147,8 @@ class Ledger:
         self.clock = clock
         self.liveness = liveness or Liveness()  # when a lease owner counts as dead (state/workers.py)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Reads start deferred on SQLite (writes take the write lock at BEGIN: state/db.py).
+        self._readers = sessionmaker(db.for_reading(engine), expire_on_commit=False)
 
     @classmethod
     def open(cls, url: str, *, clock: Clock = utcnow, require_current: bool = True,
@@ -172,7 +174,7 @@ class Ledger:
     @contextmanager
     def _read(self) -> Iterator[Session]:
         try:
-            with self._sessions() as session:
+            with self._readers() as session:
                 yield session
         except OperationalError as exc:
             raise LedgerError(f"cannot read the ledger: {exc.orig}") from exc

@@ -69,3 +69,28 @@ def test_alerts_command_filters_resolved_and_prints_the_contract_shape(
                         "resolved_at"}
     assert row["record_id"] == "1" and row["resolved_at"] is not None
     assert result.exit_code == 0  # no open alert among those listed
+
+
+def test_slack_alert_escapes_what_slack_would_parse_as_a_mention_or_link(ledger: Ledger) -> None:
+    """A company name such as ``<!channel> <https://evil.example|fix>`` reaches Slack as literal
+    text: no channel ping, no hidden link (Slack's "Escaping text": &, <, > as entities)."""
+    hostile = "Acme & Co <!channel> <https://evil.example|fix>"
+    sync_alerts(ledger, [AlertSpec("dead_op", "dead_op:1", f"could not push {hostile}", "salesforce", None, "<1>")],
+                [])
+    with receiving("s") as receiver:
+        settings = DeliverySettings(statuses=frozenset(), timeout=3, alert_url=lambda: receiver.url,
+                                    alert_secret=lambda: "s")
+        announce(ledger, build_sinks(webhook=True, format="slack"), storm_threshold=50)
+        deliver_all(ledger, "w1", settings)
+    [message] = receiver.accepted
+    for text in (message["text"], message["blocks"][0]["text"]["text"]):
+        assert "<" not in text and ">" not in text
+        assert "Acme &amp; Co &lt;!channel&gt; &lt;https://evil.example|fix&gt;" in text
+        assert "salesforce &lt;1&gt;" in text
+
+
+def test_slack_storm_summary_escapes_example_messages(ledger: Ledger) -> None:
+    sync_alerts(ledger, [AlertSpec("dead_op", f"dead_op:{i}", f"<!here> {i}", "salesforce", None, str(i))
+                         for i in range(3)], [])
+    [(_, payload)] = build_sinks(webhook=True, format="slack")[1].summary(alerts(ledger), "b")
+    assert "<!here>" not in payload["body"]["text"] and "&lt;!here&gt; 0" in payload["body"]["text"]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from connector.attribution import Policy
 from connector.cli import cli
@@ -70,3 +71,42 @@ def test_report_by_channel_as_csv(ledger: Ledger, ledger_url: str, tmp_path: Pat
     assert (first["source"], first["medium"], first["campaign"], first["referrals"]) == ("partner", "referral",
                                                                                           "q4", "4")
     assert rows[-1]["source"] == "(total)" and rows[-1]["referrals"] == "5"
+
+
+HOSTILE = ['=HYPERLINK("http://x")', "+cmd|' /C calc'!A0", "@SUM(1)", "-2+3", "\tq4", "\r=1+1"]
+
+
+def test_report_csv_neutralises_formula_cells_and_keeps_numbers(
+        ledger: Ledger, ledger_url: str, tmp_path: Path) -> None:
+    """Campaigns a partner chose arrive in a spreadsheet as text, never as formulas (OWASP CSV
+    injection); the numbers beside them stay numbers."""
+    path = tmp_path / "hostile.csv"
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(HEADER.split(","))
+    for i, campaign in enumerate(HOSTILE):
+        writer.writerow(["acme", f"p{i}@p.example", "", "", "partner", "referral", campaign if i < 4 else f"c{i}",
+                         f"2026-09-0{i + 1}T00:00:00Z", "", f"h{i}"])
+    path.write_text(rows.getvalue())
+    import_file(ledger, path, Policy("first_touch", "flag", 365, "t"), datetime(2026, 10, 1, tzinfo=UTC))
+    # The import trims whitespace, so tab- and CR-led values are put in as an older ledger may hold them.
+    with ledger.transaction() as txn:
+        for referral in txn.session.scalars(select(Referral).where(Referral.external_id.in_(["h4", "h5"]))):
+            referral.campaign = HOSTILE[int(referral.external_id[1:])]  # type: ignore[index]
+    assert {r["campaign"] for r in ledger.referrals()} == set(HOSTILE)  # stored as given
+
+    out = _run(ledger_url, tmp_path, "--by", "campaign", "--format", "csv")
+    parsed = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert len(parsed) == len(HOSTILE) + 1  # one line per campaign and the total: the CSV still parses
+    assert {line["campaign"] for line in parsed[:-1]} == {"'" + c for c in HOSTILE}
+    for line in parsed[:-1]:
+        assert line["referrals"] == "1" and line["won_revenue"] == "0.0" and line["conversion_rate"] == "0.0"
+    assert parsed[-1]["campaign"] == "(total)" and parsed[-1]["referrals"] == str(len(HOSTILE))
+
+
+def test_spreadsheet_safe_leaves_numbers_and_plain_text_alone() -> None:
+    from connector.report import spreadsheet_safe
+
+    assert spreadsheet_safe(-12.5) == -12.5 and spreadsheet_safe(-3) == -3 and spreadsheet_safe(None) is None
+    assert spreadsheet_safe("q4-summit") == "q4-summit" and spreadsheet_safe("") == ""
+    assert spreadsheet_safe("-2+3") == "'-2+3" and spreadsheet_safe("@x") == "'@x"

@@ -8,6 +8,7 @@ reused, so a long-lived sandbox (and every client that trusted its CA) keeps wor
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import trustme
@@ -28,14 +29,23 @@ def make_tls(directory: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
         return ca_path, certfile, keyfile
     ca = trustme.CA(organization_name="refsync sandbox")
     server = ca.issue_cert("127.0.0.1", "::1", "localhost")
-    # Write to temporary names first so a concurrent reader never sees half a set.
-    for path, writer in ((keyfile, server.private_key_pem), (certfile, None), (ca_path, ca.cert_pem)):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        if writer is None:
-            tmp.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
-        else:
-            writer.write_to_path(str(tmp))
-        if path == keyfile:
-            tmp.chmod(0o600)
-        tmp.replace(path)
+    _write(keyfile, server.private_key_pem.bytes(), 0o600)
+    _write(certfile, b"".join(blob.bytes() for blob in server.cert_chain_pems), 0o644)
+    _write(ca_path, ca.cert_pem.bytes(), 0o644)
     return ca_path, certfile, keyfile
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` through a temporary file beside it, so a concurrent reader never sees half a
+    set. The temporary file is created with ``mode`` (the key: owner only) rather than narrowed
+    after writing, so the private key is never readable by others, not even for a moment."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        if mode != 0o600:
+            os.chmod(tmp, mode)  # public certificates
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
