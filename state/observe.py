@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import load_only
 
 from state.ledger import Ledger, LedgerTxn
 from state.models import Alert, AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
@@ -25,6 +26,12 @@ from state.notifications import enqueue_status_notice
 POLL_STATE = "poll_state:{obj}"
 HANDLED = "handled:{obj}:"
 STAMP = "%Y%m%dT%H%M%S.%fZ"
+# The referral columns a poll reads (the guard's view of the attribution, status, credit): loading
+# only these halves the cost of a prefetch; any other column still loads when first touched.
+OBSERVED_COLUMNS = (Referral.id, Referral.partner_id, Referral.referral_code, Referral.prospect_email,
+                    Referral.prospect_company, Referral.prospect_name, Referral.source, Referral.medium,
+                    Referral.campaign, Referral.submitted_at, Referral.status, Referral.status_changed_at,
+                    Referral.credited, Referral.merged_into, Referral.external_id)
 
 
 def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
@@ -85,11 +92,16 @@ class Observation:
             for record_id in chunk:
                 self._links[(obj, record_id)] = found.get(record_id, [])
             referral_ids = {lk.referral_id for links in found.values() for lk in links}
-            if referral_ids:
-                self._referrals.update((r.id, r) for r in self.session.scalars(
-                    select(Referral).where(Referral.id.in_(referral_ids))))
+            if not referral_ids:
+                continue
+            self._referrals.update((r.id, r) for r in self.session.scalars(
+                select(Referral).options(load_only(*OBSERVED_COLUMNS)).where(Referral.id.in_(referral_ids))))
+            # By referral id (indexed; audit_events has no index on record_id, and a scan of every
+            # event per chunk cost more than the rest of the poll): was_pushed only ever asks about
+            # a record's linked referrals, and asks the database about any pair not found here.
             pushed = self.session.execute(select(AuditEvent.referral_id, AuditEvent.record_id).where(
-                AuditEvent.kind == "pushed", AuditEvent.crm == self.crm, AuditEvent.record_id.in_(chunk)))
+                AuditEvent.referral_id.in_(referral_ids), AuditEvent.kind == "pushed", AuditEvent.crm == self.crm,
+                AuditEvent.record_id.in_(chunk)))
             self._pushed.update((str(r), str(rec)) for r, rec in pushed)
 
     def record_links(self, obj: str, record_id: str) -> list[CrmLink]:
