@@ -185,14 +185,33 @@ def _json_answer(method: Callable[..., Any]) -> Callable[..., tuple[Any, int, An
     return call
 
 
+def _object(data: dict[str, Any]) -> SimpleNamespace:
+    """One record of a JSON answer shaped like the client's ``SimplePublicObject`` (``id``,
+    ``properties``, ``updated_at``, ``new``); ``properties_with_history`` stays the JSON's own lists
+    of ``{value, timestamp, updatedByUserId, sourceId}``."""
+    return SimpleNamespace(id=str(data.get("id")), properties=data.get("properties") or {},
+                           updated_at=data.get("updatedAt"), new=bool(data.get("new")),
+                           properties_with_history=data.get("propertiesWithHistory") or {})
+
+
 def _search_answer(data: dict[str, Any]) -> SimpleNamespace:
     """A search answer shaped like the client's model (``results[].id/.properties/.updated_at``,
     ``paging.next.after``), built from the JSON (`POST /crm/v3/objects/{type}/search`)."""
     after = ((data.get("paging") or {}).get("next") or {}).get("after")
     return SimpleNamespace(
-        results=[SimpleNamespace(id=str(r.get("id")), properties=r.get("properties") or {},
-                                 updated_at=r.get("updatedAt")) for r in data.get("results") or []],
+        results=[_object(r) for r in data.get("results") or []],
         paging=SimpleNamespace(next=SimpleNamespace(after=str(after))) if after is not None else None)
+
+
+def _batch_answer(data: dict[str, Any]) -> SimpleNamespace:
+    """A batch read, upsert or update answer shaped like the client's model (``results[]``, and a
+    207's ``errors[].category/.message/.context``), built from the JSON: the models' dateutil parse
+    of every timestamp cost more CPU than refsync spends on the records (crm-api/hubspot/README.md:
+    batch answers, 207 ``errors[]`` with the ids in ``context``)."""
+    return SimpleNamespace(
+        results=[_object(r) for r in data.get("results") or []],
+        errors=[SimpleNamespace(category=e.get("category"), message=e.get("message"), context=e.get("context"))
+                for e in data.get("errors") or [] if isinstance(e, dict)])
 
 
 def _field_type(prop: Any) -> str:
@@ -466,7 +485,8 @@ class HubSpotAdapter:
                        "properties": {**{k: _value(v) for k, v in r.values.items()}, id_field: r.external_id}}
                       for r in chunk]
             keys = [r.external_id for r in chunk]
-            answer = self._write("batch_upsert", self._batch.upsert_with_http_info, object_name, inputs, keys)
+            answer = self._write("batch_upsert", _json_answer(self._batch.upsert_with_http_info), object_name, inputs,
+                                 keys)
             if isinstance(answer, list):
                 results += answer
                 continue
@@ -479,7 +499,8 @@ class HubSpotAdapter:
         for chunk in _chunks(list(records), BATCH):
             inputs = [{"id": r.record_id, "properties": {k: _value(v) for k, v in r.values.items()}} for r in chunk]
             keys = [r.record_id for r in chunk]
-            answer = self._write("batch_update", self._batch.update_with_http_info, object_name, inputs, keys)
+            answer = self._write("batch_update", _json_answer(self._batch.update_with_http_info), object_name, inputs,
+                                 keys)
             if isinstance(answer, list):
                 results += answer
                 continue
@@ -489,10 +510,11 @@ class HubSpotAdapter:
 
     def _write(self, kind: str, method: Callable[..., Any], object_name: str, inputs: list[dict[str, Any]],
                keys: list[str]) -> Any:
-        """One batch write; a whole-batch 409 (or a 400 on one record's value) becomes per-record results."""
+        """One batch write (``method`` answering JSON, read by :func:`_batch_answer`); a whole-batch 409
+        (or a 400 on one record's value) becomes per-record results."""
         try:
             data, _status = self._call(kind, method, object_name, {"inputs": inputs})
-            return data
+            return _batch_answer(data)
         except CrmConfigError as exc:
             cause = exc.__cause__
             status = int(getattr(cause, "status", 0) or 0)
@@ -540,9 +562,10 @@ class HubSpotAdapter:
         out: dict[str, CrmRecord | None] = {}
         props = self._props(fields)
         for chunk in _chunks(list(dict.fromkeys(str(i) for i in ids)), BATCH):
-            data, _status = self._call("batch_read", self._batch.read_with_http_info, object_name,
-                                       {"inputs": [{"id": i} for i in chunk], "properties": props,
-                                        "propertiesWithHistory": []}, archived=False)
+            answer, _status = self._call("batch_read", _json_answer(self._batch.read_with_http_info), object_name,
+                                         {"inputs": [{"id": i} for i in chunk], "properties": props,
+                                          "propertiesWithHistory": []}, archived=False)
+            data = _batch_answer(answer)
             by_id = {str(o.id): o for o in data.results or []}
             gone = self._errors(data)
             for record_id in chunk:
@@ -707,25 +730,25 @@ class HubSpotAdapter:
         by_id = {s.internal_id: s for s in known}
         out: list[StageChange] = []
         for chunk in _chunks(ids, HISTORY_BATCH):
-            data, _status = self._call("batch_read", self._batch.read_with_http_info, object_name,
-                                       {"inputs": [{"id": i} for i in chunk], "properties": list(DEAL_FIELDS),
-                                        "propertiesWithHistory": ["dealstage"]}, archived=False)
-            for obj in data.results or []:
+            answer, _status = self._call("batch_read", _json_answer(self._batch.read_with_http_info), object_name,
+                                         {"inputs": [{"id": i} for i in chunk], "properties": list(DEAL_FIELDS),
+                                          "propertiesWithHistory": ["dealstage"]}, archived=False)
+            for obj in _batch_answer(answer).results:
                 props = obj.properties or {}
                 try:
                     amount = float(props["amount"]) if props.get("amount") else None
                 except ValueError:
                     amount = None
                 # HubSpot lists history newest first; same-millisecond moves keep that order reversed
-                for entry in reversed((obj.properties_with_history or {}).get("dealstage") or []):
-                    at = _moment(entry.timestamp)
-                    if not entry.value or at is None or at < lower:
+                for entry in reversed(obj.properties_with_history.get("dealstage") or []):
+                    at, value = _moment(entry.get("timestamp")), entry.get("value")
+                    if not value or at is None or at < lower:
                         continue
-                    who = entry.updated_by_user_id
-                    stage = by_pipeline.get((str(props.get("pipeline") or ""), entry.value)) or by_id.get(entry.value)
-                    out.append(StageChange(str(obj.id), stage.label if stage else entry.value, at, amount=amount,
+                    who = entry.get("updatedByUserId")
+                    stage = by_pipeline.get((str(props.get("pipeline") or ""), value)) or by_id.get(value)
+                    out.append(StageChange(str(obj.id), stage.label if stage else value, at, amount=amount,
                                            close_date=props.get("closedate") or None,
-                                           changed_by=str(who) if who is not None else entry.source_id,
+                                           changed_by=str(who) if who is not None else entry.get("sourceId"),
                                            pipeline=stage.pipeline if stage else None))
         return sorted(out, key=lambda s: s.at)  # stable: per-record order survives equal timestamps
 

@@ -202,8 +202,7 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
             counts.owner_changes += 1
             ob.audit(referral.id, "owner_changed", "crm_owner_changed", actor=f"crm:{target.name}",
                      obj=obj.name, record_id=record.id, detail={"from": link.owner_id, "to": owner})
-        link.owner_id = owner or link.owner_id
-        link.last_seen_at = ob.now
+        ob.seen(link, owner or link.owner_id)
         if link.state == "active" and referral.credited and ob.was_pushed(referral.id, record.id):
             _guard(ob, target, obj, referral, record, counts, link)
         if obj is not mapping.deal:

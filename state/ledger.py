@@ -31,7 +31,7 @@ from state.models import (
     SyncOp,
     utcnow,
 )
-from state.views import audit_json, op_json, referral_json
+from state.views import OP_COLUMNS, audit_json, op_json, referral_json
 from state.workers import Liveness
 
 Clock = Callable[[], datetime]
@@ -354,11 +354,11 @@ class Ledger:
             .where(SyncOp.id.in_(due_ids.scalar_subquery()))
             .values(state="in_flight", lease_owner=owner, lease_expires_at=now + lease,
                     attempts=SyncOp.attempts + 1, updated_at=now)
-            .returning(SyncOp)
+            .returning(*OP_COLUMNS)  # plain rows: no ORM object per claimed op
             .execution_options(synchronize_session=False)
         )
         with self.transaction() as txn:
-            ops = sorted(txn.session.scalars(claim), key=lambda op: (op.next_attempt_at, op.id))
+            ops = sorted(txn.session.execute(claim), key=lambda op: (op.next_attempt_at, op.id))
             return [op_json(op) for op in ops]
 
     def take_back_ops(self, claimer: str) -> dict[str, int]:

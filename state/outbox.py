@@ -12,12 +12,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, and_, cast, exists, insert, literal, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from state.ledger import Ledger
-from state.models import AuditEvent, CrmLink, Referral, SyncOp
+from state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 
 CHUNK = 500  # ids per IN list: well under every driver's bound-parameter limit
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def push_key(crm: str, referral_id: str, revision: int) -> str:
@@ -62,26 +67,39 @@ def preview_pushes(ledger: Ledger, crm: str, limit: int) -> list[dict[str, Any]]
     return [{"id": 0, "kind": "push", "referral_id": r, "attempts": 0} for r in referral_ids]
 
 
+PUSH_LINK_STATES = ("active", "converted", "deleted")  # the links a push writes through or repairs
+
+
 def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[str, dict[str, Any]]:
-    """What the push needs of each referral: its attributes and its active links on ``crm``."""
+    """What the push needs of each referral: its attributes and its active links on ``crm``.
+
+    Two Core selects of the needed columns per chunk of ids (no ORM objects: a first cycle reads
+    every referral here once per CRM)."""
+    columns = (Referral.id, Partner.code, Referral.source, Referral.medium, Referral.campaign,
+               Referral.submitted_at, Referral.prospect_email, Referral.prospect_company, Referral.prospect_name,
+               Referral.external_id, Referral.status, Referral.referral_code, Referral.revision,
+               Referral.credited, Referral.merged_into)
+    found: dict[str, dict[str, Any]] = {}
     with ledger.transaction() as txn:
-        rows = txn.session.scalars(
-            select(Referral).options(selectinload(Referral.links)).where(Referral.id.in_(list(referral_ids)))
-        )
-        return {
-            r.id: {
-                "id": r.id, "partner": r.partner.code, "source": r.source, "medium": r.medium,
-                "campaign": r.campaign, "submitted_at": r.submitted_at, "prospect_email": r.prospect_email,
-                "prospect_company": r.prospect_company, "prospect_name": r.prospect_name,
-                "external_id": r.external_id, "status": r.status, "referral_code": r.referral_code,
-                "revision": r.revision, "credited": r.credited and r.merged_into is None,
-                "links": [
-                    {"object": lk.object, "record_id": lk.record_id, "role": lk.role, "state": lk.state}
-                    for lk in r.links if lk.crm == crm and lk.state in ("active", "converted", "deleted")
-                ],
-            }
-            for r in rows
-        }
+        session = txn.session
+        for chunk in _chunks(list(dict.fromkeys(referral_ids))):
+            rows = session.execute(select(*columns).join(Partner, Partner.id == Referral.partner_id)
+                                   .where(Referral.id.in_(list(chunk))))
+            for (rid, partner, source, medium, campaign, submitted_at, email, company, name, external_id,
+                 status, code, revision, credited, merged_into) in rows:
+                found[rid] = {
+                    "id": rid, "partner": partner, "source": source, "medium": medium, "campaign": campaign,
+                    "submitted_at": submitted_at, "prospect_email": email, "prospect_company": company,
+                    "prospect_name": name, "external_id": external_id, "status": status, "referral_code": code,
+                    "revision": revision, "credited": credited and merged_into is None, "links": []}
+            links = session.execute(
+                select(CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.role, CrmLink.state)
+                .where(CrmLink.referral_id.in_(list(chunk)), CrmLink.crm == crm,
+                       CrmLink.state.in_(PUSH_LINK_STATES))
+                .order_by(CrmLink.id))
+            for rid, obj, record_id, role, state in links:
+                found[rid]["links"].append({"object": obj, "record_id": record_id, "role": role, "state": state})
+    return found
 
 
 @dataclass
@@ -116,11 +134,6 @@ def _op_values(outcome: OpOutcome, now: datetime) -> dict[str, Any]:
         values.update(last_error_class=outcome.error_class, last_error_code=outcome.error_code,
                       last_error_message=(outcome.error_message or "")[:2000])
     return values
-
-
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _land_ops(session: Session, owner: str, outcomes: Sequence[OpOutcome], now: datetime) -> set[int]:

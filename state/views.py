@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from state.models import AuditEvent, Referral, SyncOp
 
 
@@ -67,7 +69,14 @@ def audit_json(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def op_json(op: SyncOp) -> dict[str, Any]:
+# The columns op_json reads: a Core row of these serves as well as an ORM object.
+OP_COLUMNS = tuple(getattr(SyncOp, name) for name in (
+    "id", "kind", "state", "referral_id", "crm", "object", "record_id", "payload", "attempts", "next_attempt_at",
+    "lease_owner", "lease_expires_at", "last_error_class", "last_error_code", "last_error_message"))
+
+
+def op_json(op: SyncOp | Row[Any]) -> dict[str, Any]:
+    """The contract's op shape, from an ORM object or a row of :data:`OP_COLUMNS`."""
     return {
         "id": op.id,
         "kind": op.kind,
