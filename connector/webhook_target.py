@@ -185,6 +185,7 @@ class GuardedAdapter(HTTPAdapter):
 def session(deadline: Deadline, allow_private: bool) -> requests.Session:
     """A session for one attempt: every connection checked and bounded by ``deadline``."""
     s = requests.Session()
+    s.trust_env = False  # an HTTPS_PROXY from the environment would connect around the address check
     adapter = GuardedAdapter(deadline, allow_private)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
