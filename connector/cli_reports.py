@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 
 import click
@@ -140,12 +139,14 @@ def _cell(value: object, column: str) -> object:
 def partners_set(obj: Context, code: str, webhook_url: str | None, webhook_secret: str | None,
                  clear_webhook: bool) -> None:
     """Set a partner's webhook URL and signing-secret reference (the secret itself never enters the ledger)."""
+    from connector.webhook_target import url_problem
     from state.notifications import set_partner_webhook
 
     if not (webhook_url or webhook_secret or clear_webhook):
         raise click.UsageError("give --webhook-url, --webhook-secret or --clear-webhook")
-    if webhook_url and not re.match(r"^https?://[^\s/]+", webhook_url):
-        raise InputError(f"--webhook-url {webhook_url!r} is not an http(s) URL")
+    problem = url_problem(webhook_url, obj.config.notifications.allow_private_targets) if webhook_url else None
+    if problem:
+        raise InputError(f"--webhook-url {problem}")
     if webhook_secret and (not webhook_secret.startswith(SECRET_SCHEMES) or webhook_secret in SECRET_SCHEMES):
         raise InputError("--webhook-secret must be a reference such as env:ACME_WEBHOOK_SECRET or "
                          "file:/etc/refsync/acme.secret, never the secret itself")

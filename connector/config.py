@@ -242,8 +242,10 @@ class NotificationsConfig(_Strict):
 
     enabled: bool = True
     statuses: list[str] = Field(default_factory=lambda: list(NOTIFY_DEFAULT))
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)  # one attempt as a whole, answer included
     max_attempts: int = Field(default=8, ge=1)
+    allow_private_targets: bool = False  # http:// and loopback/private/link-local targets (internal receivers)
+    include_prospect_email: bool = False  # put referral.prospect_email back into the payload
 
     @field_validator("statuses")
     @classmethod

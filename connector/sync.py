@@ -56,7 +56,8 @@ def settings_from_config(config: Config, *, with_reconcile: bool = False) -> Cyc
     base = config.base_dir
     delivery = DeliverySettings(
         statuses=frozenset(notes.statuses), enabled=notes.enabled, timeout=notes.timeout_seconds,
-        max_attempts=notes.max_attempts, base_dir=base,
+        max_attempts=notes.max_attempts, base_dir=base, allow_private_targets=notes.allow_private_targets,
+        include_prospect_email=notes.include_prospect_email,
         alert_url=lambda: alerts.resolved_url(base),
         alert_secret=lambda: alerts.webhook_secret.resolve("alerts.webhook_secret", base)
         if alerts.webhook_secret else None)

@@ -25,6 +25,10 @@ class Receiver:
     duplicates: int = 0
     fail_next: int = 0  # answer 503 to this many requests first
     raw: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    drip: float | None = None  # answer one byte every this many seconds, never finishing
+    huge: int = 0  # answer 500 with a body of this many bytes
+    sent: int = 0  # bytes of a huge answer the client took before hanging up
 
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
@@ -36,6 +40,10 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k: v for k, v in self.headers.items()}
             receiver.raw.append((headers, body))
+            receiver.received_at.append(time.monotonic())
+            if receiver.drip is not None or receiver.huge:
+                self._hostile()
+                return
             if receiver.fail_next > 0:
                 receiver.fail_next -= 1
                 self._answer(503)
@@ -53,6 +61,23 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 receiver.seen_keys.add(key)
                 receiver.accepted.append(json.loads(body))
             self._answer(200)
+
+        def _hostile(self) -> None:
+            """A dripping or enormous answer, until the client hangs up."""
+            try:
+                if receiver.drip is not None:
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(receiver.drip)
+                    return
+                self.wfile.write(f"HTTP/1.1 500 Oops\r\nContent-Length: {receiver.huge}\r\n\r\n".encode())
+                chunk = b"x" * 65536
+                while receiver.sent < receiver.huge:
+                    self.wfile.write(chunk)
+                    receiver.sent += len(chunk)
+            except OSError:
+                return  # the client hung up: what the test expects
 
         def _answer(self, status: int) -> None:
             self.send_response(status)

@@ -34,7 +34,8 @@ def test_same_problem_twice_is_one_alert_with_a_count_and_resolves_when_gone(led
 def test_each_new_alert_becomes_one_signed_webhook_and_is_announced_once(ledger: Ledger) -> None:
     sync_alerts(ledger, _specs(3), [])
     with receiving("alert-secret") as receiver:
-        settings = DeliverySettings(statuses=frozenset(), timeout=3, alert_url=lambda: receiver.url,
+        settings = DeliverySettings(statuses=frozenset(), timeout=3, allow_private_targets=True,
+                                    alert_url=lambda: receiver.url,
                                     alert_secret=lambda: "alert-secret")
         first = announce(ledger, build_sinks(webhook=True), storm_threshold=50)
         second = announce(ledger, build_sinks(webhook=True), storm_threshold=50)
@@ -47,7 +48,8 @@ def test_each_new_alert_becomes_one_signed_webhook_and_is_announced_once(ledger:
 def test_alert_storm_is_one_summary_message_in_slack_shape(ledger: Ledger) -> None:
     sync_alerts(ledger, _specs(2000) + _specs(5, "dead_op"), [])
     with receiving("s") as receiver:
-        settings = DeliverySettings(statuses=frozenset(), timeout=3, alert_url=lambda: receiver.url,
+        settings = DeliverySettings(statuses=frozenset(), timeout=3, allow_private_targets=True,
+                                    alert_url=lambda: receiver.url,
                                     alert_secret=lambda: "s")
         announced = announce(ledger, build_sinks(webhook=True, format="slack"), storm_threshold=50)
         deliver_all(ledger, "w1", settings)
@@ -78,7 +80,8 @@ def test_slack_alert_escapes_what_slack_would_parse_as_a_mention_or_link(ledger:
     sync_alerts(ledger, [AlertSpec("dead_op", "dead_op:1", f"could not push {hostile}", "salesforce", None, "<1>")],
                 [])
     with receiving("s") as receiver:
-        settings = DeliverySettings(statuses=frozenset(), timeout=3, alert_url=lambda: receiver.url,
+        settings = DeliverySettings(statuses=frozenset(), timeout=3, allow_private_targets=True,
+                                    alert_url=lambda: receiver.url,
                                     alert_secret=lambda: "s")
         announce(ledger, build_sinks(webhook=True, format="slack"), storm_threshold=50)
         deliver_all(ledger, "w1", settings)

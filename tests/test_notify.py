@@ -44,7 +44,7 @@ def _move(ledger: Ledger, referral_id: str, status: str, clock: FakeClock) -> No
 
 
 def _settings(**kw: object) -> DeliverySettings:
-    return DeliverySettings(statuses=ALL, timeout=3, max_attempts=3, **kw)  # type: ignore[arg-type]
+    return DeliverySettings(statuses=ALL, timeout=3, max_attempts=3, allow_private_targets=True, **kw)  # type: ignore[arg-type]
 
 
 def test_transition_reaches_partner_signed_once_and_shows_in_the_timeline(
@@ -124,7 +124,8 @@ def test_transitions_not_configured_to_notify_are_not_sent(
         referral_id = _referral(ledger, tmp_path, receiver.url, monkeypatch)
         _move(ledger, referral_id, "contacted", clock)
         _move(ledger, referral_id, "won", clock)
-        counts = deliver_all(ledger, "w1", DeliverySettings(statuses=frozenset({"won"}), timeout=3))
+        counts = deliver_all(ledger, "w1", DeliverySettings(statuses=frozenset({"won"}), timeout=3,
+                                                                   allow_private_targets=True))
     assert counts.delivered == 1 and counts.skipped == 1
     assert [n["transition"]["to"] for n in receiver.accepted] == ["won"]
 
