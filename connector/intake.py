@@ -59,6 +59,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Bidirectional embeddings, overrides and isolates (Unicode TR9; the "Trojan Source" set,
 # CVE-2021-42574): they make a name display as something other than what it is.
 _BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+MAX_UNKNOWN_NOTES = 10  # unknown keys of one JSONL line named one by one; the rest are counted
 MAX_COLUMNS = 64  # header columns refsync reads: ten are known; more is not a referral file
 log = get_logger("refsync.intake")
 
@@ -230,9 +231,13 @@ def _jsonl_rows(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, di
         if not isinstance(value, dict):
             problems.append(RowProblem(number, None, "each line must be a JSON object with the import keys"))
             continue
-        for key in value:
-            if key not in COLUMNS:
-                problems.append(RowProblem(number, str(key), "unknown key, ignored", "note"))
+        unknown = [str(key) for key in value if key not in COLUMNS]
+        for key in unknown[:MAX_UNKNOWN_NOTES]:
+            problems.append(RowProblem(number, key, "unknown key, ignored", "note"))
+        if len(unknown) > MAX_UNKNOWN_NOTES:  # a line with 100,000 keys is one more note, not 100,000
+            more = len(unknown) - MAX_UNKNOWN_NOTES - 1
+            problems.append(RowProblem(number, unknown[MAX_UNKNOWN_NOTES], f"and {more} more unknown keys, ignored",
+                                       "note"))
         yield number, {k: v for k, v in value.items() if k in COLUMNS}
 
 

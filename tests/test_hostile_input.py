@@ -265,3 +265,10 @@ def api(ledger: Ledger) -> Any:
     running = start(ledger, TOKEN)
     yield running
     running.server.stop()
+
+
+def test_a_jsonl_line_with_100000_unknown_keys_gives_a_few_notes(ledger: Ledger, tmp_path: Path) -> None:
+    line = json.dumps({**good(1), **{f"k{i}": 1 for i in range(100_000)}})
+    report = imports.import_file(ledger, write(tmp_path, "r.jsonl", line + "\n"), POLICY, NOW)
+    assert report.imported == 1
+    assert len(report.notes) == 11 and report.notes[-1].reason == "and 99989 more unknown keys, ignored"
