@@ -397,8 +397,9 @@ def _validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral 
             problems.append(RowProblem(line, "submitted_at", f"'{values['submitted_at']}' is not an ISO 8601 "
                                        "time; write it like 2026-03-01T09:30:00Z"))
         except OverflowError:  # 0001-01-01T00:00+05:00 or 9999-12-31T23:00-05:00: beyond what UTC can hold
-            problems.append(RowProblem(line, "submitted_at", f"{values['submitted_at']} is out of range; check "
-                                       "the year (write it like 2026-03-01T09:30:00Z)"))
+            text = values["submitted_at"]
+            problems.append(_too_early(line, text) if text < str(EARLIEST_YEAR) else RowProblem(
+                line, "submitted_at", f"{text} is out of range; check the year (write it like 2026-03-01T09:30:00Z)"))
         else:
             if submitted_at.year < EARLIEST_YEAR:
                 problems.append(_too_early(line, values["submitted_at"]))
