@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from connector import attribution
 from connector.attribution import Policy, Rival
+from connector.errors import LedgerError
 from connector.intake import NewReferral, RowProblem, read_file, validated
 from connector.logs import get_logger
 from state.ledger import Ledger, LedgerTxn
@@ -25,6 +26,9 @@ from state.models import Referral
 from state.notifications import enqueue_status_notice
 
 BATCH = 500
+# The ledger itself is unavailable (connection lost, locked): no row's fault, the whole write fails
+# and the caller retries. Every other exception a row's write raises is that row's problem.
+UNAVAILABLE = (OperationalError, LedgerError)
 log = get_logger("refsync.import")
 
 
@@ -226,15 +230,23 @@ def _write_batch(
                     outcome.rows.append(RowOutcome(row.line, "unchanged", match))
                 continue
             if per_row:
+                problem: RowProblem | None = None
                 try:
                     with txn.savepoint():
                         referral_id, contested = _record(txn, holders, row, policy, f"{actor}:{row.line}")
                         txn.session.flush()
+                except UNAVAILABLE:
+                    raise
                 except IntegrityError as exc:
                     problem = RowProblem(
                         row.line, "external_id" if row.external_id else None,
                         f"the ledger refused the row ({exc.orig}); it conflicts with a row already imported",
                     )
+                except Exception as exc:  # noqa: BLE001 - a value the ledger refuses is this row's problem only
+                    log.warning("the ledger refused a row", line=row.line, error=type(exc).__name__)
+                    problem = RowProblem(row.line, None, f"the ledger refused the row ({type(exc).__name__}); "
+                                         "check its values")
+                if problem is not None:
                     outcome.rejected.append(problem)
                     if outcome.rows is not None:
                         outcome.rows.append(RowOutcome(row.line, "rejected", problems=(problem,)))
@@ -280,9 +292,11 @@ def import_rows(
         batch = list(rows[start:start + BATCH])
         try:
             _write_batch(ledger, batch, policy, window, actor, report, per_row=False)
-        except IntegrityError:
-            # Someone else wrote one of these rows meanwhile: redo the batch row by row, so only
-            # the conflicting rows are reported and the rest still land.
+        except UNAVAILABLE:
+            raise
+        except Exception:  # noqa: BLE001 - redone row by row below, where each failure is located
+            # Someone else wrote one of these rows meanwhile, or one row holds a value the ledger
+            # refuses: redo the batch row by row, so only those rows are reported and the rest land.
             _write_batch(ledger, batch, policy, window, actor, report, per_row=True)
     return report
 
@@ -297,23 +311,31 @@ def import_file(
     actor = f"import:{path.name}"
     with ledger.transaction() as txn:
         run_id = txn.start_run("import")
-    for number, batch in enumerate(_batches(validated(parsed, now), BATCH), start=1):
-        if number in (4, 20) or number % 100 == 0:  # the table grows by orders of magnitude early on
-            ledger.refresh_statistics()
-        rows = [r for r in batch if isinstance(r, NewReferral)]
-        for item in batch:
-            if not isinstance(item, NewReferral):
-                report.rejected.extend(item)
-        import_rows(ledger, rows, policy, actor, report)
-        if progress:
-            progress(len(batch))
-    for problem in parsed.problems:  # file-level and unreadable-row problems, known once all rows were read
-        (report.notes if problem.severity == "note" else report.rejected).append(problem)
-    report.rejected.sort(key=lambda p: p.line)
-    with ledger.transaction() as txn:
-        txn.finish_run(run_id, "ok" if not report.rejected else "rejected_rows", {
-            "imported": report.imported, "unchanged": report.unchanged, "rejected": report.rejected_rows,
-        })
+    status, error = "failed", None
+    try:
+        for number, batch in enumerate(_batches(validated(parsed, now), BATCH), start=1):
+            if number in (4, 20) or number % 100 == 0:  # the table grows by orders of magnitude early on
+                ledger.refresh_statistics()
+            rows = [r for r in batch if isinstance(r, NewReferral)]
+            for item in batch:
+                if not isinstance(item, NewReferral):
+                    report.rejected.extend(item)
+            import_rows(ledger, rows, policy, actor, report)
+            if progress:
+                progress(len(batch))
+        for problem in parsed.problems:  # file-level and unreadable-row problems, known once all rows were read
+            (report.notes if problem.severity == "note" else report.rejected).append(problem)
+        report.rejected.sort(key=lambda p: p.line)
+        status = "ok" if not report.rejected else "rejected_rows"
+    except BaseException as exc:  # the run is finished as failed, then the error goes on (Ctrl-C too)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        raise
+    finally:
+        # Always finished with its outcome: a run left "running" reads as an import still going.
+        with ledger.transaction() as txn:
+            txn.finish_run(run_id, status, {
+                "imported": report.imported, "unchanged": report.unchanged, "rejected": report.rejected_rows,
+            }, error)
     log.info("import finished", file=str(path), imported=report.imported, unchanged=report.unchanged,
              rejected=report.rejected_rows)
     return report

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from connector.attribution import company_key, email_domain
 from connector.errors import InputError
+from connector.logs import get_logger
 
 COLUMNS = (
     "partner",
@@ -49,8 +51,17 @@ MAX_LENGTH = {
     "submitted_at": 64,
 }
 PARTNER_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone surrogate (JSON "\ud800"): no UTF-8 encoding exists
+# Control characters, line breaks included (C0, DEL, C1, U+2028/2029): a name with a line break or
+# a tab breaks reports, CSV exports and CRM layouts, and is never what the partner meant.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Bidirectional embeddings, overrides and isolates (Unicode TR9; the "Trojan Source" set,
+# CVE-2021-42574): they make a name display as something other than what it is.
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+MAX_UNKNOWN_NOTES = 10  # unknown keys of one JSONL line named one by one; the rest are counted
+MAX_COLUMNS = 64  # header columns refsync reads: ten are known; more is not a referral file
+log = get_logger("refsync.intake")
 
 
 EARLIEST_YEAR = 1900  # submitted_at before this is refused: a typo or placeholder, not a referral
@@ -127,7 +138,16 @@ def read_csv(text: str) -> ParsedFile:
         header = next(reader)
     except StopIteration:
         return ParsedFile(iter(()), [RowProblem(1, None, "the file is empty; add a header row and rows")])
+    if len(header) > MAX_COLUMNS:
+        # One error, not a note per column: a million columns must not print a million lines.
+        raise InputError(f"line 1: the header has {len(header)} columns, more than the {MAX_COLUMNS} refsync "
+                         "reads; is this a referral file? The columns are: " + ", ".join(COLUMNS))
     names = [h.strip().lower() for h in header]
+    twice = sorted({h for h in names if h and names.count(h) > 1})
+    if twice:
+        # Which of two values would count is a guess either way: refuse rather than keep the last.
+        raise InputError("line 1: the header names " + ", ".join(f"'{h}'" for h in twice)
+                         + " more than once; keep one column of each name")
     unknown = [h for h in names if h and h not in COLUMNS]
     for name in unknown:
         problems.append(
@@ -148,23 +168,43 @@ def read_csv(text: str) -> ParsedFile:
 def _csv_rows(
     reader: Any, names: list[str], problems: list[RowProblem]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows one at a time (a large file is never held as rows in memory); problems appended as met."""
+    """Rows one at a time (a large file is never held as rows in memory); problems appended as met.
+
+    A record the reader cannot read (a field over the csv module's limit) is reported and reading
+    goes on with the next line; a quoted value running over several lines (an unbalanced quote
+    swallows the rows after it) is reported with the lines it spans, and the rows after it are read.
+    """
     start = reader.line_num + 1
-    try:
-        for record in reader:
-            line = start
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(RowProblem(start, None, f"unreadable CSV on {_lines(start, reader.line_num)} ({exc}); "
+                                       "these lines were not imported, the rows after them were read"))
             start = reader.line_num + 1
-            if not any(cell.strip() for cell in record):
-                continue
-            if len(record) > len(names):
-                problems.append(
-                    RowProblem(line, None, f"{len(record)} values but the header has {len(names)} columns; "
-                               "quote values that contain commas")
-                )
-                continue
-            yield line, {n: v for n, v in zip(names, record, strict=False) if n in COLUMNS}
-    except csv.Error as exc:
-        problems.append(RowProblem(start, None, f"unreadable CSV ({exc}); the rest of the file was not read"))
+            continue
+        line, end = start, reader.line_num
+        start = end + 1
+        if not any(cell.strip() for cell in record):
+            continue
+        if end > line and any("\n" in cell or "\r" in cell for cell in record):
+            problems.append(RowProblem(line, None, f"a quoted value runs over {_lines(line, end)}: an unbalanced "
+                                       "quote (\") joins the rows after it into one value; close the quote or "
+                                       "remove the line break; these lines were not imported"))
+            continue
+        if len(record) > len(names):
+            problems.append(
+                RowProblem(line, None, f"{len(record)} values but the header has {len(names)} columns; "
+                           "quote values that contain commas")
+            )
+            continue
+        yield line, {n: v for n, v in zip(names, record, strict=False) if n in COLUMNS}
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first}" if last <= first else f"lines {first}-{last}"
 
 
 def read_jsonl(text: str) -> ParsedFile:
@@ -181,12 +221,23 @@ def _jsonl_rows(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, di
         except json.JSONDecodeError as exc:
             problems.append(RowProblem(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
+        except RecursionError:  # [[[[...]]]] 100,000 deep: this line's problem, not the file's
+            problems.append(RowProblem(number, None, "nested too deeply to read; each line must be one flat "
+                                       "JSON object with the import keys"))
+            continue
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            problems.append(RowProblem(number, None, f"not valid JSON ({exc})"))
+            continue
         if not isinstance(value, dict):
             problems.append(RowProblem(number, None, "each line must be a JSON object with the import keys"))
             continue
-        for key in value:
-            if key not in COLUMNS:
-                problems.append(RowProblem(number, str(key), "unknown key, ignored", "note"))
+        unknown = [str(key) for key in value if key not in COLUMNS]
+        for key in unknown[:MAX_UNKNOWN_NOTES]:
+            problems.append(RowProblem(number, key, "unknown key, ignored", "note"))
+        if len(unknown) > MAX_UNKNOWN_NOTES:  # a line with 100,000 keys is one more note, not 100,000
+            more = len(unknown) - MAX_UNKNOWN_NOTES - 1
+            problems.append(RowProblem(number, unknown[MAX_UNKNOWN_NOTES], f"and {more} more unknown keys, ignored",
+                                       "note"))
         yield number, {k: v for k, v in value.items() if k in COLUMNS}
 
 
@@ -200,13 +251,39 @@ def read_file(path: Path) -> ParsedFile:
     return read_csv(text) if detect_format(path, data[:4096]) == "csv" else read_jsonl(text)
 
 
-def _clean(value: Any) -> str | None:
+def _text(value: Any) -> str | None:
+    """A value as the text the CRMs will hold; ValueError (the reason) when it is not text.
+
+    Numbers stand for their digits (a JSON ``"external_id": 1001``); NaN, infinities, true/false,
+    objects and arrays are refused: ``str()`` would turn them into ``"nan"`` or ``"{'a': 1}"``."""
     if value is None:
         return None
-    if not isinstance(value, str):
+    if isinstance(value, bool):
+        raise ValueError(f"{json.dumps(value)} is not text; give a string")
+    if isinstance(value, int):
         value = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number; give a string")
+        value = repr(value)
+    elif not isinstance(value, str):
+        kind = "an object" if isinstance(value, dict) else "an array" if isinstance(value, list) else "not text"
+        raise ValueError(f"is {kind}; give a string")
     value = value.strip()
     return value or None
+
+
+def _text_problem(value: str) -> str | None:
+    """Why a text value cannot be stored as it is, or None."""
+    if _NOT_UTF8.search(value):
+        return "contains bytes that are not UTF-8; save the file as UTF-8"
+    if _SURROGATE.search(value):
+        return "contains a lone surrogate (like \\ud800), which cannot be written as UTF-8; send the character itself"
+    if _CONTROL.search(value):
+        return "contains control characters (a line break, tab or similar); remove them"
+    if _BIDI.search(value):
+        return "contains bidirectional override characters (U+202A-U+202E, U+2066-U+2069); remove them"
+    return None
 
 
 def _parse_time(value: str, now: datetime) -> tuple[datetime, bool]:
@@ -243,18 +320,33 @@ def _too_early(line: int, text: str) -> RowProblem:
 
 
 def validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral | list[RowProblem]:
-    """Check one row; a NewReferral or every problem of the row."""
+    """Check one row; a NewReferral or every problem of the row.
+
+    Never raises for what the row holds: an exception the checks did not foresee still becomes
+    this row's problem (with its type in the reason), so one row can never fail its file or request."""
+    try:
+        return _validate_row(line, raw, now)
+    except Exception as exc:  # noqa: BLE001 - any value of one row is that row's problem, never the file's
+        log.warning("row could not be validated", line=line, error=type(exc).__name__)
+        return [RowProblem(line, None, f"could not be read ({type(exc).__name__}); check the row's values")]
+
+
+def _validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral | list[RowProblem]:
     problems: list[RowProblem] = []
     notes: list[RowProblem] = []
-    values = {c: _clean(raw.get(c)) for c in COLUMNS}
+    values: dict[str, str | None] = {}
+    for column in COLUMNS:
+        try:
+            values[column] = _text(raw.get(column))
+        except ValueError as exc:
+            problems.append(RowProblem(line, column, str(exc)))
+            values[column] = None
     for column, value in values.items():
         if value is None:
             continue
-        if _NOT_UTF8.search(value):
-            problems.append(RowProblem(line, column, "contains bytes that are not UTF-8; save the file as UTF-8"))
-            values[column] = None
-        elif _CONTROL.search(value):
-            problems.append(RowProblem(line, column, "contains control characters; remove them"))
+        reason = _text_problem(value)
+        if reason is not None:
+            problems.append(RowProblem(line, column, reason))
             values[column] = None
         elif len(value) > MAX_LENGTH[column]:
             problems.append(
@@ -304,8 +396,10 @@ def validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral |
         except ValueError:
             problems.append(RowProblem(line, "submitted_at", f"'{values['submitted_at']}' is not an ISO 8601 "
                                        "time; write it like 2026-03-01T09:30:00Z"))
-        except OverflowError:  # 0001-01-01T00:00+05:00: before the first moment Python can hold in UTC
-            problems.append(_too_early(line, values["submitted_at"]))
+        except OverflowError:  # 0001-01-01T00:00+05:00 or 9999-12-31T23:00-05:00: beyond what UTC can hold
+            text = values["submitted_at"]
+            problems.append(_too_early(line, text) if text < str(EARLIEST_YEAR) else RowProblem(
+                line, "submitted_at", f"{text} is out of range; check the year (write it like 2026-03-01T09:30:00Z)"))
         else:
             if submitted_at.year < EARLIEST_YEAR:
                 problems.append(_too_early(line, values["submitted_at"]))
