@@ -497,7 +497,8 @@ def openapi_schema(intake_enabled: bool = True) -> dict[str, Any]:
     problem = {"type": "object", "required": ["column", "reason"],
                "properties": {"column": {"type": ["string", "null"]}, "reason": {"type": "string"}}}
     referral = {"type": "object", "description": "One referral: the columns of a file import (unknown keys are "
-                "ignored with a note).", "properties": {c: {"type": "string"} for c in COLUMNS}}
+                "ignored with a note).", "properties": {c: {"type": "string"} for c in COLUMNS},
+                "not": {"required": ["referrals"]}}
     result = {"type": "object", "required": ["index", "external_id", "outcome"], "properties": {
         "index": {"type": "integer"}, "external_id": {"type": ["string", "null"]},
         "outcome": {"enum": ["imported", "unchanged", "rejected"]}, "referral_id": {"type": "string"},
