@@ -174,3 +174,19 @@ def test_intake_answers_keep_to_the_openapi_description(api: Running) -> None:
         seen.add(status)
     assert seen == {201, 200, 422, 400, 401, 413}
     jsonschema.validate(referral(1), operation["requestBody"]["content"]["application/json"]["schema"])
+
+
+def test_healthz_answers_within_a_second_while_1100_slow_clients_hold_connections(api: Running) -> None:
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(1100):  # each sends half a request line and then nothing (slowloris)
+            conn = socket.create_connection(api.server.address, timeout=5)
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(conn)
+        for _ in range(5):
+            started = time.monotonic()
+            assert api.json("GET", "/healthz", token=None) == (200, {"status": "ok"})
+            assert time.monotonic() - started < 1
+    finally:
+        for conn in slow:
+            conn.close()
