@@ -1,28 +1,54 @@
-"""The daemon's HTTP surface: ``/healthz``, ``/readyz``, ``/metrics`` and the authenticated intake.
+"""The daemon's HTTP surface: ``/healthz``, ``/readyz``, ``/metrics``, the authenticated intake and
+its OpenAPI description (``/openapi.json``).
 
-A stdlib :class:`~http.server.ThreadingHTTPServer` served from a background thread of ``refsync
-run`` (no web framework: four endpoints do not need one). ``POST /intake`` validates each referral
-exactly like a file import and writes it through :func:`connector.imports.import_rows`, so
-first-to-refer, deduplication and idempotency are the same whichever way a referral arrives.
+A Starlette app (:func:`create_app`) served by uvicorn with h11 from a background thread of ``refsync
+run``. Why not the stdlib server it replaces: it had a listen backlog of 5, a thread per connection
+without a cap, no deadline for a slow client, and printed raw tracebacks for clients that hung up;
+h11 parses strictly (two Content-Length headers, ``+81``, a garbage request line: 400), uvicorn
+serves every connection from one event loop with a cap, and the partner portal will grow on this app.
 
-Secrets: the intake token is compared in constant time and never logged; request headers are never
-logged at all.
+The limits, all here: a listen backlog of :data:`BACKLOG`; at most :data:`MAX_CONNECTIONS` open
+connections (past it uvicorn answers 503, so the cap sits far above what a probe needs and below the
+descriptor limit: the scheduler's own connections always find a descriptor); request headers of at
+most :data:`MAX_HEADER_BYTES`, complete within :data:`HEADER_TIMEOUT` seconds of the connection or of
+the previous answer (:class:`_Protocol`); an intake body of at most :data:`MAX_BODY`, read within
+:data:`BODY_TIMEOUT`. Work that touches the ledger runs on Starlette's bounded thread pool (40
+threads); ``/healthz`` runs on the event loop, so it answers while that pool is busy.
+
+``POST /intake`` validates each referral exactly like a file import and writes it through
+:func:`connector.imports.import_rows`, so first-to-refer, deduplication and idempotency are the same
+whichever way a referral arrives.
+
+Secrets: the intake token is compared in constant time and never logged; request headers and query
+strings are never logged at all. Every log line (uvicorn's own included) goes through
+:mod:`connector.logs`: JSON, redacted, never a bare traceback on stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
+import resource
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
+import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from connector.attribution import Policy
 from connector.errors import ConfigError, LedgerError
@@ -37,8 +63,15 @@ log = get_logger("refsync.http")
 
 MAX_BODY = 1024 * 1024  # bytes of one intake request
 MAX_ITEMS = 500  # referrals in one intake request (one import batch, one transaction)
-READ_TIMEOUT = 30.0  # seconds a client may take to send its request
-GET_ROUTES = ("/healthz", "/readyz", "/metrics")
+BODY_TIMEOUT = 30.0  # seconds a client may take to send an intake body once its headers are in
+HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's headers
+KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection stays open
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers (h11 answers 400 beyond)
+BACKLOG = 2048  # connections the kernel queues before the server accepts them
+MAX_CONNECTIONS = 4096  # open connections; beyond it uvicorn answers 503 (lowered to fit the fd limit)
+FD_HEADROOM = 256  # descriptors kept for the ledger, the CRM clients, logs and files
+GRACE = 5.0  # seconds running requests get to finish when the daemon stops
+GET_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 INTAKE = "/intake"
 INTAKE_ACTOR = "intake:http"
 
@@ -65,13 +98,64 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never holds up the daemon's exit
-    app: HttpServer
+def connection_cap() -> int:
+    """:data:`MAX_CONNECTIONS`, or less when the process may not open that many descriptors (after
+    raising the soft limit as far as the hard one allows): the cap must bite before descriptors run
+    out, or an attack on the HTTP port would starve the scheduler's ledger and CRM connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):  # not permitted: live with the soft limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(64, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers. uvicorn times out only an idle
+    keep-alive connection, and any byte resets that; a client that drips its headers would hold its
+    connection (and a slot under the cap) forever. Here the headers must be complete within
+    :data:`HEADER_TIMEOUT` of the connection or of the previous answer, else the connection closes."""
+
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+        if not self.transport.is_closing():
+            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._header_deadline_passed, self.cycle)
+
+    def _header_deadline_passed(self, cycle_when_armed: object) -> None:
+        # A new request since the deadline was armed made a new cycle: its headers arrived in time.
+        if self.cycle is cycle_when_armed and not self.transport.is_closing():
+            log.info("http client too slow to send its request; connection closed",
+                     client=self.client[0] if self.client else None, seconds=HEADER_TIMEOUT)
+            self.transport.close()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server without its signal handlers: the daemon owns SIGTERM/SIGINT and stops the
+    HTTP server itself after the scheduler's last round."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class HttpServer:
@@ -84,46 +168,65 @@ class HttpServer:
         self.scheduler_running = scheduler_running
         self.crms = crms  # each CRM's readiness (connector/crms.readiness)
         self.metrics = Metrics(ledger)
-        self._server: _Server | None = None
+        self._socket: socket.socket | None = None
+        self._server: _Uvicorn | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         """The address actually bound (the real port when ``listen`` asked for port 0)."""
-        if self._server is None:
+        if self._socket is None:
             raise RuntimeError("the HTTP server is not started")
-        host, port = self._server.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
         """Bind ``listen`` and serve in a background thread; ConfigError when the address cannot be
-        bound (in use, not local), so ``refsync run`` stops at start-up with the reason."""
+        bound (in use, not local), so ``refsync run`` stops at start-up with the reason. Returns once
+        the server accepts connections."""
         host, port = parse_listen(self.settings.listen)
-        server_class = _Server6 if ":" in host else _Server
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            server = server_class((host, port), _Handler)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the stdlib server did
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
         except OSError as exc:
+            sock.close()
             raise ConfigError(
                 f"http.listen: cannot listen on {self.settings.listen} ({exc.strerror or exc}); free the port, "
                 "choose another address, or set listen = \"\" to run without the HTTP server"
             ) from exc
-        server.app = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="refsync-http", daemon=True)
-        self._thread.start()
+        config = uvicorn.Config(
+            create_app(self), http=_Protocol, loop="asyncio", lifespan="off", backlog=BACKLOG,
+            limit_concurrency=connection_cap(), timeout_keep_alive=int(KEEP_ALIVE),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=int(GRACE),
+            log_config=None, access_log=False, server_header=False, proxy_headers=False,
+        )
+        server = _Uvicorn(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="refsync-http", daemon=True)
+        self._socket, self._server, self._thread = sock, server, thread
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not server.started:
+            self.stop()
+            raise ConfigError(f"http.listen: the HTTP server on {self.settings.listen} did not start; see the log")
         bound_host, bound_port = self.address
         log.info("http listening", address=f"{bound_host}:{bound_port}", port=bound_port,
-                 intake="enabled" if self.settings.intake_token else "disabled")
+                 intake="enabled" if self.settings.intake_token else "disabled",
+                 max_connections=config.limit_concurrency)
 
     def stop(self) -> None:
-        """Stop serving and close the socket; requests being answered finish on their own thread."""
+        """Stop accepting, give running requests :data:`GRACE` seconds, close the socket."""
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
+            self._thread.join(timeout=GRACE + 5)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
         log.info("http stopped")
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -235,148 +338,208 @@ def _rejected(index: int, external_id: Any, problems: list[RowProblem],
             "outcome": "rejected", "problems": _problems(problems), "notes": _problems(notes)}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One request: routes, authentication, body limits; the work is :class:`HttpServer`'s."""
+# -- the ASGI app ---------------------------------------------------------------------------------
 
-    server: _Server
-    server_version = "refsync"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    timeout = READ_TIMEOUT
 
-    @property
-    def app(self) -> HttpServer:
-        return self.server.app
+def _json(status: int, value: Any, *, close: bool = False, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer as the endpoints always gave it: one line, UTF-8, never cached. ``close`` ends
+    the connection after it: a body we did not read must not be taken for the next request."""
+    sent = {"Cache-Control": "no-store", **(headers or {})}
+    if close:
+        sent["Connection"] = "close"
+    body = (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
+    return Response(body, status_code=int(status), media_type="application/json", headers=sent)
 
-    @property
-    def route(self) -> str:
-        return urlsplit(self.path).path
 
-    # -- methods ----------------------------------------------------------------------------
+def _not_here(route: str, intake_enabled: bool) -> Response:
+    """404 for what does not exist (including a disabled intake); 405 for a wrong method."""
+    if route in GET_ROUTES:
+        return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{route} answers GET only"}, close=True,
+                     headers={"Allow": "GET"})
+    if route == INTAKE and intake_enabled:
+        return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{INTAKE} answers POST only"}, close=True,
+                     headers={"Allow": "POST"})
+    if route == INTAKE:
+        return _json(HTTPStatus.NOT_FOUND, {"error": "the intake endpoint is disabled; set [http] intake_token "
+                                            "to enable it"}, close=True)
+    return _json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {route}; see {', '.join(GET_ROUTES)}, "
+                                        f"POST {INTAKE}"}, close=True)
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        route = self.route
-        if route == "/healthz":
-            self._json(HTTPStatus.OK, {"status": "ok"})
-        elif route == "/readyz":
-            self._json(*self.app.readyz())
-        elif route == "/metrics":
-            body, content_type = self.app.metrics.render()
-            self._send(HTTPStatus.OK, body, content_type)
-        else:
-            self._not_here(route)
 
-    def do_POST(self) -> None:  # noqa: N802
-        if self.route != INTAKE or not self.app.settings.intake_token:
-            self._not_here(self.route)
+def _authorised(request: Request, expected: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode("utf-8", "surrogateescape")
+    # compare_digest runs the comparison in constant time whatever matches, so the answer's
+    # timing does not reveal how much of a guessed token was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, expected.encode("utf-8"))
+
+
+async def _body(request: Request) -> bytes | Response | None:
+    """The request body; a 411/413/408 answer for one we will not read; None when the client hung
+    up before sending all of it (nothing to answer, nothing imported)."""
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        return _json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the body with a Content-Length, not chunked"},
+                     close=True)
+    length_header = request.headers.get("Content-Length")
+    if length_header is None:
+        return _json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"}, close=True)
+    if not length_header.isdigit():  # h11 refused the malformed ones already; this is belt and braces
+        return _json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length {length_header!r} is not a size"},
+                     close=True)
+    length = int(length_header)
+    if length > MAX_BODY:
+        return _json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                     {"error": f"the body is {length} bytes; at most {MAX_BODY} (1 MB) a request: split it"},
+                     close=True)
+    chunks: list[bytes] = []
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                chunks.append(chunk)
+    except TimeoutError:
+        return _json(HTTPStatus.REQUEST_TIMEOUT, {"error": f"the body did not arrive within {BODY_TIMEOUT:.0f} "
+                                                  "seconds; send it at once"}, close=True)
+    except ClientDisconnect:
+        log.info("http client hung up before sending its whole body; nothing imported",
+                 client=request.client.host if request.client else None)
+        return None
+    return b"".join(chunks)
+
+
+class _Counted:
+    """Counts every answer in ``refsync_http_requests_total`` and logs one debug line for it (probes
+    and scrapes would flood info), never its headers or query string."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        if not self._authorised():
-            self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token; send "
-                                                 "Authorization: Bearer <the token of [http] intake_token>"},
-                       close=True, headers={"WWW-Authenticate": 'Bearer realm="refsync"'})
-            return
-        body = self._body()
+        path = scope["path"]
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                endpoint = path if path in (*GET_ROUTES, INTAKE) else "other"
+                self.metrics.requests.labels(endpoint, str(status)).inc()
+                client = scope.get("client")
+                log.debug("http request", method=scope["method"], path=path, status=status,
+                          client=client[0] if client else None)
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+def create_app(server: HttpServer) -> ASGIApp:
+    """The ASGI app of one daemon's endpoints; the work is ``server``'s (:class:`HttpServer`)."""
+    token = server.settings.intake_token
+
+    async def healthz(request: Request) -> Response:
+        # On the event loop, no ledger, no thread: alive means this process answers at all.
+        return _json(HTTPStatus.OK, {"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        return _json(*(await run_in_threadpool(server.readyz)))
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(server.metrics.render)
+        return Response(body, media_type=None, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+    async def openapi(request: Request) -> Response:
+        return _json(HTTPStatus.OK, openapi_schema(intake_enabled=token is not None))
+
+    async def intake(request: Request) -> Response:
+        if not token or not _authorised(request, token):
+            return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token; send "
+                                                   "Authorization: Bearer <the token of [http] intake_token>"},
+                         close=True, headers={"WWW-Authenticate": 'Bearer realm="refsync"'})
+        body = await _body(request)
         if body is None:
-            return
+            return Response(status_code=HTTPStatus.BAD_REQUEST, headers={"Connection": "close"})  # nobody reads it
+        if isinstance(body, Response):
+            return body
         try:
             parsed = json.loads(body)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting
-            self._json(HTTPStatus.BAD_REQUEST, {"error": f"the body is not valid JSON ({exc})"})
-            return
+            return _json(HTTPStatus.BAD_REQUEST, {"error": f"the body is not valid JSON ({exc})"})
         try:
-            status, answer = self.app.intake(parsed)
+            status, answer = await run_in_threadpool(server.intake, parsed)
         except LedgerError as exc:
             log.error("intake failed: the ledger refused the write; the client may retry", error=str(exc))
-            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the ledger is unavailable; retry later "
-                                                        "(re-sending the same referrals is safe)"})
-            return
-        except Exception:  # noqa: BLE001 - answer 500 with the traceback in the log, not a dropped connection
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the ledger is unavailable; retry later "
+                                                          "(re-sending the same referrals is safe)"})
+        except Exception:  # noqa: BLE001 - answer 500 with the traceback in the JSON log, not a dropped connection
             log.exception("intake failed unexpectedly")
-            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the refsync log"},
-                       close=True)
-            return
-        self._json(status, answer)
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the refsync log"},
+                         close=True)
+        return _json(status, answer)
 
-    def do_PUT(self) -> None:  # noqa: N802
-        self._not_here(self.route)
+    async def refused(request: Request, exc: Exception) -> Response:
+        # Starlette's 404 (no route) and 405 (wrong method) become the JSON answers of the contract.
+        if isinstance(exc, HTTPException) and exc.status_code not in (404, 405):
+            return _json(exc.status_code, {"error": exc.detail})
+        return _not_here(request.url.path, token is not None)
 
-    do_DELETE = do_PATCH = do_PUT  # noqa: N815
+    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+              Route("/metrics", metrics, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
+    if token:
+        routes.append(Route(INTAKE, intake, methods=["POST"]))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: refused})
+    return _Counted(app, server.metrics)
 
-    # -- helpers ----------------------------------------------------------------------------
 
-    def _authorised(self) -> bool:
-        expected = self.app.settings.intake_token or ""
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        given = token.strip().encode("utf-8", "surrogateescape")
-        # compare_digest runs the comparison in constant time whatever matches, so the answer's
-        # timing does not reveal how much of a guessed token was right.
-        return scheme.lower() == "bearer" and hmac.compare_digest(given, expected.encode("utf-8"))
+def openapi_schema(intake_enabled: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the endpoints (served at ``/openapi.json``)."""
+    error = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    problem = {"type": "object", "required": ["column", "reason"],
+               "properties": {"column": {"type": ["string", "null"]}, "reason": {"type": "string"}}}
+    referral = {"type": "object", "description": "One referral: the columns of a file import (unknown keys are "
+                "ignored with a note).", "properties": {c: {"type": "string"} for c in COLUMNS},
+                "not": {"required": ["referrals"]}}
+    result = {"type": "object", "required": ["index", "external_id", "outcome"], "properties": {
+        "index": {"type": "integer"}, "external_id": {"type": ["string", "null"]},
+        "outcome": {"enum": ["imported", "unchanged", "rejected"]}, "referral_id": {"type": "string"},
+        "problems": {"type": "array", "items": problem}, "notes": {"type": "array", "items": problem}}}
+    answer = {"type": "object", "required": ["imported", "unchanged", "rejected", "results"], "properties": {
+        "imported": {"type": "integer"}, "unchanged": {"type": "integer"}, "rejected": {"type": "integer"},
+        "results": {"type": "array", "items": result}}}
 
-    def _body(self) -> bytes | None:
-        """The request body, or None after answering 411/413/400 for one we will not read."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the body with a Content-Length, not chunked"},
-                       close=True)
-            return None
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"}, close=True)
-            return None
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError(length_header)
-        except ValueError:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length {length_header!r} is not a size"},
-                       close=True)
-            return None
-        if length > MAX_BODY:
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                       {"error": f"the body is {length} bytes; at most {MAX_BODY} (1 MB) a request: split it"},
-                       close=True)
-            return None
-        return self.rfile.read(length)
+    def json_of(schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
 
-    def _not_here(self, route: str) -> None:
-        """404 for what does not exist (including a disabled intake); 405 for a wrong method."""
-        if route in GET_ROUTES:
-            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{route} answers GET only"}, close=True,
-                       headers={"Allow": "GET"})
-        elif route == INTAKE and self.app.settings.intake_token:
-            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{INTAKE} answers POST only"}, close=True,
-                       headers={"Allow": "POST"})
-        elif route == INTAKE:
-            self._json(HTTPStatus.NOT_FOUND, {"error": "the intake endpoint is disabled; set [http] intake_token "
-                                              "to enable it"}, close=True)
-        else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {route}; see {', '.join(GET_ROUTES)}, "
-                                              f"POST {INTAKE}"}, close=True)
-
-    def _json(self, status: int, value: Any, *, close: bool = False, headers: dict[str, str] | None = None) -> None:
-        body = (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
-        self._send(status, body, "application/json", close=close, headers=headers)
-
-    def _send(self, status: int, body: bytes, content_type: str, *, close: bool = False,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:  # a body we did not read must not be taken for the next request
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-        route = self.route
-        endpoint = route if route in (*GET_ROUTES, INTAKE) else "other"
-        self.app.metrics.requests.labels(endpoint, str(int(status))).inc()
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """One debug line per request (probes and scrapes would flood info); never the headers."""
-        log.debug("http request", method=self.command, path=self.route,
-                  status=int(code) if isinstance(code, int) else str(code), client=self.client_address[0])
-
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        log.warning("http error", detail=format % args, client=self.client_address[0])
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": json_of(
+            {"type": "object", "properties": {"status": {"const": "ok"}}}, "the process runs")}}},
+        "/readyz": {"get": {"summary": "Readiness", "responses": {
+            "200": json_of({"type": "object"}, "ready, or degraded (a CRM waits)"),
+            "503": json_of({"type": "object"}, "not ready (ledger, scheduler)")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+    if intake_enabled:
+        paths[INTAKE] = {"post": {
+            "summary": "Submit referrals", "security": [{"bearer": []}],
+            "description": f"One referral object, or {{\"referrals\": [...]}} with up to {MAX_ITEMS}; at most "
+                           f"{MAX_BODY} bytes. Each item is validated and imported like a file row; "
+                           "re-sending is safe.",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                referral, {"type": "object", "required": ["referrals"], "additionalProperties": False,
+                           "properties": {"referrals": {"type": "array", "minItems": 1, "maxItems": MAX_ITEMS,
+                                                        "items": referral}}}]}}}},
+            "responses": {
+                "201": json_of(answer, "at least one referral imported"),
+                "200": json_of(answer, "nothing new (all unchanged, or unchanged and rejected)"),
+                "422": json_of(answer, "every referral rejected"),
+                "400": json_of(error, "not JSON, or not a referral or {\"referrals\": [...]}"),
+                "401": json_of(error, "missing or wrong bearer token"),
+                "408": json_of(error, f"the body did not arrive within {BODY_TIMEOUT:.0f} s"),
+                "411": json_of(error, "no Content-Length (or chunked)"),
+                "413": json_of(error, f"more than {MAX_BODY} bytes or {MAX_ITEMS} referrals"),
+                "503": json_of(error, "the ledger is unavailable; retry"),
+            }}}
+    return {"openapi": "3.1.0", "info": {"title": "refsync", "version": "1"}, "paths": paths,
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}

@@ -112,7 +112,7 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "simple_salesforce", "alembic", "apscheduler"):
+    for noisy in ("urllib3", "simple_salesforce", "alembic", "apscheduler", "uvicorn"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -1,0 +1,192 @@
+"""The HTTP surface against hostile and careless clients, over real sockets on loopback: a thousand
+at once, malformed requests, clients that hang up or drip, and the OpenAPI description the intake's
+answers keep to."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from connector import http
+from state.ledger import Ledger
+from tests.test_http import REFSYNC, TOKEN, Running, referral, start
+
+
+@pytest.fixture
+def api(ledger: Ledger) -> Iterator[Running]:
+    running = start(ledger, TOKEN)
+    yield running
+    running.server.stop()
+
+
+def exchange(address: tuple[str, int], raw: bytes, *, half_close: bool = False, wait: float = 5) -> bytes:
+    """Send raw bytes, read until the server closes (or ``wait`` passes); what it answered."""
+    with socket.create_connection(address, timeout=wait) as conn:
+        try:
+            conn.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError):  # refused before it was all sent; read the answer
+            pass
+        if half_close:
+            conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+        except ConnectionResetError:  # the server closed with our bytes unread: the kernel resets
+            return answer or b"<reset>"
+        return answer
+
+
+def test_a_thousand_concurrent_healthz_are_all_answered(api: Running) -> None:
+    host, port = api.server.address
+
+    async def one() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    async def all_at_once() -> list[bytes]:
+        async with asyncio.timeout(30):
+            return await asyncio.gather(*(one() for _ in range(1000)))
+
+    started = time.monotonic()
+    answers = asyncio.run(all_at_once())
+    assert sum(a.startswith(b"HTTP/1.1 200") and a.endswith(b'{"status": "ok"}\n') for a in answers) == 1000
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /intake HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 81\r\n\r\n{}{}{}",
+    b"POST /intake HTTP/1.1\r\nHost: x\r\nContent-Length: +81\r\n\r\n{}",
+    b"POST /intake HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n{}",
+    b"\x16\x03\x01\x02\x00garbage that is no request line\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 * http.MAX_HEADER_BYTES) + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+], ids=["two-content-lengths", "plus-sign", "underscore", "garbage-line", "huge-headers", "bad-header"])
+def test_malformed_requests_are_refused_with_400_and_import_nothing(api: Running, ledger: Ledger,
+                                                                   raw: bytes) -> None:
+    answer = exchange(api.server.address, raw)
+    # Headers over the limit are refused while they still arrive: the 400 may be lost in the reset.
+    refused = (b"HTTP/1.1 400", b"<reset>") if len(raw) > http.MAX_HEADER_BYTES else (b"HTTP/1.1 400",)
+    assert answer.startswith(refused), answer[:200]
+    assert ledger.referrals() == []
+    assert api.json("GET", "/healthz", token=None)[0] == 200
+
+
+def test_a_short_body_with_half_close_imports_nothing(api: Running, ledger: Ledger) -> None:
+    body = json.dumps(referral(1)).encode()
+    head = (f"POST /intake HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body) + 40}\r\n\r\n").encode()
+    answer = exchange(api.server.address, head + body, half_close=True)
+    assert not answer.startswith(b"HTTP/1.1 2"), answer[:200]
+    assert ledger.referrals() == []
+
+
+def test_headers_and_bodies_that_drip_are_cut_off(api: Running, ledger: Ledger,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(http, "BODY_TIMEOUT", 0.5)
+    started = time.monotonic()
+    assert exchange(api.server.address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n") == b""  # closed, no answer
+    assert time.monotonic() - started < 4
+    head = (f"POST /intake HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Length: 100\r\n\r\n{\"partner\": ").encode()
+    answer = exchange(api.server.address, head)
+    assert answer.startswith(b"HTTP/1.1 408") and b"within" in answer
+    assert ledger.referrals() == []
+
+
+def test_clients_hanging_up_and_malformed_requests_leave_only_json_log_lines(sqlite_url: str,
+                                                                             tmp_path: Path) -> None:
+    config = tmp_path / "refsync.toml"
+    config.write_text(f'[ledger]\nurl = "{sqlite_url}"\n[http]\nlisten = "127.0.0.1:0"\n'
+                      'intake_token = "env:T_INTAKE_TOKEN"\n[logging]\nformat = "json"\nlevel = "debug"\n')
+    daemon = subprocess.Popen([REFSYNC, "--config", str(config), "run"], env={**os.environ, "T_INTAKE_TOKEN": TOKEN},
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stderr is not None
+        port = None
+        for line in daemon.stderr:
+            if line.startswith("{") and json.loads(line)["event"] == "http listening":
+                port = json.loads(line)["port"]
+                break
+        assert port, "the daemon never said where it listens"
+        address = ("127.0.0.1", port)
+        half_request = (f"POST /intake HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                        "Content-Length: 5000\r\n\r\n{\"partner\": \"acme\"").encode()
+        hangups: list[socket.socket] = []
+        for n in range(200):  # connect, send part of a request, vanish (RST for half of them)
+            conn = socket.create_connection(address, timeout=5)
+            conn.sendall(half_request if n % 2 else b"GET /healthz HTTP/1.1\r\nHo")
+            if n % 4 == 0:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            hangups.append(conn)
+        for conn in hangups:
+            conn.close()
+        for raw in (b"GARBAGE\r\n\r\n", b"POST /intake HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"):
+            assert exchange(address, raw).startswith(b"HTTP/1.1 400")
+        assert exchange(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") \
+            .startswith(b"HTTP/1.1 200")
+        daemon.send_signal(signal.SIGTERM)
+        rest = daemon.stderr.read()
+        assert daemon.wait(timeout=30) == 0, rest
+        assert "Traceback" not in rest
+        lines = [line for line in rest.splitlines() if line.strip()]
+        assert all(line.startswith("{") and json.loads(line) for line in lines), \
+            [line for line in lines if not line.startswith("{")][:5]
+        assert "refsync stopped" in [json.loads(line)["event"] for line in lines]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def test_intake_answers_keep_to_the_openapi_description(api: Running) -> None:
+    status, schema = api.json("GET", "/openapi.json", token=None)
+    assert status == 200 and schema["openapi"].startswith("3.")
+    operation = schema["paths"]["/intake"]["post"]
+    cases: list[tuple[Any, dict[str, str] | None]] = [
+        (referral(1), None), (referral(1), None), ({"referrals": [referral(2), {"partner": "bad code!"}]}, None),
+        ({"partner": "acme"}, None), (b"{nope", None), ([1], None), (referral(3), {"Authorization": "Bearer no"}),
+        ({"referrals": [referral(n) for n in range(501)]}, None),
+    ]
+    seen = set()
+    for body, headers in cases:
+        status, _, data = api.request("POST", "/intake", body, headers=headers)
+        described = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+        jsonschema.validate(json.loads(data), described)
+        seen.add(status)
+    assert seen == {201, 200, 422, 400, 401, 413}
+    jsonschema.validate(referral(1), operation["requestBody"]["content"]["application/json"]["schema"])
+
+
+def test_healthz_answers_within_a_second_while_1100_slow_clients_hold_connections(api: Running) -> None:
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(1100):  # each sends half a request line and then nothing (slowloris)
+            conn = socket.create_connection(api.server.address, timeout=5)
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(conn)
+        for _ in range(5):
+            started = time.monotonic()
+            assert api.json("GET", "/healthz", token=None) == (200, {"status": "ok"})
+            assert time.monotonic() - started < 1
+    finally:
+        for conn in slow:
+            conn.close()
