@@ -272,20 +272,26 @@ def test_the_intake_token_is_redacted_and_never_logged(ledger: Ledger, tmp_path:
 # -- the daemon ---------------------------------------------------------------------------------
 
 
-def test_refsync_run_serves_http_and_stops_cleanly_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
+def start_daemon(sqlite_url: str, tmp_path: Path, level: str = "info") -> tuple[subprocess.Popen[str], int]:
+    """A real `refsync run` with HTTP on a free port and the intake token set, and that port
+    (read from its JSON "http listening" log line)."""
     config = tmp_path / "refsync.toml"
     config.write_text(f'[ledger]\nurl = "{sqlite_url}"\n[http]\nlisten = "127.0.0.1:0"\n'
-                      'intake_token = "env:T_INTAKE_TOKEN"\n[logging]\nformat = "json"\n')
+                      f'intake_token = "env:T_INTAKE_TOKEN"\n[logging]\nformat = "json"\nlevel = "{level}"\n')
     daemon = subprocess.Popen([REFSYNC, "--config", str(config), "run"], env={**os.environ, "T_INTAKE_TOKEN": TOKEN},
                               stderr=subprocess.PIPE, text=True)
+    assert daemon.stderr is not None
+    for line in daemon.stderr:
+        if line.startswith("{") and json.loads(line)["event"] == "http listening":
+            return daemon, int(json.loads(line)["port"])
+    daemon.kill()
+    raise AssertionError("the daemon never said where it listens")
+
+
+def test_refsync_run_serves_http_and_stops_cleanly_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
+    daemon, port = start_daemon(sqlite_url, tmp_path)
     try:
         assert daemon.stderr is not None
-        port = None
-        for line in daemon.stderr:
-            if line.startswith("{") and json.loads(line)["event"] == "http listening":
-                port = json.loads(line)["port"]
-                break
-        assert port, "the daemon never said where it listens"
         host_port = ("127.0.0.1", port)
         deadline = time.monotonic() + 10
         while True:

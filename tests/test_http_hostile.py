@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 
 from connector import http
 from state.ledger import Ledger
-from tests.test_http import REFSYNC, TOKEN, Running, referral, start
+from tests.test_http import TOKEN, Running, referral, start, start_daemon
 
 
 @pytest.fixture
@@ -114,19 +112,9 @@ def test_headers_and_bodies_that_drip_are_cut_off(api: Running, ledger: Ledger,
 
 def test_clients_hanging_up_and_malformed_requests_leave_only_json_log_lines(sqlite_url: str,
                                                                              tmp_path: Path) -> None:
-    config = tmp_path / "refsync.toml"
-    config.write_text(f'[ledger]\nurl = "{sqlite_url}"\n[http]\nlisten = "127.0.0.1:0"\n'
-                      'intake_token = "env:T_INTAKE_TOKEN"\n[logging]\nformat = "json"\nlevel = "debug"\n')
-    daemon = subprocess.Popen([REFSYNC, "--config", str(config), "run"], env={**os.environ, "T_INTAKE_TOKEN": TOKEN},
-                              stderr=subprocess.PIPE, text=True)
+    daemon, port = start_daemon(sqlite_url, tmp_path, level="debug")
     try:
         assert daemon.stderr is not None
-        port = None
-        for line in daemon.stderr:
-            if line.startswith("{") and json.loads(line)["event"] == "http listening":
-                port = json.loads(line)["port"]
-                break
-        assert port, "the daemon never said where it listens"
         address = ("127.0.0.1", port)
         half_request = (f"POST /intake HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                         "Content-Length: 5000\r\n\r\n{\"partner\": \"acme\"").encode()
