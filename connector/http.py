@@ -347,7 +347,9 @@ def _json(status: int, value: Any, *, close: bool = False, headers: dict[str, st
     sent = {"Cache-Control": "no-store", **(headers or {})}
     if close:
         sent["Connection"] = "close"
-    body = (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
+    # A lone surrogate sent to us (and quoted back in a problem) cannot be UTF-8: it goes out as
+    # its JSON escape (\udXXX, inside a string, so the body stays valid JSON) instead of a 500.
+    body = (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
     return Response(body, status_code=int(status), media_type="application/json", headers=sent)
 
 

@@ -245,6 +245,15 @@ def test_intake_of_499_good_and_one_bad_item_lands_499_and_reports_the_index(api
         assert rejected["index"] == 321 and rejected["problems"][0]["column"] == next(iter(bad))
 
 
+def test_intake_quoting_a_lone_surrogate_back_answers_valid_json_not_500(api: Running) -> None:
+    # found by the property test below: a surrogate in a key name comes back in the item's notes
+    item = {**good(next(_serial)), "\udfb4x": "1", "prospect_name": "A\udfb4"}
+    body = json.dumps({"referrals": [item, good(next(_serial))]}).encode("utf-8", "surrogatepass")
+    status, answer = api.json("POST", "/intake", body)
+    assert status == 201, answer
+    assert [r["outcome"] for r in answer["results"]] == ["rejected", "imported"]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(odd=JSON_VALUES | ITEMS | NEAR_GOOD, position=st.integers(0, 2))
 def test_intake_answers_any_item_and_never_lets_it_affect_another(
