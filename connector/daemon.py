@@ -117,10 +117,8 @@ class Daemon:
                 log.info("poll", crm=name, changes=counts.changes, transitions=counts.transitions,
                          repairs=counts.repairs, api_calls=counts.calls)
             except RateLimited as exc:
-                wait = exc.retry_after if exc.retry_after is not None else 60.0
-                target.paused_until = self.ledger.clock() + timedelta(seconds=wait)
+                wait = target.pause(exc, self.ledger.clock())
                 errors.append(f"{name}: rate limited for {wait:.0f} s")
-                log.warning("rate limited; pausing this CRM", crm=name, seconds=wait)
             except CrmError as exc:
                 errors.append(f"{name}: {exc}")
                 log.error("poll failed; will retry on the next round", crm=name, error=str(exc))

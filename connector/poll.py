@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
 from connector.deal_claims import DealCandidate, choose_deal, qualifies
 from connector.logs import get_logger
 from connector.mapping import ObjectMap, field_values
-from connector.push import CrmTarget, as_instant, same_value
+from connector.push import CrmTarget, as_instant, as_moment, same_value
 from state.ledger import Ledger
 from state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
 from state.observe import Observation, cursor, observing, poll_memory
@@ -255,7 +255,7 @@ def _claims(ob: Observation, target: CrmTarget, obj: ObjectMap, book: StageBook,
                 or ob.record_links(obj.name, record.id):
             continue
         contacts = [str(c) for c in record.fields.get("associations.contacts") or []]
-        created = _moment(record.fields.get("createdate"))
+        created = as_moment(record.fields.get("createdate"))
         candidate = DealCandidate(record.id, created, book.pipeline_of(record))
         for links in ob.links(target.mapping.lead.name, contacts).values():
             for lead_link in links:
@@ -286,19 +286,6 @@ def _contest(ob: Observation, target: CrmTarget, obj: ObjectMap, referral_id: st
         f"{obj.name} {kept} (created earlier) became its deal. If {other} is the referral's "
         f"deal, set its {obj.id_field} to the referral id.",
         referral_id=referral_id, record_id=other)
-
-
-def _moment(value: Any) -> datetime | None:
-    """A CRM timestamp (ISO 8601 or epoch ms) as an aware datetime, or None."""
-    if not value:
-        return None
-    text = str(value)
-    try:
-        moment = datetime.fromtimestamp(int(text) / 1000, UTC) if text.isdigit() else \
-            datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _merge(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, counts: PollCounts) -> None:

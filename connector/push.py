@@ -75,6 +75,12 @@ def _as_epoch_ms(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(text) / 1000, UTC)
 
 
+def as_moment(value: Any) -> datetime | None:
+    """A CRM timestamp, ISO 8601 (any offset form) or epoch milliseconds, as an aware datetime."""
+    moment = as_instant(value) or _as_epoch_ms(value)
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
 def same_value(ours: Any, theirs: Any) -> bool:
     """Whether the CRM already holds our value: blanks as equal, times as instants in whichever
     form we wrote them (ISO, ``YYYY-MM-DD``, epoch ms) against the form the CRM returns (HubSpot
@@ -163,6 +169,14 @@ class CrmTarget:
     def paused(self, now: datetime) -> bool:
         """Whether a rate limit told us to leave this CRM alone until later (no push, no poll)."""
         return self.paused_until is not None and now < self.paused_until
+
+    def pause(self, exc: RateLimited, now: datetime) -> float:
+        """A rate limit too long to wait out in the call: leave this CRM alone (no push, no poll)
+        for as long as it asks (a minute when it does not say); returns the seconds."""
+        wait = exc.retry_after if exc.retry_after is not None else 60.0
+        self.paused_until = now + timedelta(seconds=wait)
+        log.warning("rate limited; pausing this CRM", crm=self.name, seconds=wait)
+        return wait
 
     def fields_of(self, obj: ObjectMap) -> list[str]:
         """The mapped fields of ``obj`` the CRM still has (reads naming a vanished field would fail)."""
@@ -613,9 +627,7 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
             pending = [w for w in works if w.outcome.state == "done" and not w.outcome.links]
             _push_works(target, pending, now, max_attempts)
     except RateLimited as exc:
-        wait = exc.retry_after if exc.retry_after is not None else 60.0
-        target.paused_until = now + timedelta(seconds=wait)
-        log.warning("rate limited; pausing this CRM", crm=target.name, seconds=wait)
+        target.pause(exc, now)
         for work in works:
             if work.outcome.state == "done" and not work.outcome.links:
                 work.outcome.state, work.outcome.next_attempt_at = "released", target.paused_until

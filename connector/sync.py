@@ -162,7 +162,7 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
             report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log.error("CRM refused our credentials or setup; its work waits", crm=name, error=str(exc))
         except RateLimited as exc:
-            _pause(ledger, target, exc)
+            target.pause(exc, ledger.clock())
             _paused(ledger, target, report)
         except CrmError as exc:
             report.errors.append(f"{name}: {exc}")
@@ -174,13 +174,6 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
                        "; ".join(report.errors) or None)
     log.info("sync cycle finished", **{k: v for k, v in report.counts().items() if k != "per_crm"})
     return report
-
-
-def _pause(ledger: Ledger, target: CrmTarget, exc: RateLimited) -> None:
-    """A long rate limit outside a push (a poll, a read): leave the CRM alone until it passes."""
-    wait = exc.retry_after if exc.retry_after is not None else 60.0
-    target.paused_until = ledger.clock() + timedelta(seconds=wait)
-    log.warning("rate limited; pausing this CRM", crm=target.name, seconds=wait)
 
 
 def _paused(ledger: Ledger, target: CrmTarget, report: CycleReport) -> bool:
