@@ -262,7 +262,7 @@ class OrgStore:
         "Use one of these records?", ``fields`` []: REST API guide, "allOrNone Parameters in
         Composite and Collections Requests") carrying the DuplicateError's ``duplicateResult``
         (SOAP API "DuplicateError" / "DuplicateResult"; the record shape as Salesforce serialises
-        it over REST, see crm-api/salesforce/README.md)."""
+        it over REST: crm-api/salesforce/README.md, tests/adapters/reference/README.md)."""
         rule = DUPLICATE_RULES.get(obj)
         email = str(values.get("Email") or "").casefold()
         if rule is None or not email:

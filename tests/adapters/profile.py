@@ -12,6 +12,8 @@ from adapters.base import ChangeSet, CrmAdapter
 from adapters.sandbox.admin import SandboxAdmin
 
 SHARED_CRM_API = Path(__file__).resolve().parents[2].parent / "shared" / "crm-api"
+# Reference bodies refsync's tests need that shared/crm-api lacks, each with its source (README.md there).
+OWN_CRM_API = Path(__file__).resolve().parent / "reference"
 
 
 @dataclass
@@ -69,10 +71,15 @@ def reference_dir(*parts: str) -> Path:
 
 
 def recorded_body(*parts: str) -> Any:
-    """A reference body from shared/crm-api: the recorded ``body`` of a cassette, or the file itself
-    (missing: skipped with the reason, or failed in CI, as :func:`reference_dir` decides)."""
+    """A reference body: refsync's own (``tests/adapters/reference``) or shared/crm-api's: the recorded
+    ``body`` of a cassette, or the file itself (shared missing: skipped with the reason, or failed in
+    CI, as :func:`reference_dir` decides)."""
     import json
 
-    reference_dir(*parts[:-1])
-    data = json.loads(SHARED_CRM_API.joinpath(*parts).read_text())
+    own = OWN_CRM_API.joinpath(*parts)
+    if own.is_file():
+        data = json.loads(own.read_text())
+    else:
+        reference_dir(*parts[:-1])
+        data = json.loads(SHARED_CRM_API.joinpath(*parts).read_text())
     return data["body"] if isinstance(data, dict) and "_source" in data else data
