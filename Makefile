@@ -21,8 +21,8 @@ test: install
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check connector adapters state tests benchmarks
-	$(VENV)/bin/mypy connector adapters state
+	$(VENV)/bin/ruff check refsync connector adapters state tests benchmarks
+	$(VENV)/bin/mypy -p refsync
 
 bench: install
 	$(PY) benchmarks/import_bench.py

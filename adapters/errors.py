@@ -6,7 +6,7 @@ The adapters translate every client-library exception and HTTP answer into one o
 
 from __future__ import annotations
 
-from connector.errors import RefsyncError
+from refsync.errors import RefsyncError
 
 
 class CrmError(RefsyncError):

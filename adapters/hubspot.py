@@ -37,7 +37,7 @@ from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
 from hubspot.crm.pipelines.exceptions import ApiException as PipelinesApiException
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
-from adapters.base import (
+from refsync.adapters.base import (
     ApiBudget,
     Change,
     ChangeKind,
@@ -56,8 +56,8 @@ from adapters.base import (
     joined_pages,
     unhandled,
 )
-from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
-from adapters.retrying import NO_RETRY, CallPolicy
+from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
+from refsync.adapters.retrying import NO_RETRY, CallPolicy
 
 log = logging.getLogger("refsync.adapters.hubspot")
 API_EXCEPTIONS = (ObjectsApiException, PropertiesApiException, PipelinesApiException, AssociationsApiException)

@@ -21,7 +21,7 @@ from typing import TypeVar
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from adapters.errors import RateLimited, RetriableError, TransientError
+from refsync.adapters.errors import RateLimited, RetriableError, TransientError
 
 T = TypeVar("T")
 log = structlog.get_logger("refsync.retry")

@@ -35,7 +35,7 @@ from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
 )
 
-from adapters.base import (
+from refsync.adapters.base import (
     ApiBudget,
     Change,
     ChangeKind,
@@ -54,8 +54,8 @@ from adapters.base import (
     iso_utc,
     joined_pages,
 )
-from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
-from adapters.retrying import NO_RETRY, CallPolicy
+from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
+from refsync.adapters.retrying import NO_RETRY, CallPolicy
 
 T = TypeVar("T")
 CRM = "salesforce"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.base import CrmAdapter, RecordErrorKind, RecordUpsert  # noqa: E402
-from adapters.errors import RetriableError  # noqa: E402
-from adapters.hubspot import HubSpotAdapter  # noqa: E402
-from adapters.salesforce import SalesforceAdapter  # noqa: E402
-from adapters.sandbox.run import start_sandbox  # noqa: E402
+from refsync.adapters.base import CrmAdapter, RecordErrorKind, RecordUpsert  # noqa: E402
+from refsync.adapters.errors import RetriableError  # noqa: E402
+from refsync.adapters.hubspot import HubSpotAdapter  # noqa: E402
+from refsync.adapters.salesforce import SalesforceAdapter  # noqa: E402
+from refsync.adapters.sandbox.run import start_sandbox  # noqa: E402
 
 RETRIABLE = {RecordErrorKind.TRANSIENT, RecordErrorKind.MISSING}
 

@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 SERVER = """
 import sys
-from connector import logs
-from connector.attribution import Policy
-from connector.http import HttpServer, HttpSettings
-from state import db
-from state.ledger import Ledger
+from refsync.connector import logs
+from refsync.connector.attribution import Policy
+from refsync.connector.http import HttpServer, HttpSettings
+from refsync.state import db
+from refsync.state.ledger import Ledger
 logs.configure("json", "warning")
 url = sys.argv[1]
 engine = db.make_engine(url); db.upgrade(engine); engine.dispose()

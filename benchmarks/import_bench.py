@@ -38,10 +38,10 @@ def make_file(path: Path, rows: int) -> None:
 def one(url: str, file: Path) -> None:
     from datetime import UTC, datetime
 
-    from connector.attribution import Policy
-    from connector.imports import import_file
-    from state import db
-    from state.ledger import Ledger
+    from refsync.connector.attribution import Policy
+    from refsync.connector.imports import import_file
+    from refsync.state import db
+    from refsync.state.ledger import Ledger
 
     engine = db.make_engine(url)
     db.upgrade(engine)

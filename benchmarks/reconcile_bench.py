@@ -55,16 +55,16 @@ def main() -> None:
 
     from sqlalchemy import insert
 
-    from adapters.sandbox.hubspot_emulator import HubSpotEmulator
-    from adapters.sandbox.hubspot_store import Record
-    from connector.config import parse_config
-    from connector.crms import build_targets
-    from connector.mapping import field_values
-    from connector.reconcile import ReconcileSettings, reconcile
-    from state import db
-    from state.ledger import Ledger
-    from state.models import CrmLink, Partner, Referral
-    from state.notifications import alerts
+    from refsync.adapters.sandbox.hubspot_emulator import HubSpotEmulator
+    from refsync.adapters.sandbox.hubspot_store import Record
+    from refsync.connector.config import parse_config
+    from refsync.connector.crms import build_targets
+    from refsync.connector.mapping import field_values
+    from refsync.connector.reconcile import ReconcileSettings, reconcile
+    from refsync.state import db
+    from refsync.state.ledger import Ledger
+    from refsync.state.models import CrmLink, Partner, Referral
+    from refsync.state.notifications import alerts
 
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
     url = _ledger_url(args.ledger, tmp)

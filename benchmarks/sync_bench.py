@@ -48,13 +48,13 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
     logging.disable(logging.WARNING)
     import requests
 
-    from connector.attribution import Policy
-    from connector.config import load_config
-    from connector.crms import build_targets
-    from connector.imports import import_file
-    from connector.sync import CycleSettings, run_cycle
-    from state import db
-    from state.ledger import Ledger
+    from refsync.connector.attribution import Policy
+    from refsync.connector.config import load_config
+    from refsync.connector.crms import build_targets
+    from refsync.connector.imports import import_file
+    from refsync.connector.sync import CycleSettings, run_cycle
+    from refsync.state import db
+    from refsync.state.ledger import Ledger
 
     # The sandbox runs in its own process, so this process's CPU time and memory are refsync's alone.
     server = subprocess.Popen([str(Path(sys.executable).with_name("refsync")), "sandbox", "--dir", str(tmp / "sb")],

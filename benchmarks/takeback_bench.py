@@ -23,9 +23,9 @@ from pathlib import Path
 import requests
 from sqlalchemy import select, update
 
-from state import db
-from state.ledger import Ledger
-from state.models import SyncOp, Worker
+from refsync.state import db
+from refsync.state.ledger import Ledger
+from refsync.state.models import SyncOp, Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 REFSYNC = str(Path(sys.executable).with_name("refsync"))

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connector.logs import get_logger
-from state.ledger import Ledger
-from state.notifications import alerts_to_announce, mark_announced
+from refsync.connector.logs import get_logger
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import alerts_to_announce, mark_announced
 
 log = get_logger("refsync.alerts")
 EXAMPLES = 5

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,10 +26,11 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.retrying import CallPolicy, RetrySettings
-from connector.attribution import Policy
-from connector.errors import ConfigError
-from connector.tomlfile import line_of
+from refsync.adapters.retrying import CallPolicy, RetrySettings
+from refsync.connector.attribution import Policy
+from refsync.connector.tomlfile import line_of
+from refsync.errors import ConfigError
+from refsync.shipped import shipped_path
 
 CONFIG_ENV = "REFSYNC_CONFIG"
 SECRET_SCHEMES = ("env:", "file:")
@@ -250,7 +250,7 @@ class NotificationsConfig(_Strict):
     @field_validator("statuses")
     @classmethod
     def _known_statuses(cls, value: list[str]) -> list[str]:
-        from state.models import STATUSES
+        from refsync.state.models import STATUSES
 
         unknown = [s for s in value if s not in STATUSES]
         if unknown:
@@ -330,15 +330,14 @@ class Config(_Strict):
         """Where a mapping file is: beside the config, else in the working directory, else the
         shipped default of the same name; a ConfigError lists every place looked at."""
         path = Path(value).expanduser()
-        shipped = [Path(__file__).resolve().parent.parent / "mappings" / path.name,
-                   Path(sys.prefix) / "share" / "refsync" / "mappings" / path.name]
+        shipped = [shipped_path("mappings", path.name)]
         candidates = [path] if path.is_absolute() else [self.base_dir / path, Path.cwd() / path, *shipped]
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
         looked = ", ".join(str(c) for c in candidates)
         raise ConfigError(f"{key_path}: mapping file {value} not found (looked at: {looked}); fix the path or copy "
-                          "a shipped file from mappings/")
+                          "a shipped file (`refsync init --example` shows where they are)")
 
     def secrets(self) -> list[str]:
         """Every secret value this config references and can resolve: fed to the log redactor."""

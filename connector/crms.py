@@ -14,19 +14,19 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from adapters.base import CrmAdapter
-from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited
-from connector import schemas as schema_cache
-from connector.budget import BudgetLimits
-from connector.config import Config
-from connector.errors import ConfigError
-from connector.logs import get_logger
-from connector.mapping import load_mapping
-from connector.push import CrmTarget
-from state.crmstate import remember, remembered, remembered_everywhere
-from state.ledger import Ledger
-from state.notifications import sync_alerts
-from state.observe import observing
+from refsync.adapters.base import CrmAdapter
+from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited
+from refsync.connector import schemas as schema_cache
+from refsync.connector.budget import BudgetLimits
+from refsync.connector.config import Config
+from refsync.connector.logs import get_logger
+from refsync.connector.mapping import load_mapping
+from refsync.connector.push import CrmTarget
+from refsync.errors import ConfigError
+from refsync.state.crmstate import remember, remembered, remembered_everywhere
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import sync_alerts
+from refsync.state.observe import observing
 
 log = get_logger("refsync.crms")
 READINESS = "readiness"  # the crm_state key holding {"ready", "reason", "since"}
@@ -43,7 +43,7 @@ def build_adapters(config: Config) -> dict[str, CrmAdapter]:
     policy = config.retry.policy()
     sf = config.crm.salesforce
     if sf is not None:
-        from adapters.salesforce import SalesforceAdapter
+        from refsync.adapters.salesforce import SalesforceAdapter
 
         try:
             adapters["salesforce"] = SalesforceAdapter(
@@ -66,7 +66,7 @@ def build_adapters(config: Config) -> dict[str, CrmAdapter]:
             problems += exc.problems
     hs = config.crm.hubspot
     if hs is not None:
-        from adapters.hubspot import HubSpotAdapter
+        from refsync.adapters.hubspot import HubSpotAdapter
 
         try:
             adapters["hubspot"] = HubSpotAdapter(

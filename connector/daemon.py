@@ -21,19 +21,19 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from adapters.errors import CrmError, RateLimited
-from connector.alerting import announce
-from connector.crms import ensure_ready, readiness
-from connector.errors import LedgerError
-from connector.expire import expire_referrals
-from connector.http import HttpServer, HttpSettings
-from connector.logs import get_logger
-from connector.notify import deliver_all
-from connector.push import CrmTarget, each_locked
-from connector.reconcile import ReconcileSettings, reconcile
-from connector.sync import CycleSettings, poll_with_drift, push_all, worker_id
-from state.ledger import Ledger
-from state.outbox import enqueue_pushes
+from refsync.adapters.errors import CrmError, RateLimited
+from refsync.connector.alerting import announce
+from refsync.connector.crms import ensure_ready, readiness
+from refsync.connector.expire import expire_referrals
+from refsync.connector.http import HttpServer, HttpSettings
+from refsync.connector.logs import get_logger
+from refsync.connector.notify import deliver_all
+from refsync.connector.push import CrmTarget, each_locked
+from refsync.connector.reconcile import ReconcileSettings, reconcile
+from refsync.connector.sync import CycleSettings, poll_with_drift, push_all, worker_id
+from refsync.errors import LedgerError
+from refsync.state.ledger import Ledger
+from refsync.state.outbox import enqueue_pushes
 
 log = get_logger("refsync.daemon")
 POLLER_LEASE = "poller"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import click
 
-from connector.cli_support import run_cli
+from refsync.connector.cli.support import run_cli
+from refsync.shipped import shipped_path
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "examples" / "referrals.csv"
+SAMPLE = shipped_path("examples", "referrals.csv")
 SESSION_VAR = "REFSYNC_DEMO_SF_SESSION"
 TOKEN_VAR = "REFSYNC_DEMO_HUBSPOT_TOKEN"  # noqa: S105 - a variable name, not a secret
 
@@ -38,11 +38,11 @@ def demo_config(directory: Path, salesforce_url: str, ca_file: str, hubspot_url:
         f'instance_url = "{salesforce_url}"\n'
         f'ca_bundle = "{ca_file}"\n'
         f'session_id = "env:{SESSION_VAR}"\n'
-        f'mapping = "{ROOT / "mappings" / "salesforce.toml"}"\n'
+        f'mapping = "{shipped_path("mappings", "salesforce.toml")}"\n'
         "[crm.hubspot]\n"
         f'base_url = "{hubspot_url}"\n'
         f'access_token = "env:{TOKEN_VAR}"\n'
-        f'mapping = "{ROOT / "mappings" / "hubspot.toml"}"\n'
+        f'mapping = "{shipped_path("mappings", "hubspot.toml")}"\n'
         "[logging]\n"
         'level = "warning"\n'
     )
@@ -58,8 +58,8 @@ def _step(title: str, config: Path, *args: str, allowed: tuple[int, ...] = (0,))
 
 def _links(config: Path) -> dict[str, dict[str, str]]:
     """Referral external id -> {crm:object -> record id}, read from the ledger."""
-    from connector.config import load_config
-    from state.ledger import Ledger
+    from refsync.connector.config import load_config
+    from refsync.state.ledger import Ledger
 
     ledger = Ledger.open(load_config(config).ledger_url())
     found: dict[str, dict[str, str]] = {}
@@ -71,7 +71,7 @@ def _links(config: Path) -> dict[str, dict[str, str]]:
 
 
 def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
-    from adapters.sandbox.run import start_sandbox
+    from refsync.adapters.sandbox.run import start_sandbox
 
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapters.base import (
+from refsync.adapters.base import (
     ApiBudget,
     ChangeSet,
     CrmAdapter,

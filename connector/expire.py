@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from connector.logs import get_logger
-from state import reconciliation as repo
-from state.ledger import Ledger
+from refsync.connector.logs import get_logger
+from refsync.state import reconciliation as repo
+from refsync.state.ledger import Ledger
 
 log = get_logger("refsync.expire")
 

@@ -50,14 +50,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from connector.attribution import Policy
-from connector.errors import ConfigError, LedgerError
-from connector.imports import ImportReport, RowOutcome, import_rows
-from connector.intake import COLUMNS, NewReferral, RowProblem, validate_row
-from connector.logs import get_logger
-from connector.metrics import Metrics
-from state import db
-from state.ledger import Ledger
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import ImportReport, RowOutcome, import_rows
+from refsync.connector.intake import COLUMNS, NewReferral, RowProblem, validate_row
+from refsync.connector.logs import get_logger
+from refsync.connector.metrics import Metrics
+from refsync.errors import ConfigError, LedgerError
+from refsync.state import db
+from refsync.state.ledger import Ledger
 
 log = get_logger("refsync.http")
 

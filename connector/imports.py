@@ -16,14 +16,14 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from connector import attribution
-from connector.attribution import Policy, Rival
-from connector.errors import LedgerError
-from connector.intake import NewReferral, RowProblem, read_file, validated
-from connector.logs import get_logger
-from state.ledger import Ledger, LedgerTxn
-from state.models import Referral
-from state.notifications import enqueue_status_notice
+from refsync.connector import attribution
+from refsync.connector.attribution import Policy, Rival
+from refsync.connector.intake import NewReferral, RowProblem, read_file, validated
+from refsync.connector.logs import get_logger
+from refsync.errors import LedgerError
+from refsync.state.ledger import Ledger, LedgerTxn
+from refsync.state.models import Referral
+from refsync.state.notifications import enqueue_status_notice
 
 BATCH = 500
 # The ledger itself is unavailable (connection lost, locked): no row's fault, the whole write fails

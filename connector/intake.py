@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from connector.attribution import company_key, email_domain
-from connector.errors import InputError
-from connector.logs import get_logger
+from refsync.connector.attribution import company_key, email_domain
+from refsync.connector.logs import get_logger
+from refsync.errors import InputError
 
 COLUMNS = (
     "partner",

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adapters.base import ObjectSchema, Stage, iso_utc
-from connector.errors import ConfigError
-from connector.tomlfile import line_of
-from state.models import STATUSES
+from refsync.adapters.base import ObjectSchema, Stage, iso_utc
+from refsync.connector.tomlfile import line_of
+from refsync.errors import ConfigError
+from refsync.state.models import STATUSES
 
 ATTRIBUTES = (
     "id", "partner", "source", "medium", "campaign", "submitted_at", "prospect_email", "prospect_company",

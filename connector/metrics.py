@@ -19,11 +19,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from connector.errors import LedgerError
-from connector.logs import get_logger
-from connector.reconcile import CRM_KINDS, LEDGER_KINDS
-from state.ledger import Ledger
-from state.models import OP_STATES, STATUSES, Alert
+from refsync.connector.logs import get_logger
+from refsync.connector.reconcile import CRM_KINDS, LEDGER_KINDS
+from refsync.errors import LedgerError
+from refsync.state.ledger import Ledger
+from refsync.state.models import OP_STATES, STATUSES, Alert
 
 log = get_logger("refsync.metrics")
 

@@ -34,13 +34,13 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from connector import retry, webhook_target
-from connector.config import SecretRef
-from connector.errors import ConfigError
-from connector.logs import get_logger
-from connector.webhook_target import Deadline, TargetRefused, url_problem
-from state.ledger import Ledger
-from state.notifications import WEBHOOK, Delivery, land_deliveries, partner_webhook
+from refsync.connector import retry, webhook_target
+from refsync.connector.config import SecretRef
+from refsync.connector.logs import get_logger
+from refsync.connector.webhook_target import Deadline, TargetRefused, url_problem
+from refsync.errors import ConfigError
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import WEBHOOK, Delivery, land_deliveries, partner_webhook
 
 log = get_logger("refsync.notify")
 USER_AGENT = "refsync-webhooks/1"

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
-from connector.deal_claims import DealCandidate, choose_deal, qualifies
-from connector.logs import get_logger
-from connector.mapping import ObjectMap, field_values
-from connector.push import CrmTarget, as_instant, as_moment, same_value
-from state.ledger import Ledger
-from state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
-from state.observe import Observation, cursor, observing, poll_memory
+from refsync.adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
+from refsync.connector.deal_claims import DealCandidate, choose_deal, qualifies
+from refsync.connector.logs import get_logger
+from refsync.connector.mapping import ObjectMap, field_values
+from refsync.connector.push import CrmTarget, as_instant, as_moment, same_value
+from refsync.state.ledger import Ledger
+from refsync.state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
+from refsync.state.observe import Observation, cursor, observing, poll_memory
 
 log = get_logger("refsync.poll")
 OVERLAP = timedelta(minutes=2)

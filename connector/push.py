@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from adapters.base import (
+from refsync.adapters.base import (
     CrmAdapter,
     CrmRecord,
     FieldSchema,
@@ -25,15 +25,15 @@ from adapters.base import (
     Stage,
     WriteResult,
 )
-from adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableError
-from connector import retry
-from connector import schemas as schema_cache
-from connector.budget import BudgetLimits, exhausted
-from connector.logs import get_logger
-from connector.mapping import LoadedMapping, MappingFile, ObjectMap, field_values
-from state.ledger import Ledger
-from state.observe import observing
-from state.outbox import OpOutcome, land_outcomes, preview_pushes, push_inputs
+from refsync.adapters.errors import AuthError, CrmConfigError, RateLimited, RetriableError
+from refsync.connector import retry
+from refsync.connector import schemas as schema_cache
+from refsync.connector.budget import BudgetLimits, exhausted
+from refsync.connector.logs import get_logger
+from refsync.connector.mapping import LoadedMapping, MappingFile, ObjectMap, field_values
+from refsync.state.ledger import Ledger
+from refsync.state.observe import observing
+from refsync.state.outbox import OpOutcome, land_outcomes, preview_pushes, push_inputs
 
 log = get_logger("refsync.push")
 T = TypeVar("T")

@@ -25,16 +25,16 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from adapters.base import ChangeKind, CrmRecord, ObjectSchema, Stage
-from adapters.errors import CrmError
-from connector.attribution import FREEMAIL
-from connector.logs import get_logger
-from connector.mapping import ObjectMap, drifted_fields, field_values
-from connector.push import CrmTarget, same_value
-from state import reconciliation as repo
-from state.ledger import Ledger
-from state.models import OPEN_STATUSES
-from state.notifications import AlertSpec, AlertSync, sync_alerts
+from refsync.adapters.base import ChangeKind, CrmRecord, ObjectSchema, Stage
+from refsync.adapters.errors import CrmError
+from refsync.connector.attribution import FREEMAIL
+from refsync.connector.logs import get_logger
+from refsync.connector.mapping import ObjectMap, drifted_fields, field_values
+from refsync.connector.push import CrmTarget, same_value
+from refsync.state import reconciliation as repo
+from refsync.state.ledger import Ledger
+from refsync.state.models import OPEN_STATUSES
+from refsync.state.notifications import AlertSpec, AlertSync, sync_alerts
 
 log = get_logger("refsync.reconcile")
 CRM_KINDS = ("mapping_drift", "orphaned_link", "attribution_overwritten", "attribution_conflict",

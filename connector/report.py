@@ -17,8 +17,8 @@ from decimal import Decimal
 from statistics import median
 from typing import Any
 
-from state.models import OPEN_STATUSES, STATUSES
-from state.reports import ReportRow
+from refsync.state.models import OPEN_STATUSES, STATUSES
+from refsync.state.reports import ReportRow
 
 GROUPINGS = ("partner", "source", "medium", "campaign", "channel")
 ACCEPTED = set(STATUSES[1:9])  # accepted .. lost

@@ -18,15 +18,15 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from adapters.base import FieldSchema, ObjectSchema, Stage
-from connector.logs import get_logger
-from connector.mapping import LoadedMapping, check_against_schema, drifted_fields
-from state.crmstate import remember, remembered, remembered_many
-from state.ledger import Ledger
-from state.notifications import AlertSpec, sync_alerts
+from refsync.adapters.base import FieldSchema, ObjectSchema, Stage
+from refsync.connector.logs import get_logger
+from refsync.connector.mapping import LoadedMapping, check_against_schema, drifted_fields
+from refsync.state.crmstate import remember, remembered, remembered_many
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import AlertSpec, sync_alerts
 
 if TYPE_CHECKING:
-    from connector.push import CrmTarget
+    from refsync.connector.push import CrmTarget
 
 log = get_logger("refsync.schemas")
 

@@ -11,19 +11,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited
-from connector.alerting import Sink, announce, build_sinks
-from connector.config import Config
-from connector.crms import ensure_ready
-from connector.expire import expire_referrals
-from connector.logs import get_logger
-from connector.notify import DeliverySettings, deliver_all
-from connector.poll import PollCounts, poll_target
-from connector.push import CrmTarget, PushCounts, note_drift, push_round
-from connector.reconcile import ReconcileSettings, reconcile
-from state.ledger import Ledger
-from state.outbox import enqueue_pushes
-from state.workers import process_worker_id
+from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited
+from refsync.connector.alerting import Sink, announce, build_sinks
+from refsync.connector.config import Config
+from refsync.connector.crms import ensure_ready
+from refsync.connector.expire import expire_referrals
+from refsync.connector.logs import get_logger
+from refsync.connector.notify import DeliverySettings, deliver_all
+from refsync.connector.poll import PollCounts, poll_target
+from refsync.connector.push import CrmTarget, PushCounts, note_drift, push_round
+from refsync.connector.reconcile import ReconcileSettings, reconcile
+from refsync.state.ledger import Ledger
+from refsync.state.outbox import enqueue_pushes
+from refsync.state.workers import process_worker_id
 
 log = get_logger("refsync.sync")
 

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from connector.errors import LedgerError
-from connector.logs import get_logger
-from state import workers
-from state.ledger import Ledger
+from refsync.connector.logs import get_logger
+from refsync.errors import LedgerError
+from refsync.state import workers
+from refsync.state.ledger import Ledger
 
 log = get_logger("refsync.worker")
 

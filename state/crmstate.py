@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from state.ledger import Ledger
-from state.models import CrmState
+from refsync.state.ledger import Ledger
+from refsync.state.models import CrmState
 
 
 def remembered(ledger: Ledger, crm: str, key: str) -> tuple[dict[str, Any], datetime] | None:

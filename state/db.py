@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 
-from connector.errors import LedgerError
+from refsync.errors import LedgerError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ulid import ULID
 
-from connector.errors import LedgerError
-from state import db, workers
-from state.models import (
+from refsync.errors import LedgerError
+from refsync.state import db, workers
+from refsync.state.models import (
     OP_STATES,
     AuditEvent,
     Cursor,
@@ -31,8 +31,8 @@ from state.models import (
     SyncOp,
     utcnow,
 )
-from state.views import OP_COLUMNS, audit_json, op_json, referral_json
-from state.workers import Liveness
+from refsync.state.views import OP_COLUMNS, audit_json, op_json, referral_json
+from refsync.state.workers import Liveness
 
 Clock = Callable[[], datetime]
 log = structlog.get_logger("refsync.ledger")

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
-from state.ledger import Ledger
-from state.models import Alert, AuditEvent, Partner, Referral, SyncOp
+from refsync.state.ledger import Ledger
+from refsync.state.models import Alert, AuditEvent, Partner, Referral, SyncOp
 
 WEBHOOK = "webhook"  # the crm value of every webhook op
 

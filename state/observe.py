@@ -17,9 +17,9 @@ from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
-from state.ledger import Ledger, LedgerTxn
-from state.models import Alert, AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
-from state.notifications import enqueue_status_notice
+from refsync.state.ledger import Ledger, LedgerTxn
+from refsync.state.models import Alert, AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
+from refsync.state.notifications import enqueue_status_notice
 
 # crm_state keys of a poll's memory of one object: the adapter's poll state, and the records the
 # poll handled inside the overlap window, one row per observed batch, keyed by the batch's page

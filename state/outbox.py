@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import String, and_, cast, exists, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from state.ledger import Ledger
-from state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
+from refsync.state.ledger import Ledger
+from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 
 CHUNK = 500  # ids per IN list: well under every driver's bound-parameter limit
 

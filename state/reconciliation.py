@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import and_, func, select, update
 
-from state.ledger import Ledger
-from state.models import OPEN_STATUSES, AuditEvent, CrmLink, Partner, Referral, SyncOp
-from state.notifications import enqueue_status_notice
+from refsync.state.ledger import Ledger
+from refsync.state.models import OPEN_STATUSES, AuditEvent, CrmLink, Partner, Referral, SyncOp
+from refsync.state.notifications import enqueue_status_notice
 
 REFERRAL_VIEW = ("id", "external_id", "source", "medium", "campaign", "submitted_at", "prospect_email",
                  "prospect_company", "prospect_name", "status", "referral_code")

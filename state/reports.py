@@ -10,8 +10,8 @@ from decimal import Decimal
 
 from sqlalchemy import ColumnElement, select
 
-from state.ledger import Ledger
-from state.models import Partner, Referral, StatusTransition
+from refsync.state.ledger import Ledger
+from refsync.state.models import Partner, Referral, StatusTransition
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from state.models import AuditEvent, Referral, SyncOp
+from refsync.state.models import AuditEvent, Referral, SyncOp
 
 
 def iso(value: datetime | date | None) -> str | None:

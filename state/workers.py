@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from state.models import SyncOp, Worker
+from refsync.state.models import SyncOp, Worker
 
 if TYPE_CHECKING:
-    from state.ledger import Ledger
+    from refsync.state.ledger import Ledger
 
 # A worker row silent this long is deleted (its leases count as dead either way: an owner that is not
 # registered is dead). Kept a while so `refsync status` can show an operator which worker died.

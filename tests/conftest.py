@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from state import db
-from state.ledger import Ledger
+from refsync.state import db
+from refsync.state.ledger import Ledger
 
 if TYPE_CHECKING:
-    from adapters.sandbox.run import RunningSandbox
-    from connector.push import CrmTarget
+    from refsync.adapters.sandbox.run import RunningSandbox
+    from refsync.connector.push import CrmTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def ledger(ledger_url: str, clock: FakeClock) -> Iterator[Ledger]:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
     """Both CRM emulators, in process, for the tests of one module."""
-    from adapters.sandbox.run import start_sandbox
+    from refsync.adapters.sandbox.run import start_sandbox
 
     running = start_sandbox(tmp_path_factory.mktemp("sandbox"), seed=5)
     yield running
@@ -130,8 +130,8 @@ FAST_RETRY = "[retry]\nattempts = 8\ninitial_wait_seconds = 0.001\nmax_wait_seco
 
 def targets_for(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CrmTarget]:
     """Fresh emulators and the CRM targets a config pointing at them builds (the real adapters)."""
-    from connector.config import load_config
-    from connector.crms import build_targets
+    from refsync.connector.config import load_config
+    from refsync.connector.crms import build_targets
 
     sandbox.salesforce.reset()
     sandbox.hubspot.reset()

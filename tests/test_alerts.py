@@ -8,11 +8,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from connector.alerting import announce, build_sinks
-from connector.cli import cli
-from connector.notify import DeliverySettings, deliver_all
-from state.ledger import Ledger
-from state.notifications import AlertSpec, alerts, sync_alerts
+from refsync.connector.alerting import announce, build_sinks
+from refsync.connector.cli import cli
+from refsync.connector.notify import DeliverySettings, deliver_all
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import AlertSpec, alerts, sync_alerts
 from tests.receiver import receiving
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connector.budget import BudgetLimits, exhausted
+from refsync.connector.budget import BudgetLimits, exhausted
 
 
 def test_own_daily_calls_limit() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import load_config, parse_config
-from connector.errors import ConfigError
+from refsync.connector.config import load_config, parse_config
+from refsync.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 

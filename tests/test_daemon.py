@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from state.ledger import Ledger
+from refsync.state.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 REFSYNC = str(Path(sys.executable).with_name("refsync"))

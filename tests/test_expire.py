@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from connector.attribution import Policy
-from connector.expire import expire_referrals
-from connector.imports import import_file
-from state.ledger import Ledger
-from state.notifications import set_partner_webhook
-from state.observe import observing
+from refsync.connector.attribution import Policy
+from refsync.connector.expire import expire_referrals
+from refsync.connector.imports import import_file
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import set_partner_webhook
+from refsync.state.observe import observing
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import imports
-from connector.attribution import Policy
-from connector.cli import cli
-from connector.intake import COLUMNS, NewReferral, validate_row
-from state.ledger import Ledger
+from refsync.connector import imports
+from refsync.connector.attribution import Policy
+from refsync.connector.cli import cli
+from refsync.connector.intake import COLUMNS, NewReferral, validate_row
+from refsync.state.ledger import Ledger
 from tests.test_http import Running
 
 HEADER = ",".join(COLUMNS)

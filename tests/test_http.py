@@ -20,12 +20,12 @@ import pytest
 from alembic import command
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector import logs
-from connector.config import AttributionConfig, parse_config
-from connector.http import MAX_BODY, HttpServer, HttpSettings
-from state import db
-from state.ledger import Ledger
-from state.notifications import AlertSpec, sync_alerts
+from refsync.connector import logs
+from refsync.connector.config import AttributionConfig, parse_config
+from refsync.connector.http import MAX_BODY, HttpServer, HttpSettings
+from refsync.state import db
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import AlertSpec, sync_alerts
 
 TOKEN = "intake-secret-7f3a9c2e41d8"
 REFSYNC = str(Path(sys.executable).with_name("refsync"))

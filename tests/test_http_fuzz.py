@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from state.ledger import Ledger
+from refsync.state.ledger import Ledger
 from tests.test_http import TOKEN, start
 
 

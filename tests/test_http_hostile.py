@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from connector import http
-from state.ledger import Ledger
+from refsync.connector import http
+from refsync.state.ledger import Ledger
 from tests.test_http import TOKEN, Running, referral, start, start_daemon
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from connector.attribution import Policy
-from connector.imports import ImportReport, import_file
-from state.ledger import Ledger
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import ImportReport, import_file
+from refsync.state.ledger import Ledger
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -230,7 +230,7 @@ def test_referrals_list_filters(ledger: Ledger, tmp_path: Path, policy: Policy) 
 def test_a_declined_duplicate_queues_the_partners_notification(ledger: Ledger, tmp_path: Path) -> None:
     from sqlalchemy import update
 
-    from state.models import Partner
+    from refsync.state.models import Partner
 
     run(ledger, write(tmp_path, "a.csv", HEADER + "\nbeta,x@y.example,,,,,,2026-10-01T00:00:00Z,,b0\n"))
     with ledger.transaction() as txn:  # beta has a webhook now

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from state import workers
-from state.ledger import Ledger
+from refsync.state import workers
+from refsync.state.ledger import Ledger
 from tests.conftest import FakeClock
 
 

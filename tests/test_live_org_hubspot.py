@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sandbox.run import RunningSandbox
-from connector.attribution import Policy
-from connector.imports import import_file
-from connector.mapping import load_mapping
-from connector.push import CrmTarget
-from connector.sync import CycleSettings, run_cycle
-from state.ledger import Ledger
-from state.notifications import alerts
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.connector.mapping import load_mapping
+from refsync.connector.push import CrmTarget
+from refsync.connector.sync import CycleSettings, run_cycle
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import alerts
 from tests.conftest import FakeClock
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"

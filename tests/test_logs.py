@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from connector import logs
-from connector.cli import cli
+from refsync.connector import logs
+from refsync.connector.cli import cli
 
 TOKEN = "pat-na1-5e1f2a3b-9c8d-4e7f-a6b5-0123456789ab"
 SESSION = "00D5g000000abcd!AQ4AQFakeSessionIdValueXYZ123456"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import FieldSchema, ObjectSchema, Stage
-from connector.errors import ConfigError
-from connector.mapping import check_against_schema, field_values, load_mapping
+from refsync.adapters.base import FieldSchema, ObjectSchema, Stage
+from refsync.connector.mapping import check_against_schema, field_values, load_mapping
+from refsync.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "mappings"
 

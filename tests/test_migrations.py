@@ -7,10 +7,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from connector.errors import LedgerError
-from state import db
-from state.ledger import Ledger
-from state.models import Base
+from refsync.errors import LedgerError
+from refsync.state import db
+from refsync.state.ledger import Ledger
+from refsync.state.models import Base
 
 
 def test_migrated_schema_equals_the_models(ledger_url: str) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from connector.attribution import Policy
-from connector.imports import import_file
-from connector.notify import DeliverySettings, deliver_all, encode, sign
-from state.ledger import Ledger
-from state.notifications import set_partner_webhook
-from state.observe import observing
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.connector.notify import DeliverySettings, deliver_all, encode, sign
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import set_partner_webhook
+from refsync.state.observe import observing
 from tests.conftest import FakeClock
 from tests.receiver import receiving
 

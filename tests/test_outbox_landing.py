@@ -10,12 +10,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from connector.attribution import Policy
-from connector.imports import import_file
-from state.ledger import Ledger
-from state.models import CrmLink
-from state.outbox import OpOutcome, enqueue_pushes, land_outcomes
-from state.workers import beat, register
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.state.ledger import Ledger
+from refsync.state.models import CrmLink
+from refsync.state.outbox import OpOutcome, enqueue_pushes, land_outcomes
+from refsync.state.workers import beat, register
 from tests.conftest import FakeClock
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"

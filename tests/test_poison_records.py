@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from adapters.base import RecordError, RecordErrorKind, RecordUpsert, WriteResult
-from adapters.hubspot import _value
-from adapters.salesforce import _json_value
-from adapters.sandbox.run import RunningSandbox
-from connector import mapping
-from connector.attribution import Policy
-from connector.imports import import_file
-from connector.push import CrmTarget, push_round, write_with_split
-from state.ledger import Ledger
-from state.models import Referral
-from state.notifications import alerts
-from state.outbox import enqueue_pushes
+from refsync.adapters.base import RecordError, RecordErrorKind, RecordUpsert, WriteResult
+from refsync.adapters.hubspot import _value
+from refsync.adapters.salesforce import _json_value
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector import mapping
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.connector.push import CrmTarget, push_round, write_with_split
+from refsync.state.ledger import Ledger
+from refsync.state.models import Referral
+from refsync.state.notifications import alerts
+from refsync.state.outbox import enqueue_pushes
 from tests.test_http import referral, start
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"

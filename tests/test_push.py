@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sandbox.run import RunningSandbox
-from connector.attribution import Policy
-from connector.budget import BudgetLimits
-from connector.dryrun import DryRunAdapter
-from connector.imports import import_file
-from connector.push import CrmTarget, push_round
-from connector.sync import CycleSettings, run_cycle
-from state.ledger import Ledger
-from state.notifications import alerts
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.attribution import Policy
+from refsync.connector.budget import BudgetLimits
+from refsync.connector.dryrun import DryRunAdapter
+from refsync.connector.imports import import_file
+from refsync.connector.push import CrmTarget, push_round
+from refsync.connector.sync import CycleSettings, run_cycle
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import alerts
 from tests.conftest import FakeClock, targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
@@ -85,7 +85,7 @@ def test_twenty_percent_faults_converge_to_the_same_crm_state_as_a_clean_run(
 def _fresh(ledger_url: str, tmp_path: Path) -> str:
     """A second, empty ledger of the same kind (the PostgreSQL fixture gives one database per test)."""
     if ledger_url.startswith("sqlite"):
-        from state import db
+        from refsync.state import db
 
         url = f"sqlite:///{tmp_path / 'second.db'}"
         db.upgrade(db.make_engine(url))
@@ -99,7 +99,7 @@ def _fresh(ledger_url: str, tmp_path: Path) -> str:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    from state import db
+    from refsync.state import db
 
     url = make_url(ledger_url).set(database=name).render_as_string(False)
     db.upgrade(db.make_engine(url))
@@ -145,7 +145,7 @@ def test_a_conflicting_record_is_held_back_alone_and_lands_after_retry(
 ) -> None:
     # Sales created a contact with the prospect's email so recently that search does not show it
     # yet: refsync's create collides (HubSpot answers the whole batch with one 409).
-    from state.outbox import retry_dead
+    from refsync.state.outbox import retry_dead
 
     import_rows(ledger, tmp_path, 6)
     sandbox.hubspot.configure(indexing_lag_ms=600_000)

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sandbox.run import RunningSandbox
-from connector.attribution import Policy
-from connector.config import load_config
-from connector.crms import build_targets
-from connector.imports import import_file
-from connector.poll import poll_target
-from connector.push import CrmTarget
-from connector.sync import CycleSettings, run_cycle
-from state.ledger import Ledger
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.attribution import Policy
+from refsync.connector.config import load_config
+from refsync.connector.crms import build_targets
+from refsync.connector.imports import import_file
+from refsync.connector.poll import poll_target
+from refsync.connector.push import CrmTarget
+from refsync.connector.sync import CycleSettings, run_cycle
+from refsync.state.ledger import Ledger
 from tests.conftest import targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"

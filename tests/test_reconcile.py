@@ -6,15 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from adapters.sandbox.run import RunningSandbox
-from connector.attribution import Policy
-from connector.imports import import_file
-from connector.push import CrmTarget
-from connector.reconcile import ReconcileSettings, reconcile
-from connector.sync import CycleSettings, push_all, run_cycle
-from state.ledger import Ledger
-from state.models import AuditEvent
-from state.notifications import alerts
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.connector.push import CrmTarget
+from refsync.connector.reconcile import ReconcileSettings, reconcile
+from refsync.connector.sync import CycleSettings, push_all, run_cycle
+from refsync.state.ledger import Ledger
+from refsync.state.models import AuditEvent
+from refsync.state.notifications import alerts
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
@@ -165,7 +165,7 @@ def test_ledger_checks_raise_and_resolve_duplicates_dead_ops_and_stale_referrals
     reconcile(ledger, {}, settings)
     kinds = sorted(a["kind"] for a in alerts(ledger, open_only=True))
     assert kinds == ["dead_op", "duplicate_referral", "stale_referral", "stale_referral"]
-    from state.outbox import retry_dead
+    from refsync.state.outbox import retry_dead
 
     retry_dead(ledger)
     with ledger.transaction() as txn:

@@ -11,12 +11,12 @@ from pathlib import Path
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from connector.attribution import Policy
-from connector.cli import cli
-from connector.imports import import_file
-from state.ledger import Ledger
-from state.models import Referral
-from state.observe import observing
+from refsync.connector.attribution import Policy
+from refsync.connector.cli import cli
+from refsync.connector.imports import import_file
+from refsync.state.ledger import Ledger
+from refsync.state.models import Referral
+from refsync.state.observe import observing
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 
@@ -105,7 +105,7 @@ def test_report_csv_neutralises_formula_cells_and_keeps_numbers(
 
 
 def test_spreadsheet_safe_leaves_numbers_and_plain_text_alone() -> None:
-    from connector.report import spreadsheet_safe
+    from refsync.connector.report import spreadsheet_safe
 
     assert spreadsheet_safe(-12.5) == -12.5 and spreadsheet_safe(-3) == -3 and spreadsheet_safe(None) is None
     assert spreadsheet_safe("q4-summit") == "q4-summit" and spreadsheet_safe("") == ""

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters.sandbox.run import RunningSandbox
-from connector.cli import cli
-from connector.push import CrmTarget
-from state.ledger import Ledger
-from state.notifications import alerts
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.cli import cli
+from refsync.connector.push import CrmTarget
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import alerts
 from tests.conftest import FAST_RETRY, ROOT
 from tests.test_push import _fresh, crm_state
 
@@ -271,8 +271,8 @@ def test_run_starts_with_a_crm_down_names_it_in_readyz_and_picks_it_up_when_back
 def test_daemon_poll_job_leaves_a_vanished_field_out_instead_of_failing(
     ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    from connector.daemon import Daemon
-    from connector.sync import CycleSettings
+    from refsync.connector.daemon import Daemon
+    from refsync.connector.sync import CycleSettings
     from tests.test_push import import_rows
 
     import_rows(ledger, tmp_path, 4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from connector import retry
+from refsync.connector import retry
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

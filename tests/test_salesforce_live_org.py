@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters.sandbox.run import RunningSandbox
-from connector.attribution import Policy
-from connector.cli import cli
-from connector.imports import import_file
-from connector.mapping import load_mapping
-from connector.push import CrmTarget, push_round
-from connector.sync import CycleSettings, run_cycle
-from state.ledger import Ledger
-from state.notifications import alerts
-from state.outbox import enqueue_pushes
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.attribution import Policy
+from refsync.connector.cli import cli
+from refsync.connector.imports import import_file
+from refsync.connector.mapping import load_mapping
+from refsync.connector.push import CrmTarget, push_round
+from refsync.connector.sync import CycleSettings, run_cycle
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import alerts
+from refsync.state.outbox import enqueue_pushes
 from tests.conftest import ROOT, FakeClock
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"

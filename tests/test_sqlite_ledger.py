@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from connector.attribution import Policy
-from connector.cli import cli
-from connector.imports import import_rows
-from connector.intake import NewReferral, validate_row
-from state.ledger import Ledger
-from state.models import Partner
+from refsync.connector.attribution import Policy
+from refsync.connector.cli import cli
+from refsync.connector.imports import import_rows
+from refsync.connector.intake import NewReferral, validate_row
+from refsync.state.ledger import Ledger
+from refsync.state.models import Partner
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 POLICY = Policy("first_touch", "flag", 365, "t")

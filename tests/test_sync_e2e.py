@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
-from adapters.base import ChangeSet
-from adapters.errors import TransientError
-from adapters.hubspot import HubSpotAdapter
-from adapters.salesforce import SalesforceAdapter
-from adapters.sandbox.run import RunningSandbox
-from connector.attribution import Policy
-from connector.imports import import_file
-from connector.push import CrmTarget
-from connector.sync import CycleSettings, run_cycle
-from state.ledger import Ledger
-from state.notifications import alerts
-from state.observe import cursor
+from refsync.adapters.base import ChangeSet
+from refsync.adapters.errors import TransientError
+from refsync.adapters.hubspot import HubSpotAdapter
+from refsync.adapters.salesforce import SalesforceAdapter
+from refsync.adapters.sandbox.run import RunningSandbox
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.connector.push import CrmTarget
+from refsync.connector.sync import CycleSettings, run_cycle
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import alerts
+from refsync.state.observe import cursor
 from tests.conftest import targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"

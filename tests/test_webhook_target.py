@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from connector.attribution import Policy
-from connector.imports import import_file
-from connector.notify import ANSWER_CAP, DeliverySettings, deliver_all
-from connector.webhook_target import url_problem
-from state.ledger import Ledger
-from state.notifications import set_partner_webhook
-from state.observe import observing
+from refsync.connector.attribution import Policy
+from refsync.connector.imports import import_file
+from refsync.connector.notify import ANSWER_CAP, DeliverySettings, deliver_all
+from refsync.connector.webhook_target import url_problem
+from refsync.state.ledger import Ledger
+from refsync.state.notifications import set_partner_webhook
+from refsync.state.observe import observing
 from tests.conftest import FakeClock
 from tests.receiver import receiving
 from tests.test_notify import ALL, HEADER, SECRET

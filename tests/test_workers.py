@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 
-from state import workers
-from state.ledger import Ledger
-from state.workers import Liveness, WorkerView
+from refsync.state import workers
+from refsync.state.ledger import Ledger
+from refsync.state.workers import Liveness, WorkerView
 from tests.conftest import FakeClock
 
 LEASE = timedelta(minutes=5)
@@ -170,7 +170,7 @@ def test_long_dead_workers_are_pruned_and_a_pruned_worker_registers_again(ledger
 def test_status_exits_1_while_ops_are_stuck_and_lists_workers(ledger_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from connector.cli import cli
+    from refsync.connector.cli import cli
 
     config = tmp_path / "refsync.toml"
     config.write_text(f'[ledger]\nurl = "{ledger_url}"\n[logging]\nformat = "json"\n')
@@ -200,7 +200,7 @@ def test_status_exits_1_while_ops_are_stuck_and_lists_workers(ledger_url: str, t
     code, view = status()
     assert code == 0 and view["stuck"] == {"in_flight": 0, "failed": 0}
     [op] = real.claim_ops("x", "salesforce", 1, LEASE)
-    from state.outbox import OpOutcome, land_outcomes
+    from refsync.state.outbox import OpOutcome, land_outcomes
 
     land_outcomes(real, "salesforce", "x", [OpOutcome(op["id"], None, "failed",
                                                       next_attempt_at=real.clock() - timedelta(minutes=14))])
@@ -216,9 +216,9 @@ def test_status_exits_1_while_ops_are_stuck_and_lists_workers(ledger_url: str, t
 def test_a_hanging_webhook_round_delays_neither_a_crm_job_nor_a_stop(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    from connector import daemon as daemon_module
-    from connector.daemon import Daemon
-    from connector.sync import CycleSettings
+    from refsync.connector import daemon as daemon_module
+    from refsync.connector.daemon import Daemon
+    from refsync.connector.sync import CycleSettings
 
     monkeypatch.setattr(daemon_module, "NOTIFY_STOP_WAIT", 0.2)
     ledger = Ledger.open(sqlite_url)
@@ -236,7 +236,7 @@ def test_a_hanging_webhook_round_delays_neither_a_crm_job_nor_a_stop(sqlite_url:
 
 
 def test_push_and_poll_of_one_crm_take_turns() -> None:
-    from connector.push import each_locked
+    from refsync.connector.push import each_locked
 
     class Target:
         def __init__(self) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
-from adapters.sandbox import hubspot_schema as hs
-from adapters.sandbox.hubspot_store import ApiError, Store
+from refsync.adapters.sandbox import hubspot_schema as hs
+from refsync.adapters.sandbox.hubspot_store import ApiError, Store
 
 if TYPE_CHECKING:
     import random

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from adapters.sandbox import hubspot_schema as hs
-from adapters.sandbox.hubspot_store import ApiError, Record, Store
+from refsync.adapters.sandbox import hubspot_schema as hs
+from refsync.adapters.sandbox.hubspot_store import ApiError, Record, Store
 
 Answer = tuple[int, Any]
 MAX_BATCH = 100

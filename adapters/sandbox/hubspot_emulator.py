@@ -22,12 +22,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
-from adapters.sandbox import hubspot_schema as hs
-from adapters.sandbox.hubspot_admin import AdminMixin
-from adapters.sandbox.hubspot_api import Answer, Endpoints
-from adapters.sandbox.hubspot_search import search
-from adapters.sandbox.hubspot_store import ApiError, Store
-from adapters.sandbox.served import Served
+from refsync.adapters.sandbox import hubspot_schema as hs
+from refsync.adapters.sandbox.hubspot_admin import AdminMixin
+from refsync.adapters.sandbox.hubspot_api import Answer, Endpoints
+from refsync.adapters.sandbox.hubspot_search import search
+from refsync.adapters.sandbox.hubspot_store import ApiError, Store
+from refsync.adapters.sandbox.served import Served
 
 DEFAULT_TOKEN = "sandbox-token-hubspot"  # noqa: S105 - the local sandbox's well-known token
 BURST_INTERVAL_MS = 10_000

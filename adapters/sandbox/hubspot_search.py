@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from adapters.sandbox import hubspot_schema as hs
-from adapters.sandbox.hubspot_store import ApiError, Record, Store
+from refsync.adapters.sandbox import hubspot_schema as hs
+from refsync.adapters.sandbox.hubspot_store import ApiError, Record, Store
 
 OPERATORS = {"EQ", "NEQ", "GT", "GTE", "LT", "LTE", "IN", "NOT_IN", "HAS_PROPERTY", "NOT_HAS_PROPERTY"}
 MAX_LIMIT = 200

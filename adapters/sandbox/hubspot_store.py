@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.sandbox import hubspot_schema as hs
-from adapters.sandbox.clock import Clock
+from refsync.adapters.sandbox import hubspot_schema as hs
+from refsync.adapters.sandbox.clock import Clock
 
 
 class ApiError(Exception):

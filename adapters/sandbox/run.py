@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.sandbox.hubspot_emulator import HubSpotEmulator
-from adapters.sandbox.salesforce_emulator import SalesforceEmulator
+from refsync.adapters.sandbox.hubspot_emulator import HubSpotEmulator
+from refsync.adapters.sandbox.salesforce_emulator import SalesforceEmulator
 
 
 @dataclass

@@ -31,10 +31,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-from adapters.sandbox.salesforce_soql import SoqlError, parse_datetime
-from adapters.sandbox.salesforce_store import NOT_FOUND, OrgStore, SfError, format_stamp
-from adapters.sandbox.served import Served
-from adapters.sandbox.tls import make_tls
+from refsync.adapters.sandbox.salesforce_soql import SoqlError, parse_datetime
+from refsync.adapters.sandbox.salesforce_store import NOT_FOUND, OrgStore, SfError, format_stamp
+from refsync.adapters.sandbox.served import Served
+from refsync.adapters.sandbox.tls import make_tls
 
 DAILY_LIMIT = 15000
 MAX_COLLECTION = 200

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from adapters.sandbox.clock import Clock
-from adapters.sandbox.salesforce_schema import KEY_PREFIX, STAGES, OrgSchema
-from adapters.sandbox.salesforce_soql import (
+from refsync.adapters.sandbox.clock import Clock
+from refsync.adapters.sandbox.salesforce_schema import KEY_PREFIX, STAGES, OrgSchema
+from refsync.adapters.sandbox.salesforce_soql import (
     Compare,
     SoqlError,
     condition_fields,
@@ -652,7 +652,7 @@ class OrgStore:
 
 def _rename(node: Any, names: dict[str, str]) -> Any:
     """The WHERE tree with field names made canonical (SOQL names are case-insensitive)."""
-    from adapters.sandbox.salesforce_soql import BoolOp, Compare
+    from refsync.adapters.sandbox.salesforce_soql import BoolOp, Compare
 
     if node is None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from state.models import Base
+from refsync.state.models import Base
 
 config = context.config
 engine = config.attributes["engine"]

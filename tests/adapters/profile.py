@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.base import ChangeSet, CrmAdapter
-from adapters.sandbox.admin import SandboxAdmin
+from refsync.adapters.base import ChangeSet, CrmAdapter
+from refsync.adapters.sandbox.admin import SandboxAdmin
 
 SHARED_CRM_API = Path(__file__).resolve().parents[2].parent / "shared" / "crm-api"
 # Reference bodies refsync's tests need that shared/crm-api lacks, each with its source (README.md there).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.hubspot import HubSpotAdapter
-from adapters.sandbox.hubspot_emulator import HubSpotEmulator
+from refsync.adapters.hubspot import HubSpotAdapter
+from refsync.adapters.sandbox.hubspot_emulator import HubSpotEmulator
 from tests.adapters.profile import ConformanceProfile
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.salesforce import SalesforceAdapter
-from adapters.sandbox.salesforce_emulator import SalesforceEmulator
+from refsync.adapters.salesforce import SalesforceAdapter
+from refsync.adapters.sandbox.salesforce_emulator import SalesforceEmulator
 from tests.adapters.profile import ConformanceProfile
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters.base import ChangeKind, RecordUpdate, RecordUpsert
+from refsync.adapters.base import ChangeKind, RecordUpdate, RecordUpsert
 from tests.adapters.profile import ConformanceProfile, all_changes
 
 

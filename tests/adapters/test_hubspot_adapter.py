@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import ChangeKind, RecordErrorKind, RecordUpdate, RecordUpsert
-from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
-from adapters.hubspot import HubSpotAdapter
-from adapters.sandbox.hubspot_emulator import HubSpotEmulator
+from refsync.adapters.base import ChangeKind, RecordErrorKind, RecordUpdate, RecordUpsert
+from refsync.adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
+from refsync.adapters.hubspot import HubSpotAdapter
+from refsync.adapters.sandbox.hubspot_emulator import HubSpotEmulator
 from tests.adapters.profile import all_changes
 
 ID = "refsync_referral_id"
@@ -308,7 +308,7 @@ def test_a_date_property_refuses_a_time_of_day_with_hubspots_invalid_date(adapte
 
 
 def test_mapping_check_refuses_a_datetime_mapped_onto_a_date_property(adapter: HubSpotAdapter, tmp_path: Path) -> None:
-    from connector.mapping import check_against_schema, load_mapping
+    from refsync.connector.mapping import check_against_schema, load_mapping
 
     root = Path(__file__).resolve().parents[2]
     base = (root / "mappings" / "hubspot.toml").read_text()
@@ -325,7 +325,7 @@ def test_mapping_check_refuses_a_datetime_mapped_onto_a_date_property(adapter: H
 
 
 def test_daily_limit_waits_until_the_portals_midnight_not_utcs(adapter: HubSpotAdapter, hub: HubSpotEmulator) -> None:
-    from adapters.hubspot import seconds_to_midnight
+    from refsync.adapters.hubspot import seconds_to_midnight
 
     hub.configure(time_zone="America/Los_Angeles")
     adapter.time_zone()  # the engine reads it with the schemas (connector/schemas.py), before any limit
@@ -340,7 +340,7 @@ def test_daily_limit_waits_until_the_portals_midnight_not_utcs(adapter: HubSpotA
 
 
 def test_seconds_to_midnight_follows_the_portals_time_zone_and_dst() -> None:
-    from adapters.hubspot import seconds_to_midnight
+    from refsync.adapters.hubspot import seconds_to_midnight
 
     now = datetime(2026, 3, 8, 6, 0, tzinfo=UTC)  # 01:00 in New York, the night clocks go forward
     assert seconds_to_midnight("America/New_York", now) == 22 * 3600  # 23 local hours, one skipped

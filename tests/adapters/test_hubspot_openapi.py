@@ -19,7 +19,7 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from adapters.sandbox.hubspot_emulator import HubSpotEmulator
+from refsync.adapters.sandbox.hubspot_emulator import HubSpotEmulator
 from tests.adapters.profile import SHARED_CRM_API, reference_dir
 
 SPECS = SHARED_CRM_API / "hubspot"

@@ -11,11 +11,11 @@ import pytest
 import requests
 import trustme
 
-from adapters.base import ChangeKind, RecordErrorKind, RecordUpdate, RecordUpsert
-from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
-from adapters.salesforce import SalesforceAdapter
-from adapters.sandbox.salesforce_emulator import SalesforceEmulator
-from adapters.sandbox.salesforce_store import ASSIGNMENT_QUEUE_ID
+from refsync.adapters.base import ChangeKind, RecordErrorKind, RecordUpdate, RecordUpsert
+from refsync.adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
+from refsync.adapters.salesforce import SalesforceAdapter
+from refsync.adapters.sandbox.salesforce_emulator import SalesforceEmulator
+from refsync.adapters.sandbox.salesforce_store import ASSIGNMENT_QUEUE_ID
 from tests.adapters.profile import all_changes
 
 

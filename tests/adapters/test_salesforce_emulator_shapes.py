@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from adapters.sandbox.salesforce_emulator import SalesforceEmulator
+from refsync.adapters.sandbox.salesforce_emulator import SalesforceEmulator
 from tests.adapters.profile import recorded_body, reference_dir
 
 
@@ -158,7 +158,7 @@ def test_admin_plane_over_http_is_not_counted(em: SalesforceEmulator) -> None:
 
 
 def test_the_emulators_duplicate_rule_error_has_salesforces_shape() -> None:
-    from adapters.sandbox.salesforce_store import OrgStore
+    from refsync.adapters.sandbox.salesforce_store import OrgStore
 
     store = OrgStore()
     contact = store.create_record("Contact", {"LastName": "Ng", "Email": "al@litware.example"}, None, "rep")

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import responses
 
-from adapters.base import RecordErrorKind, RecordUpdate, RecordUpsert
-from adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
-from adapters.retrying import CallPolicy, RetrySettings
-from adapters.salesforce import SalesforceAdapter
+from refsync.adapters.base import RecordErrorKind, RecordUpdate, RecordUpsert
+from refsync.adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
+from refsync.adapters.retrying import CallPolicy, RetrySettings
+from refsync.adapters.salesforce import SalesforceAdapter
 from tests.adapters.profile import recorded_body, reference_dir
 
 BASE = "https://acme.my.salesforce.com/services/data/v59.0/"

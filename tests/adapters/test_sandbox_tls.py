@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sandbox.tls import make_tls
+from refsync.adapters.sandbox.tls import make_tls
 
 
 @pytest.fixture

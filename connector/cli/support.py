@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run_cli(args: list[str]) -> int:
-    from connector.cli import cli
+    from refsync.connector.cli import cli
 
     try:
         cli.main(args=args, prog_name="refsync", standalone_mode=False)

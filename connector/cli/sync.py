@@ -1,4 +1,4 @@
-"""CLI commands that talk to CRMs or the outbox: sync, ops, retry, runs, mappings check, sandbox."""
+"""`refsync sync`, `run`, `ops`, `retry`, `runs` and `sandbox`: the CRMs and the outbox."""
 
 from __future__ import annotations
 
@@ -9,31 +9,11 @@ from pathlib import Path
 
 import click
 
-from connector.cli import EXIT_PROBLEMS, Context, _print_json, _table, cli, handles_errors
-from connector.errors import ConfigError
+from refsync.connector.cli.base import EXIT_PROBLEMS, Context, crm_targets, handles_errors, print_json, print_table
+from refsync.errors import ConfigError
 
 
-def _targets(obj: Context, *, ledger_optional: bool = False):  # type: ignore[no-untyped-def]
-    """Every configured CRM's target; a configuration wrong on its face stops here (exit 2). A CRM
-    that cannot be reached is a target that is not ready: it waits, the others go on.
-    ``ledger_optional``: without a usable ledger (`mappings check` before `init`) the mapping is
-    checked against the live schemas alone, with no memory of fields seen before."""
-    from connector.crms import build_targets
-    from connector.errors import LedgerError
-
-    try:
-        ledger = obj.ledger()
-    except LedgerError:
-        if not ledger_optional:
-            raise
-        ledger = None
-    targets, problems = build_targets(obj.config, ledger)
-    if problems:
-        raise ConfigError(problems)
-    return targets
-
-
-@cli.command()
+@click.command()
 @click.option("--once", is_flag=True, required=True, help="Run one full cycle and exit.")
 @click.option("--dry-run", is_flag=True, help="Print what would be written, per record and field; write nothing.")
 @click.option("--reconcile", "with_reconcile", is_flag=True, help="Also compare the ledger with the CRMs in full.")
@@ -43,12 +23,12 @@ def _targets(obj: Context, *, ledger_optional: bool = False):  # type: ignore[no
 def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json: bool) -> None:
     """One full cycle: push attribution to every CRM, poll back, guard, push repairs, expire,
     tell the alert sinks and deliver partner webhooks."""
-    from connector.sync import run_cycle, settings_from_config
+    from refsync.connector.sync import run_cycle, settings_from_config
 
     ledger = obj.ledger()
     settings = settings_from_config(obj.config, with_reconcile=with_reconcile)
     if dry_run:
-        targets = _targets(obj)
+        targets = crm_targets(obj)
         _dry_run(ledger, {n: t for n, t in targets.items() if t.ready}, settings, as_json)
         for target in targets.values():
             if not target.ready:
@@ -56,12 +36,12 @@ def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json:
         if not all(t.ready for t in targets.values()):
             sys.exit(EXIT_PROBLEMS)
         return
-    targets = _targets(obj)
+    targets = crm_targets(obj)
     with obj.worker(ledger):
         report = run_cycle(ledger, targets, settings)
     counts = report.counts()
     if as_json:
-        _print_json({**counts, "errors": report.errors})
+        print_json({**counts, "errors": report.errors})
     else:
         click.echo(f"planned {counts['planned']}, pushed {counts['pushed']} (created {counts['created']}, "
                    f"unchanged {counts['unchanged']}), failed {counts['failed']}, dead {counts['dead']}, "
@@ -75,8 +55,8 @@ def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json:
 def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from connector.dryrun import DryRunAdapter
-    from connector.push import push_round
+    from refsync.connector.dryrun import DryRunAdapter
+    from refsync.connector.push import push_round
 
     planned = []
     for target in targets.values():
@@ -85,7 +65,7 @@ def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[
                    max_attempts=settings.max_attempts, dry_run=True)
         planned += target.adapter.planned
     if as_json:
-        _print_json([{"crm": p.crm, "object": p.object, "action": p.action, "key": p.key, "values": p.values}
+        print_json([{"crm": p.crm, "object": p.object, "action": p.action, "key": p.key, "values": p.values}
                      for p in planned])
         return
     for p in planned:
@@ -95,19 +75,19 @@ def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[
     click.echo(f"dry run: {len(planned)} records would be written; nothing was written")
 
 
-@cli.command()
+@click.command()
 @click.pass_obj
 @handles_errors
 def run(obj: Context) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
-    from connector.daemon import Daemon
-    from connector.http import HttpSettings, parse_listen
-    from connector.reconcile import ReconcileSettings
-    from connector.sync import settings_from_config
+    from refsync.connector.daemon import Daemon
+    from refsync.connector.http import HttpSettings, parse_listen
+    from refsync.connector.reconcile import ReconcileSettings
+    from refsync.connector.sync import settings_from_config
 
     ledger = obj.ledger()  # refuses an unreachable or unmigrated ledger before anything starts
     daemon = obj.config.daemon
-    targets = _targets(obj)  # refuses a broken mapping file
+    targets = crm_targets(obj)  # refuses a broken mapping file
     settings = settings_from_config(obj.config)
     alerts = obj.config.alerts
     http = obj.config.http
@@ -126,7 +106,7 @@ def run(obj: Context) -> None:
                http=http_settings).run()
 
 
-@cli.command()
+@click.command()
 @click.option("--dead", is_flag=True, help="Only dead ops (they need a fix, then `refsync retry`).")
 @click.option("--state", type=click.Choice(["pending", "in_flight", "done", "failed", "dead"]))
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
@@ -137,27 +117,28 @@ def ops(obj: Context, dead: bool, state: str | None, limit: int, as_json: bool) 
     """Outbound ops by state, with their last error."""
     rows = obj.ledger().ops(state="dead" if dead else state, limit=limit)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(f"{len(rows)} ops", ["id", "kind", "state", "crm", "referral", "attempts", "next attempt", "last error"], [
+    columns = ["id", "kind", "state", "crm", "referral", "attempts", "next attempt", "last error"]
+    print_table(f"{len(rows)} ops", columns, [
         [o["id"], o["kind"], o["state"], o["crm"], o["referral_id"], o["attempts"], o["next_attempt_at"],
          f"{o['last_error']['code'] or o['last_error']['class']}: {o['last_error']['message']}"
          if o["last_error"] else ""] for o in rows])
 
 
-@cli.command()
+@click.command()
 @click.argument("op_ids", nargs=-1, type=int)
 @click.pass_obj
 @handles_errors
 def retry(obj: Context, op_ids: tuple[int, ...]) -> None:
     """Requeue dead ops (all of them, or the given ids) after fixing their cause."""
-    from state.outbox import retry_dead
+    from refsync.state.outbox import retry_dead
 
     count = retry_dead(obj.ledger(), list(op_ids) or None)
     click.echo(f"{count} dead ops requeued")
 
 
-@cli.command()
+@click.command()
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -166,42 +147,14 @@ def runs(obj: Context, limit: int, as_json: bool) -> None:
     """The last runs of each job, with their counts."""
     rows = obj.ledger().runs(limit)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(f"{len(rows)} runs", ["id", "job", "started", "finished", "status", "counts"],
+    print_table(f"{len(rows)} runs", ["id", "job", "started", "finished", "status", "counts"],
            [[r["id"], r["job"], r["started_at"], r["finished_at"], r["status"], json.dumps(r["counts"])]
             for r in rows])
 
 
-@cli.group()
-def mappings() -> None:
-    """Mapping files."""
-
-
-@mappings.command("check")
-@click.pass_obj
-@handles_errors
-def mappings_check(obj: Context) -> None:
-    """Validate the mapping files against the live CRM schemas; every problem with file and line."""
-    from connector.intake import MAX_LENGTH
-    from connector.mapping import length_warnings
-
-    targets = _targets(obj, ledger_optional=True)
-    for name, target in targets.items():
-        if not target.ready:
-            click.echo(f"refsync: problem: {name}: not checked: {target.not_ready}", err=True)
-            continue
-        if target.loaded is not None:
-            for warning in length_warnings(target.loaded, target.schemas, MAX_LENGTH):
-                click.echo(f"warning: {warning}", err=True)
-        drift = f"; drifted, left out: {', '.join(f'{o}.{f}' for o, f in sorted(target.drift))}" if target.drift else ""
-        click.echo(f"{name}: mapping OK ({target.mapping.lead.name}, {target.mapping.deal.name}, "
-                   f"{sum(len(s) for s in target.mapping.stages.values())} stages{drift})")
-    if not all(t.ready and not t.drift for t in targets.values()):
-        sys.exit(EXIT_PROBLEMS)
-
-
-@cli.command()
+@click.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=".sandbox",
               show_default=True, help="Where the sandbox keeps its CA and certificates.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -210,7 +163,7 @@ def mappings_check(obj: Context) -> None:
 @handles_errors
 def sandbox(directory: Path, host: str, salesforce_port: int, hubspot_port: int) -> None:
     """Start both CRM emulators and print one JSON line with their URLs and credentials."""
-    from adapters.sandbox.run import start_sandbox
+    from refsync.adapters.sandbox.run import start_sandbox
 
     running = start_sandbox(directory, host=host, salesforce_port=salesforce_port, hubspot_port=hubspot_port)
     click.echo(json.dumps(running.info()), nl=True)
@@ -222,26 +175,3 @@ def sandbox(directory: Path, host: str, salesforce_port: int, hubspot_port: int)
         pass
     finally:
         running.stop()
-
-
-@cli.command()
-@click.option("--kind", help="Only alerts of this kind (e.g. attribution_overwritten, orphaned_link).")
-@click.option("--open", "open_only", is_flag=True, help="Only alerts not resolved yet.")
-@click.option("--resolved", "resolved_only", is_flag=True, help="Only alerts that resolved themselves.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-@handles_errors
-def alerts(obj: Context, kind: str | None, open_only: bool, resolved_only: bool, as_json: bool) -> None:
-    """Discrepancy alerts, newest first; exits 1 while any is open."""
-    from state.notifications import alerts as list_alerts
-
-    if open_only and resolved_only:
-        raise click.UsageError("--open and --resolved exclude each other; give one")
-    rows = list_alerts(obj.ledger(), kind=kind, open_only=open_only, resolved_only=resolved_only)
-    if as_json:
-        _print_json(rows)
-    else:
-        _table(f"{len(rows)} alerts", ["id", "kind", "count", "last seen", "resolved", "message"], [
-            [a["id"], a["kind"], a["count"], a["last_seen"], a["resolved_at"], a["message"]] for a in rows])
-    if any(a["resolved_at"] is None for a in rows):
-        sys.exit(EXIT_PROBLEMS)
