@@ -52,7 +52,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from refsync.connector.attribution import Policy
 from refsync.connector.imports import ImportReport, RowOutcome, import_rows
-from refsync.connector.intake import COLUMNS, NewReferral, RowProblem, validate_row
+from refsync.connector.intake import (
+    COLUMNS,
+    NewReferral,
+    RowProblem,
+    parse_json,
+    repeated_key_problems,
+    validate_row,
+)
 from refsync.connector.logs import get_logger
 from refsync.connector.metrics import Metrics
 from refsync.errors import ConfigError, LedgerError
@@ -275,6 +282,10 @@ class HttpServer:
                 results.append(_rejected(index, None, problems))
                 continue
             unknown = tuple(RowProblem(line, str(k), "unknown key, ignored", "note") for k in item if k not in COLUMNS)
+            repeated = repeated_key_problems(line, item)
+            if repeated:
+                results.append(_rejected(index, item.get("external_id"), repeated, unknown))
+                continue
             row = validate_row(line, item, now)
             if isinstance(row, list):
                 results.append(_rejected(index, item.get("external_id"), row, unknown))
@@ -312,6 +323,8 @@ class HttpServer:
 
 def _items(body: Any) -> tuple[list[Any], str | None]:
     """The referrals of a body: one object, or ``{"referrals": [...]}``; else why not."""
+    if isinstance(body, dict) and "referrals" in getattr(body, "repeated", ()):
+        return [], "\"referrals\" appears more than once; send one array with every referral"
     if isinstance(body, dict) and "referrals" in body:
         extra = sorted(k for k in body if k != "referrals")
         if extra:
@@ -464,7 +477,7 @@ def create_app(server: HttpServer) -> ASGIApp:
         if isinstance(body, Response):
             return body
         try:
-            parsed = json.loads(body)
+            parsed = parse_json(body)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting
             return _json(HTTPStatus.BAD_REQUEST, {"error": f"the body is not valid JSON ({exc})"})
         try:
