@@ -12,8 +12,9 @@ Two scenarios, one JSON line each (``--clients 0`` or ``--slow 0`` skips one):
   close the slow connections itself (its header deadline, --header-timeout seconds).
 
 The server (connector.http.HttpServer on a fresh SQLite ledger) runs in its own subprocess so its
-threads and descriptors are its own (``--attach PORT:PID`` uses a running one: the load test does); they are sampled from /proc/PID/task and /proc/PID/fd every
-50 ms (baseline before the clients, peak during). The bench raises its own soft descriptor limit
+threads and descriptors are its own (``--attach PORT:PID`` uses a running one: the load test does);
+they are sampled from /proc/PID/task and /proc/PID/fd every 50 ms (baseline before the clients,
+peak during). The bench raises its own soft descriptor limit
 to fit the connections it opens (up to the hard limit) and says so in ``client_fd_limit``.
 """
 
@@ -154,7 +155,8 @@ def concurrent(port: int, pid: int, clients: int, path: str, timeout: float) -> 
         codes[str(status)] = codes.get(str(status), 0) + 1
     return {"scenario": "concurrent", "clients": clients, "path": path, "answered_200": len(answered),
             "by_status": codes, "p50_ms": percentile(answered, 0.50), "p99_ms": percentile(answered, 0.99),
-            "wall_s": round(wall, 2), "server_threads": {"baseline": peaks.baseline["threads"], "peak": peak["threads"]},
+            "wall_s": round(wall, 2),
+            "server_threads": {"baseline": peaks.baseline["threads"], "peak": peak["threads"]},
             "server_fds": {"baseline": peaks.baseline["fds"], "peak": peak["fds"]}}
 
 

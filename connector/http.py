@@ -10,10 +10,11 @@ serves every connection from one event loop with a cap, and the partner portal w
 The limits, all here: a listen backlog of :data:`BACKLOG`; at most :data:`MAX_CONNECTIONS` open
 connections (past it uvicorn answers 503, so the cap sits far above what a probe needs and below the
 descriptor limit: the scheduler's own connections always find a descriptor); request headers of at
-most :data:`MAX_HEADER_BYTES` (431 beyond), complete within :data:`HEADER_TIMEOUT` seconds of the
-connection or of the previous answer (both in :mod:`connector.http_protocol`); an intake body of at most :data:`MAX_BODY`, read within
-:data:`BODY_TIMEOUT`. Work that touches the ledger runs on Starlette's bounded thread pool (40
-threads); ``/healthz`` runs on the event loop, so it answers while that pool is busy.
+most :data:`MAX_HEADER_BYTES` (431 beyond), complete within ``HEADER_TIMEOUT`` seconds of the
+connection or of the previous answer (both in :mod:`connector.http_protocol`); an intake body of at
+most :data:`MAX_BODY`, read within :data:`BODY_TIMEOUT`. Work that touches the ledger runs on
+Starlette's bounded thread pool (40 threads); ``/healthz`` runs on the event loop, so it answers
+while that pool is busy.
 
 ``POST /intake`` validates each referral exactly like a file import and writes it through
 :func:`connector.imports.import_rows`, so first-to-refer, deduplication and idempotency are the same
@@ -50,6 +51,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refsync.connector.attribution import Policy
+from refsync.connector.http_protocol import MAX_HEADER_BYTES, HttpProtocol
 from refsync.connector.imports import ImportReport, RowOutcome, import_rows
 from refsync.connector.intake import (
     COLUMNS,
@@ -59,7 +61,6 @@ from refsync.connector.intake import (
     repeated_key_problems,
     validate_row,
 )
-from refsync.connector.http_protocol import MAX_HEADER_BYTES, HttpProtocol
 from refsync.connector.logs import get_logger
 from refsync.connector.metrics import Metrics
 from refsync.errors import ConfigError, LedgerError
