@@ -282,6 +282,9 @@ class AlertsConfig(_Strict):
         return url
 
 
+OUTGOING_WEBHOOKS = (("alerts", "webhook_url"),)  # config keys refsync POSTs to: the webhook target policy applies
+
+
 class HttpConfig(_Strict):
     listen: str = "127.0.0.1:8787"
     intake_token: Secret
@@ -383,6 +386,26 @@ def _known_crms_problem(raw: dict[str, Any], file: str, text: str) -> list[str]:
     ]
 
 
+def _webhook_target_problems(raw: dict[str, Any], file: str, text: str) -> list[str]:
+    """Outgoing webhook URLs written in the file must pass the policy partner webhooks pass
+    (``connector.webhook_target``): refused now, at load, not at the first alert. A reference
+    (``env:``/``file:``) is checked when it is resolved, before each delivery."""
+    from refsync.connector.webhook_target import url_problem
+
+    notifications = raw.get("notifications")
+    allow = isinstance(notifications, dict) and notifications.get("allow_private_targets") is True
+    problems = []
+    for loc in OUTGOING_WEBHOOKS:
+        section = raw.get(loc[0])
+        url = section.get(loc[1]) if isinstance(section, dict) else None
+        if not isinstance(url, str) or url.startswith(SECRET_SCHEMES) or not re.match(r"^https?://", url):
+            continue  # absent, a reference, or not a URL at all (the model says so)
+        problem = url_problem(url, allow)
+        if problem:
+            problems.append(f"{file}:{line_of(text, loc) or '?'}: {'.'.join(loc)}: {problem}")
+    return problems
+
+
 def parse_config(text: str, source: Path | None = None) -> Config:
     """Validate a config text; raises ConfigError listing every problem."""
     file = str(source) if source else "<config>"
@@ -393,6 +416,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     problems = _known_crms_problem(raw, file, text)
     if problems:
         raw["crm"] = {k: v for k, v in raw["crm"].items() if k in CrmConfigs.model_fields}
+    problems += _webhook_target_problems(raw, file, text)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

@@ -10,10 +10,11 @@ serves every connection from one event loop with a cap, and the partner portal w
 The limits, all here: a listen backlog of :data:`BACKLOG`; at most :data:`MAX_CONNECTIONS` open
 connections (past it uvicorn answers 503, so the cap sits far above what a probe needs and below the
 descriptor limit: the scheduler's own connections always find a descriptor); request headers of at
-most :data:`MAX_HEADER_BYTES`, complete within :data:`HEADER_TIMEOUT` seconds of the connection or of
-the previous answer (:class:`_Protocol`); an intake body of at most :data:`MAX_BODY`, read within
-:data:`BODY_TIMEOUT`. Work that touches the ledger runs on Starlette's bounded thread pool (40
-threads); ``/healthz`` runs on the event loop, so it answers while that pool is busy.
+most :data:`MAX_HEADER_BYTES` (431 beyond), complete within ``HEADER_TIMEOUT`` seconds of the
+connection or of the previous answer (both in :mod:`connector.http_protocol`); an intake body of at
+most :data:`MAX_BODY`, read within :data:`BODY_TIMEOUT`. Work that touches the ledger runs on
+Starlette's bounded thread pool (40 threads); ``/healthz`` runs on the event loop, so it answers
+while that pool is busy.
 
 ``POST /intake`` validates each referral exactly like a file import and writes it through
 :func:`connector.imports.import_rows`, so first-to-refer, deduplication and idempotency are the same
@@ -48,11 +49,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from refsync.connector.attribution import Policy
+from refsync.connector.http_protocol import MAX_HEADER_BYTES, HttpProtocol
 from refsync.connector.imports import ImportReport, RowOutcome, import_rows
-from refsync.connector.intake import COLUMNS, NewReferral, RowProblem, validate_row
+from refsync.connector.intake import (
+    COLUMNS,
+    NewReferral,
+    RowProblem,
+    parse_json,
+    repeated_key_problems,
+    validate_row,
+)
 from refsync.connector.logs import get_logger
 from refsync.connector.metrics import Metrics
 from refsync.errors import ConfigError, LedgerError
@@ -64,9 +72,7 @@ log = get_logger("refsync.http")
 MAX_BODY = 1024 * 1024  # bytes of one intake request
 MAX_ITEMS = 500  # referrals in one intake request (one import batch, one transaction)
 BODY_TIMEOUT = 30.0  # seconds a client may take to send an intake body once its headers are in
-HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's headers
 KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection stays open
-MAX_HEADER_BYTES = 64 * 1024  # request line and headers (h11 answers 400 beyond)
 BACKLOG = 2048  # connections the kernel queues before the server accepts them
 MAX_CONNECTIONS = 4096  # open connections; beyond it uvicorn answers 503 (lowered to fit the fd limit)
 FD_HEADROOM = 256  # descriptors kept for the ledger, the CRM clients, logs and files
@@ -112,41 +118,6 @@ def connection_cap() -> int:
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
     return max(64, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
-
-
-class _Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for request headers. uvicorn times out only an idle
-    keep-alive connection, and any byte resets that; a client that drips its headers would hold its
-    connection (and a slot under the cap) forever. Here the headers must be complete within
-    :data:`HEADER_TIMEOUT` of the connection or of the previous answer, else the connection closes."""
-
-    _header_deadline: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-        super().connection_lost(exc)
-
-    def _arm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-        if not self.transport.is_closing():
-            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._header_deadline_passed, self.cycle)
-
-    def _header_deadline_passed(self, cycle_when_armed: object) -> None:
-        # A new request since the deadline was armed made a new cycle: its headers arrived in time.
-        if self.cycle is cycle_when_armed and not self.transport.is_closing():
-            log.info("http client too slow to send its request; connection closed",
-                     client=self.client[0] if self.client else None, seconds=HEADER_TIMEOUT)
-            self.transport.close()
 
 
 class _Uvicorn(uvicorn.Server):
@@ -197,7 +168,7 @@ class HttpServer:
                 "choose another address, or set listen = \"\" to run without the HTTP server"
             ) from exc
         config = uvicorn.Config(
-            create_app(self), http=_Protocol, loop="asyncio", lifespan="off", backlog=BACKLOG,
+            create_app(self), http=HttpProtocol, loop="asyncio", lifespan="off", backlog=BACKLOG,
             limit_concurrency=connection_cap(), timeout_keep_alive=int(KEEP_ALIVE),
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=int(GRACE),
             log_config=None, access_log=False, server_header=False, proxy_headers=False,
@@ -275,6 +246,10 @@ class HttpServer:
                 results.append(_rejected(index, None, problems))
                 continue
             unknown = tuple(RowProblem(line, str(k), "unknown key, ignored", "note") for k in item if k not in COLUMNS)
+            repeated = repeated_key_problems(line, item)
+            if repeated:
+                results.append(_rejected(index, item.get("external_id"), repeated, unknown))
+                continue
             row = validate_row(line, item, now)
             if isinstance(row, list):
                 results.append(_rejected(index, item.get("external_id"), row, unknown))
@@ -312,6 +287,8 @@ class HttpServer:
 
 def _items(body: Any) -> tuple[list[Any], str | None]:
     """The referrals of a body: one object, or ``{"referrals": [...]}``; else why not."""
+    if isinstance(body, dict) and "referrals" in getattr(body, "repeated", ()):
+        return [], "\"referrals\" appears more than once; send one array with every referral"
     if isinstance(body, dict) and "referrals" in body:
         extra = sorted(k for k in body if k != "referrals")
         if extra:
@@ -464,7 +441,7 @@ def create_app(server: HttpServer) -> ASGIApp:
         if isinstance(body, Response):
             return body
         try:
-            parsed = json.loads(body)
+            parsed = parse_json(body)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting
             return _json(HTTPStatus.BAD_REQUEST, {"error": f"the body is not valid JSON ({exc})"})
         try:

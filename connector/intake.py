@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -207,6 +208,31 @@ def _lines(first: int, last: int) -> str:
     return f"line {first}" if last <= first else f"lines {first}-{last}"
 
 
+class JsonObject(dict[str, Any]):
+    """A JSON object as parsed by :func:`parse_json`, remembering the keys it held more than once."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> JsonObject:
+    found = JsonObject(pairs)
+    if len(found) != len(pairs):
+        found.repeated = tuple(key for key, count in Counter(k for k, _ in pairs).items() if count > 1)
+    return found
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` that keeps track of repeated keys (:class:`JsonObject`): ``{"partner": "a",
+    "partner": "b"}`` is ambiguous, and json's "the last one wins" would pick for the sender."""
+    return json.loads(text, object_pairs_hook=_json_object)
+
+
+def repeated_key_problems(line: int, value: Any) -> list[RowProblem]:
+    """One problem for each key a parsed object (not its nested values) holds more than once."""
+    return [RowProblem(line, key, "the key appears more than once in this object; send it once (which "
+                                  "value was meant cannot be told)") for key in getattr(value, "repeated", ())]
+
+
 def read_jsonl(text: str) -> ParsedFile:
     problems: list[RowProblem] = []
     return ParsedFile(_jsonl_rows(text, problems), problems)
@@ -217,7 +243,7 @@ def _jsonl_rows(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, di
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = parse_json(line)
         except json.JSONDecodeError as exc:
             problems.append(RowProblem(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
@@ -230,6 +256,10 @@ def _jsonl_rows(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, di
             continue
         if not isinstance(value, dict):
             problems.append(RowProblem(number, None, "each line must be a JSON object with the import keys"))
+            continue
+        repeated = repeated_key_problems(number, value)
+        if repeated:
+            problems.extend(repeated)
             continue
         unknown = [str(key) for key in value if key not in COLUMNS]
         for key in unknown[:MAX_UNKNOWN_NOTES]:

@@ -124,3 +124,32 @@ def test_mapping_path_beside_the_config_else_the_shipped_default(tmp_path: Path)
     expected = r"crm.hubspot.mapping: mapping file mappings/zoho.toml not found \(looked at"
     with pytest.raises(ConfigError, match=expected):
         config.mapping_path("mappings/zoho.toml", "crm.hubspot.mapping")
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("http://hooks.example.com/alerts", "is not https://"),
+    ("https://127.0.0.1:9000/alerts", "loopback"),
+    ("https://169.254.169.254/latest", "link-local"),
+    ("https://[64:ff9b::a00:1]/alerts", "NAT64 form of 10.0.0.1"),
+])
+def test_an_alert_webhook_url_the_target_policy_refuses_is_a_located_config_error(url: str, says: str) -> None:
+    text = f'[logging]\nlevel = "info"\n\n[alerts]\nformat = "json"\nwebhook_url = "{url}"\n'
+    [problem] = problems_of(text)
+    assert problem.startswith("/etc/refsync/refsync.toml:6: alerts.webhook_url: "), problem
+    assert says in problem and "allow_private_targets = true" in problem  # what is wrong and the way out
+
+
+def test_allow_private_targets_lets_an_internal_alert_receiver_load() -> None:
+    text = '[notifications]\nallow_private_targets = true\n[alerts]\nwebhook_url = "http://127.0.0.1:9000/a"\n'
+    assert parse_config(text).alerts.webhook_url == "http://127.0.0.1:9000/a"
+    public = '[alerts]\nwebhook_url = "https://hooks.slack.com/services/T0/B0/x"\n'
+    assert parse_config(public).alerts.webhook_url is not None
+    # A reference is checked when it is resolved, at delivery (test_notify); loading it is fine.
+    assert parse_config('[alerts]\nwebhook_url = "env:ALERT_URL"\n').alerts.webhook_url == "env:ALERT_URL"
+
+
+def test_a_refused_alert_url_is_reported_with_the_other_problems_at_once() -> None:
+    text = '[attribution]\nmodel = "first"\n[alerts]\nwebhook_url = "https://10.0.0.5/hook"\n'
+    problems = problems_of(text)
+    assert sorted(p.split(": ")[1] for p in problems) == ["alerts.webhook_url", "attribution.model"], problems
+    assert any(p.startswith("/etc/refsync/refsync.toml:4: alerts.webhook_url: ") for p in problems), problems

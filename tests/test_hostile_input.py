@@ -178,6 +178,17 @@ def test_a_jsonl_line_nested_100000_deep_is_that_lines_problem(ledger: Ledger, t
     assert problem.line == 2 and "nested too deeply" in problem.reason
 
 
+def test_a_jsonl_line_with_a_repeated_key_is_refused_naming_the_key_not_last_wins(
+        ledger: Ledger, tmp_path: Path) -> None:
+    twice = json.dumps(good(2))[:-1] + ', "partner": "evil-partner"}'  # a second "partner" at the end
+    content = "\n".join([json.dumps(good(1)), twice, json.dumps(good(3))]) + "\n"
+    report = imports.import_file(ledger, write(tmp_path, "r.jsonl", content), POLICY, NOW)
+    assert report.imported == 2 and stored_ids(ledger) == {"good-1", "good-3"}
+    [problem] = report.rejected
+    assert (problem.line, problem.column) == (2, "partner") and "more than once" in problem.reason
+    assert {r["partner"] for r in ledger.referrals()} == {"acme"}  # neither value was taken
+
+
 def test_a_1mb_csv_field_is_reported_and_the_rest_of_the_file_is_read(ledger: Ledger, tmp_path: Path) -> None:
     big = {**good(2), "prospect_name": "x" * 1_000_000}
     content = HEADER + "\n" + "".join(csv_line(r) for r in (good(1), big, good(3), good(4)))
@@ -243,6 +254,22 @@ def test_intake_of_499_good_and_one_bad_item_lands_499_and_reports_the_index(api
         assert (answer["imported"], answer["rejected"]) == (499, 1)
         [rejected] = [r for r in answer["results"] if r["outcome"] == "rejected"]
         assert rejected["index"] == 321 and rejected["problems"][0]["column"] == next(iter(bad))
+
+
+def test_intake_refuses_an_item_with_a_repeated_key_naming_it_and_lands_the_others(api: Running,
+                                                                                  ledger: Ledger) -> None:
+    first, second = good(next(_serial)), good(next(_serial))
+    twice = json.dumps(second)[:-1] + ', "prospect_email": "other@elsewhere.example"}'
+    body = ('{"referrals": [' + json.dumps(first) + ", " + twice + "]}").encode()
+    status, answer = api.json("POST", "/intake", body)
+    assert status == 201, answer
+    assert [r["outcome"] for r in answer["results"]] == ["imported", "rejected"]
+    [problem] = answer["results"][1]["problems"]
+    assert problem["column"] == "prospect_email" and "more than once" in problem["reason"]
+    assert second["external_id"] not in stored_ids(ledger)
+    status, answer = api.json("POST", "/intake", b'{"referrals": [], "referrals": [' + json.dumps(first).encode()
+                              + b"]}")
+    assert status == 400 and "\"referrals\" appears more than once" in answer["error"]
 
 
 def test_intake_quoting_a_lone_surrogate_back_answers_valid_json_not_500(api: Running) -> None:

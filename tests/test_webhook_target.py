@@ -5,6 +5,7 @@ targets must be https:// and public unless allow_private_targets, checked on the
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import tracemalloc
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import pytest
 from refsync.connector.attribution import Policy
 from refsync.connector.imports import import_file
 from refsync.connector.notify import ANSWER_CAP, DeliverySettings, deliver_all
-from refsync.connector.webhook_target import url_problem
+from refsync.connector.webhook_target import address_problem, url_problem
 from refsync.state.ledger import Ledger
 from refsync.state.notifications import set_partner_webhook
 from refsync.state.observe import observing
@@ -166,3 +167,83 @@ def test_partners_set_refuses_a_private_or_plain_http_url_at_once_with_the_fix(
     config.write_text(config.read_text() + "[notifications]\nallow_private_targets = true\n")
     code, out, _ = refsync(config, "partners", "set", "acme", "--webhook-url", "http://127.0.0.1:9000/hook")
     assert code == 0, out
+
+
+@pytest.mark.parametrize(("address", "says"), [
+    ("64:ff9b::7f00:1", "NAT64 form of 127.0.0.1: 127.0.0.1 is a loopback address"),
+    ("64:ff9b::a9fe:a9fe", "NAT64 form of 169.254.169.254: 169.254.169.254 is a link-local address"),
+    ("2002:c0a8:101::1", "6to4 form of 192.168.1.1: 192.168.1.1 is a private address"),
+    ("2002:7f00:1::", "6to4 form of 127.0.0.1"),
+    ("::ffff:10.0.0.1", "IPv4-mapped form of 10.0.0.1: 10.0.0.1 is a private address"),
+    ("64:ff9b:1::a00:1", "local-use NAT64"),
+    ("fd12:3456::1", "private"), ("2001:db8::1", "private"), ("fe80::1%eth0", "link-local"),
+    ("100.64.0.1", "not a public address"),  # carrier-grade NAT: neither private nor global
+])
+def test_ipv6_forms_that_reach_a_private_address_and_non_global_addresses_are_refused(address: str,
+                                                                                     says: str) -> None:
+    problem = address_problem(address)
+    assert problem is not None and says in problem, problem
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "64:ff9b::5db8:d70e", "2002:5db8:d70e::1",
+                                     "::ffff:93.184.215.14", "2606:4700::6810:84e5"])
+def test_translation_forms_of_a_public_address_stay_deliverable(address: str) -> None:
+    # DNS64 on an IPv6-only network answers 64:ff9b::/96 for every public host: refusing them all
+    # would stop every delivery there.
+    assert address_problem(address) is None
+
+
+def _resolver(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> threading.Event:
+    """socket.getaddrinfo answering ``answers`` (a name: an address, or "hang" to block until the
+    returned event is set); other names resolve for real. DNS is a boundary we do not run."""
+    real, release = socket.getaddrinfo, threading.Event()
+
+    def fake(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        answer = answers.get(host)
+        if answer == "hang":
+            release.wait(30)
+            answer = "127.0.0.1"
+        if answer is None:
+            return real(host, port, *args, **kw)
+        family = socket.AF_INET6 if ":" in answer else socket.AF_INET
+        sockaddr = (answer, int(port), 0, 0) if family == socket.AF_INET6 else (answer, int(port))
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return release
+
+
+def test_a_hanging_resolver_ends_the_attempt_at_the_deadline_and_delays_no_other_partner(
+        ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    release = _resolver(monkeypatch, {"hangs.partner.example": "hang"})
+    try:
+        with receiving(SECRET) as hung, receiving(SECRET) as quick:
+            port = hung.url.split(":")[2].split("/")[0]
+            _referrals(ledger, tmp_path, monkeypatch,
+                       {"acme": f"http://hangs.partner.example:{port}/hook", "beta": quick.url}, clock)
+            started = time.monotonic()
+            first = deliver_all(ledger, "w1", _settings())
+            took = time.monotonic() - started
+            assert took < DEADLINE + 1.0, took  # the resolver still hangs; the attempt does not
+            assert len(quick.accepted) == 1 and quick.received_at[0] - started < 1.0
+            assert first.delivered == 1 and first.failed == 1
+            stalled = _op(ledger, "acme")
+            assert stalled["state"] == "failed" and stalled["last_error"]["code"] == "TIMEOUT"
+            assert "resolve" in stalled["last_error"]["message"]
+            release.set()  # the resolver answers again: the retry delivers
+            clock.advance(hours=3)
+            second = deliver_all(ledger, "w1", _settings())
+        assert second.delivered == 1 and len(hung.accepted) == 1
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("resolved", ["64:ff9b::7f00:1", "2002:7f00:1::1", "::ffff:127.0.0.1", "fd00::1"])
+def test_a_name_resolving_to_a_translated_private_address_is_refused_before_connecting(
+        resolved: str, ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    _resolver(monkeypatch, {"hooks.partner.example": resolved})
+    _referrals(ledger, tmp_path, monkeypatch, {"acme": "https://hooks.partner.example/hook"}, clock)
+    counts = deliver_all(ledger, "w1", _settings(allow_private=False))
+    op = _op(ledger, "acme")
+    assert counts.dead == 1 and op["last_error"]["code"] == "TARGET_REFUSED"
+    assert resolved in op["last_error"]["message"] and "allow_private_targets" in op["last_error"]["message"]
