@@ -35,6 +35,7 @@ from refsync.state import reconciliation as repo
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES
 from refsync.state.notifications import AlertSpec, AlertSync, sync_alerts
+from refsync.state.rollout import outstanding_rollouts
 
 log = get_logger("refsync.reconcile")
 CRM_KINDS = ("mapping_drift", "orphaned_link", "attribution_overwritten", "attribution_conflict",
@@ -131,7 +132,8 @@ class _CrmCheck:
     def _links(self, schemas: dict[str, ObjectSchema], stages: list[Stage]) -> None:
         mapping = self.target.mapping
         objects = {obj.name: obj for obj in mapping.objects()}
-        pending = repo.outstanding_pushes(self.ledger, self.crm)
+        # a dead mapping-change re-push too: its record keeps the old mapping's values on purpose
+        pending = repo.outstanding_pushes(self.ledger, self.crm) | outstanding_rollouts(self.ledger, self.crm)
         window = timedelta(hours=mapping.restore_window_hours)
         restores = repo.restore_counts(self.ledger, self.crm, self.ledger.clock() - window)
         repairs: list[tuple[str, str, str, str, dict[str, Any]]] = []
