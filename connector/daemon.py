@@ -41,7 +41,7 @@ from refsync.state.outbox import enqueue_pushes
 log = get_logger("refsync.daemon")
 POLLER_LEASE = "poller"
 NOTIFY_STOP_WAIT = 3.0  # seconds a stop waits for a running webhook/alert round before leaving it
-MAPPING_WATCH_SECONDS = 2.0  # how often the mapping files' mtime and size are looked at
+MAPPING_WATCH_SECONDS = 1.0  # how often the mapping files' mtime and size are looked at
 
 
 class Daemon:

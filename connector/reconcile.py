@@ -31,6 +31,7 @@ from refsync.connector.attribution import FREEMAIL
 from refsync.connector.logs import get_logger
 from refsync.connector.mapping import ObjectMap, drifted_fields, field_values
 from refsync.connector.push import CrmTarget, same_value
+from refsync.connector.rollout import roll_out
 from refsync.state import reconciliation as repo
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES
@@ -325,6 +326,7 @@ def reconcile(ledger: Ledger, targets: Mapping[str, CrmTarget], settings: Reconc
     undecided: set[tuple[str, str]] = set()
     scope: list[tuple[str, str | None]] = [(kind, None) for kind in LEDGER_KINDS]
     for name, target in targets.items():
+        roll_out(ledger, target)  # a mapping changed since the last run is re-pushed, not reported as overwrites
         check = _CrmCheck(ledger, target, settings)
         before = target.adapter.budget().total_calls
         try:

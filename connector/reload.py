@@ -33,13 +33,15 @@ log = get_logger("refsync.reload")
 REJECTED = "mapping_rejected"
 RETRY_UNREACHABLE = timedelta(seconds=30)  # a CRM that could not validate a new file is asked again after this
 _WHERE = re.compile(r"^(?P<file>.+?):(?P<line>\d+|\?): ")
+_TOML_AT = re.compile(r"at line (\d+)")
 
 
 def where(problem: str) -> tuple[str | None, int | None]:
     """(file, line) a problem line starts with (``FILE:LINE: ...``), as far as it says."""
     found = _WHERE.match(problem)
     if found is None:
-        return None, None
+        at = _TOML_AT.search(problem)  # "FILE: not valid TOML: ... (at line 3, column 7)"
+        return (problem.split(": ", 1)[0] or None, int(at.group(1))) if at else (None, None)
     line = found.group("line")
     return found.group("file"), int(line) if line.isdigit() else None
 

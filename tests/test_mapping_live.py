@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,8 +24,11 @@ from refsync.connector.cli import cli
 from refsync.connector.config import load_config
 from refsync.connector.crms import build_targets
 from refsync.connector.imports import import_file
+from refsync.connector.mapping import MappingFile, load_mapping
+from refsync.connector.mapping_diff import count_rewrites, field_changes
 from refsync.connector.poll import poll_target
 from refsync.connector.push import CrmTarget
+from refsync.connector.reload import where
 from refsync.connector.rollout import roll_out
 from refsync.connector.sync import CycleSettings, run_cycle
 from refsync.state.ledger import Ledger
@@ -176,8 +180,8 @@ def test_mappings_diff_counts_the_records_each_change_would_rewrite_from_the_led
     mappings, _ = setup
     config = write_config(tmp_path / "refsync.toml", sandbox, mappings, sqlite_url)
     ledger = Ledger.open(sqlite_url)
-    acme, bluebird = two_referrals(ledger, tmp_path)
-    run_cycle(ledger, targets(config), SETTINGS)
+    two_referrals(ledger, tmp_path)
+    assert run_cycle(ledger, targets(config), SETTINGS).counts()["pushed"] == 4  # both linked on both CRMs
     ledger.close()
     sf = mappings / "salesforce.toml"
     edit(sf, PARTNER, 'Referral_Partner__c = { from = "partner", rule = "protect", transform = { values = { '
@@ -203,7 +207,6 @@ def test_mappings_diff_counts_the_records_each_change_would_rewrite_from_the_led
     assert "salesforce: " in text.output and "2 records of 2 referrals would be rewritten" in text.output
     assert "Lead.Referral_Partner__c: changed: values['acme']: None -> 'ACME Corp' -> 1 records" in text.output
     assert "hubspot: " in text.output and ": no change" in text.output
-    assert {acme, bluebird}  # both linked on Salesforce by the cycle above
 
 
 def test_offline_check_reports_every_structural_problem_with_file_and_line_and_needs_nothing_else(
@@ -228,3 +231,24 @@ def test_offline_check_reports_every_structural_problem_with_file_and_line_and_n
     assert f"{broken}:" in bad.stderr and "'wonn' is not a referral status" in bad.stderr
     assert f"{garbled}: not valid TOML" in bad.stderr
     assert "Traceback" not in bad.stderr and bad.stdout.count("structure OK") == 1  # every file checked
+
+
+def test_diff_counts_only_records_whose_written_value_changes() -> None:
+    old = load_mapping(ROOT / "mappings" / "salesforce.toml").mapping
+    text = (ROOT / "mappings" / "salesforce.toml").read_text()
+    new_text = (text.replace(PARTNER, 'Referral_Partner__c = { from = "partner", rule = "fill_blank", transform = { '
+                             'values = { "acme" = "ACME" } } }', 1)
+                .replace('Email = { from = "prospect_email", rule = "create_only" }',
+                         'Email = { from = "prospect_email", rule = "create_only" }\n'
+                         'Title = { from = "medium", rule = "protect" }'))
+    new = MappingFile.model_validate(tomllib.loads(new_text))
+    referrals = [{"id": "r1", "partner": "acme", "medium": "email", "links": [{"object": "Lead", "record_id": "L1"}]},
+                 {"id": "r2", "partner": "acme", "medium": None, "links": [{"object": "Lead", "record_id": "L2"}]}]
+    diff = count_rewrites(field_changes(old, new), old, new, referrals)
+    by_field = {c.field: (c.change, c.rewrites) for c in diff.fields}
+    # a fill_blank field never overwrites a value; a new field is written where the referral has a value
+    assert by_field == {"Referral_Partner__c": ("changed", 0), "Title": ("added", 1)}
+    assert diff.records == 1 and diff.referrals == {"r1"}
+    assert where("/m/sf.toml:12: lead.fields.X: unknown") == ("/m/sf.toml", 12)
+    assert where("/m/sf.toml: not valid TOML: Invalid value (at line 3, column 7)") == ("/m/sf.toml", 3)
+
