@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -18,8 +18,7 @@ from refsync.connector.mapping import LoadedMapping, MappingFile
 from refsync.connector.mapping_diff import MappingDiff, content_hash, count_rewrites, field_changes, fields_for, short
 from refsync.state.crmstate import remember, remembered
 from refsync.state.ledger import Ledger
-from refsync.state.outbox import push_inputs
-from refsync.state.rollout import linked_referral_ids, plan_rollout
+from refsync.state.rollout import linked_referrals, plan_rollout
 
 if TYPE_CHECKING:
     from refsync.connector.push import CrmTarget
@@ -52,18 +51,6 @@ def active_mapping(ledger: Ledger, crm: str) -> ActiveMapping | None:
 
 def record_active(ledger: Ledger, crm: str, loaded: LoadedMapping) -> None:
     remember(ledger, crm, ACTIVE, {"hash": content_hash(loaded.text), "path": str(loaded.path), "text": loaded.text})
-
-
-def linked_referrals(ledger: Ledger, crm: str) -> list[dict[str, Any]]:
-    """The ledger's view (attributes and active links) of every referral linked on ``crm``."""
-    ids = linked_referral_ids(ledger, crm)
-    found = push_inputs(ledger, ids, crm)
-    rows = []
-    for rid in ids:
-        referral = found.get(rid)
-        if referral is not None and referral["credited"]:
-            rows.append({**referral, "links": [lk for lk in referral["links"] if lk["state"] == "active"]})
-    return rows
 
 
 def diff_against(ledger: Ledger, crm: str, old: MappingFile, new: MappingFile) -> MappingDiff:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from refsync.state.ledger import Ledger
-from refsync.state.models import AuditEvent, CrmLink, Referral, SyncOp
+from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 from refsync.state.outbox import _chunks
 
 ACTOR = "mapping-change"  # the audit actor and op reason of a mapping change's re-push
@@ -29,13 +29,28 @@ def rollout_prefix(crm: str, referral_id: str) -> str:
     return f"push:{crm}:{referral_id}:mapping:"
 
 
-def linked_referral_ids(ledger: Ledger, crm: str) -> list[str]:
-    """Credited referrals with an active link on ``crm``: those a mapping change may rewrite."""
+ATTRIBUTES = ("id", "source", "medium", "campaign", "submitted_at", "prospect_email", "prospect_company",
+              "prospect_name", "external_id", "status", "referral_code")
+
+
+def linked_referrals(ledger: Ledger, crm: str) -> list[dict[str, Any]]:
+    """Credited referrals with an active link on ``crm`` (those a mapping change may rewrite): their
+    mapped attributes and those links (``object``, ``record_id``). One streamed join, in id order."""
+    columns = [getattr(Referral, name) for name in ATTRIBUTES]
+    query = (select(*columns, Partner.code, CrmLink.object, CrmLink.record_id)
+             .join(Partner, Partner.id == Referral.partner_id).join(CrmLink, CrmLink.referral_id == Referral.id)
+             .where(CrmLink.crm == crm, CrmLink.state == "active", Referral.credited.is_(True),
+                    Referral.merged_into.is_(None)).order_by(Referral.id, CrmLink.id))
+    found: dict[str, dict[str, Any]] = {}
     with ledger.transaction() as txn:
-        return list(txn.session.scalars(
-            select(CrmLink.referral_id).distinct().join(Referral, Referral.id == CrmLink.referral_id)
-            .where(CrmLink.crm == crm, CrmLink.state == "active", Referral.credited.is_(True),
-                   Referral.merged_into.is_(None)).order_by(CrmLink.referral_id)))
+        for row in txn.session.execute(query.execution_options(yield_per=5000)):
+            *values, partner, obj, record_id = row
+            referral = found.get(values[0])
+            if referral is None:
+                referral = found[values[0]] = {**dict(zip(ATTRIBUTES, values, strict=True)), "partner": partner,
+                                               "links": []}
+            referral["links"].append({"object": obj, "record_id": record_id})
+    return list(found.values())
 
 
 def plan_rollout(ledger: Ledger, crm: str, fields_by_referral: Mapping[str, Sequence[str]], digest: str,
