@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
@@ -60,18 +61,20 @@ def plan_rollout(ledger: Ledger, crm: str, fields_by_referral: Mapping[str, Sequ
     now = ledger.clock()
     planned = 0
     ids = sorted(fields_by_referral)
+    payload: dict[str, Any] = {"reason": ACTOR, "mapping_hash": digest}
     for chunk in _chunks(ids):
         with ledger.transaction() as txn:
-            keys = {rollout_key(crm, rid, digest): rid for rid in chunk}
-            known = set(txn.session.scalars(select(SyncOp.dedupe_key).where(SyncOp.dedupe_key.in_(list(keys)))))
-            new = [rid for key, rid in keys.items() if key not in known]
+            # Replicas that reload the same file at once: the dedupe key lets one of them plan each
+            # referral, the others skip it (ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike).
+            dialect = txn.session.get_bind().dialect.name
+            statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(SyncOp) \
+                .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(SyncOp.referral_id)
+            rows = [{"kind": "push", "dedupe_key": rollout_key(crm, rid, digest), "referral_id": rid, "crm": crm,
+                     "payload": payload, "state": "pending", "attempts": 0, "next_attempt_at": now,
+                     "created_at": now, "updated_at": now} for rid in chunk]
+            new = [str(rid) for rid in txn.session.scalars(statement, rows)]
             if not new:
                 continue
-            payload: dict[str, Any] = {"reason": ACTOR, "mapping_hash": digest}
-            txn.session.execute(insert(SyncOp), [
-                {"kind": "push", "dedupe_key": rollout_key(crm, rid, digest), "referral_id": rid, "crm": crm,
-                 "payload": payload, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-                 "updated_at": now} for rid in new])
             txn.session.execute(insert(AuditEvent), [
                 {"referral_id": rid, "at": now, "actor": ACTOR, "kind": "mapping_change_planned",
                  "reason_code": "mapping_changed", "crm": crm, "object": None, "record_id": None,

@@ -33,6 +33,7 @@ from refsync.connector.rollout import roll_out
 from refsync.connector.sync import CycleSettings, run_cycle
 from refsync.state.ledger import Ledger
 from refsync.state.notifications import alerts
+from refsync.state.rollout import plan_rollout
 from tests.conftest import FAST_RETRY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,8 @@ def test_value_map_change_is_repushed_as_mapping_change_and_no_rep_is_blamed(
     again = run_cycle(ledger, targets(config), SETTINGS)
     assert again.counts()["pushed"] == 0 and [a for a in alerts(ledger) if a["kind"] in BLAMED] == []
     assert len([e for e in timeline(ledger, acme) if e["kind"] == "mapping_change_planned"]) == 1
+    # another replica planning the same change at once plans nothing twice
+    assert plan_rollout(ledger, "salesforce", {acme: ["Lead.Referral_Partner__c"]}, digest, None, "x") == 0
 
 
 def test_a_rep_overwrite_after_the_rollout_is_still_restored_and_alerted(

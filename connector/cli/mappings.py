@@ -41,6 +41,9 @@ def _check_offline(obj: Context, paths: tuple[Path, ...]) -> None:
 
     files: list[tuple[str | None, Path]] = [(None, p) for p in paths] or [
         (name, path) for name, path in _configured_files(obj).items()]
+    if not files:
+        raise ConfigError("no CRM is configured, so there is no mapping file to check; add a [crm.*] table or "
+                          "name the files: refsync mappings check --offline FILE ...")
     problems: list[str] = []
     for crm, path in files:
         try:
