@@ -75,10 +75,10 @@ def test_running_daemon_applies_a_good_edit_on_sighup_and_refuses_a_broken_one_k
         digest = edit(sf, PARTNER, 'Referral_Partner__c = { from = "partner", rule = "protect", transform = { '
                                    'values = { "acme" = "ACME Corp" } } }')
         daemon.send_signal(signal.SIGHUP)
-        wait_for("the re-push of the good edit", lambda: partner_on_lead(ledger, sandbox, first) == "ACME Corp")
-        events = ledger.referral(first)["timeline"]  # type: ignore[index]
-        assert any(e["kind"] == "pushed" and e["actor"] == "mapping-change" and e["detail"]["mapping_hash"] == digest
-                   for e in events)
+        wait_for("the re-push of the good edit, landed", lambda: any(
+            e["kind"] == "pushed" and e["actor"] == "mapping-change" and e["detail"]["mapping_hash"] == digest
+            for e in ledger.referral(first)["timeline"]))  # type: ignore[index]
+        assert partner_on_lead(ledger, sandbox, first) == "ACME Corp"
 
         # A broken edit (a field the org does not have), noticed by the file watch without a signal.
         good = sf.read_text()
