@@ -156,9 +156,11 @@ class MappingWatch:
         target.schemas, target.stages = candidate.schemas, candidate.stages
         target.schema_read_at, target.seen = candidate.schema_read_at, candidate.seen
         target.drift = set()
-        schema_cache.reckon(self.ledger, target)  # drift alerts as the new mapping sees them
         previous = watched.digest
         watched.digest, watched.refused = content_hash(loaded.text), None
+        schema_cache.reckon(self.ledger, target)  # drift alerts as the new mapping sees them
+        # A ledger failure from here on leaves the rollout to the next start or `sync --once`
+        # (the ledger still records the previous mapping as active).
         rollout = roll_out(self.ledger, target)
         log.info("mapping file reloaded", crm=name, file=str(watched.path), mapping_hash=short(watched.digest),
                  previous_hash=short(previous), referrals_repushed=rollout.planned if rollout else 0)
