@@ -8,6 +8,8 @@ scheduler threads at the same time: push, poll and reconcile serialise per CRM o
 lock (CrmTarget.lock); webhook and alert deliveries run on a thread of their own that neither a
 CRM's job nor a stop waits for. The HTTP surface (health, readiness, metrics, intake) is served from a
 background thread while the scheduler runs; readiness turns false as soon as a stop is asked.
+The main thread watches the mapping files (connector/reload.py): every MAPPING_WATCH_SECONDS, and
+at once on SIGHUP, an edited file is validated and, when good, swapped in under the CRM's lock.
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ from refsync.connector.logs import get_logger
 from refsync.connector.notify import deliver_all
 from refsync.connector.push import CrmTarget, each_locked
 from refsync.connector.reconcile import ReconcileSettings, reconcile
+from refsync.connector.reload import MappingWatch
 from refsync.connector.sync import CycleSettings, poll_with_drift, push_all, worker_id
-from refsync.errors import LedgerError
+from refsync.errors import LedgerError, RefsyncError
 from refsync.state.ledger import Ledger
 from refsync.state.outbox import enqueue_pushes
 
 log = get_logger("refsync.daemon")
 POLLER_LEASE = "poller"
 NOTIFY_STOP_WAIT = 3.0  # seconds a stop waits for a running webhook/alert round before leaving it
+MAPPING_WATCH_SECONDS = 1.0  # how often the mapping files' mtime and size are looked at
 
 
 class Daemon:
@@ -53,6 +57,9 @@ class Daemon:
         self.reconcile_cron = reconcile_cron
         self.reconcile_settings = reconcile_settings or ReconcileSettings()
         self.stopping = threading.Event()
+        self._wake = threading.Event()  # a stop or a SIGHUP: the main thread looks at once
+        self._hangup = threading.Event()
+        self.watch = MappingWatch(ledger, targets)
         self._notifier: threading.Thread | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         # No server when [http] listen = "": the operator turned the HTTP surface off.
@@ -186,12 +193,35 @@ class Daemon:
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("stopping: finishing the running round", signal=signal.Signals(signum).name)
         self.stopping.set()
+        self._wake.set()
+
+    def _hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._hangup.set()
+        self._wake.set()
+
+    def watch_mappings(self) -> None:
+        """Until a stop: look at the mapping files every few seconds, at once on SIGHUP."""
+        while not self.stopping.is_set():
+            self._wake.wait(timeout=MAPPING_WATCH_SECONDS)
+            self._wake.clear()
+            if self.stopping.is_set():
+                return
+            forced = self._hangup.is_set()
+            self._hangup.clear()
+            if forced:
+                log.info("SIGHUP: reading the mapping files again")
+            try:
+                self.watch.check(forced=forced)
+            except (RefsyncError, OSError) as exc:  # the watch must outlive a ledger or CRM hiccup
+                log.error("mapping file check failed; tried again shortly", error=str(exc))
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT. The HTTP server binds first, so an address in use stops the
         start-up (ConfigError) before any job runs; it closes after the scheduler's last round."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
+        self.watch.start()  # a mapping changed while refsync was stopped is rolled out before any push
         self.scheduler.add_job(self.push_job, "interval", seconds=self.push_interval, id="push",
                                next_run_time=self.ledger.clock())
         self.scheduler.add_job(self.poll_job, "interval", seconds=self.poll_interval, id="poll",
@@ -209,7 +239,7 @@ class Daemon:
             log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
                      poll_every=self.poll_interval,
                      waiting={n: t.not_ready for n, t in self.targets.items() if not t.ready})
-            self.stopping.wait()
+            self.watch_mappings()
             self.scheduler.shutdown(wait=True)  # the CRM jobs finish their round; notify is not waited for
             self._let_notify_go()
         finally:

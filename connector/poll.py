@@ -153,6 +153,12 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
         changed = _overwritten(desired, record)
     if not changed:
         return
+    if ob.rolling_out(referral.id):
+        # A mapping change is being rolled out to this record: its planned re-push writes the new
+        # values; the old ones (or a rep's edit meanwhile) are not blamed on anyone here.
+        log.debug("protected field differs while a mapping change's re-push is pending; not restoring",
+                  referral_id=referral.id, crm=target.name, object=obj.name, record_id=record.id, fields=changed)
+        return
     writer = record.modified_by or "unknown writer"
     stamp = record.modified_at.isoformat() if record.modified_at else ob.now.isoformat()
     restore = False

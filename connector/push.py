@@ -37,6 +37,7 @@ from refsync.state.outbox import OpOutcome, land_outcomes, preview_pushes, push_
 
 log = get_logger("refsync.push")
 T = TypeVar("T")
+MAPPING_CHANGE = "mapping-change"  # state/rollout.ACTOR: the op reason of a mapping change's re-push
 
 
 def _blank(value: Any) -> bool:
@@ -515,6 +516,11 @@ def one_work_per_referral(ops: Sequence[dict[str, Any]], inputs: Mapping[str, di
             works[referral_id].siblings.append(OpOutcome(op["id"], referral_id, "done"))
         else:
             works[referral_id] = _Work(op, inputs[referral_id], OpOutcome(op["id"], referral_id, "done"))
+        payload = op.get("payload") or {}
+        if payload.get("reason") == MAPPING_CHANGE:
+            # a mapping change's planned re-push: its writes are recorded as that, with the mapping's hash
+            outcome = works[referral_id].outcome
+            outcome.actor, outcome.note = MAPPING_CHANGE, {"mapping_hash": payload.get("mapping_hash")}
     return list(works.values())
 
 

@@ -31,10 +31,12 @@ from refsync.connector.attribution import FREEMAIL
 from refsync.connector.logs import get_logger
 from refsync.connector.mapping import ObjectMap, drifted_fields, field_values
 from refsync.connector.push import CrmTarget, same_value
+from refsync.connector.rollout import roll_out
 from refsync.state import reconciliation as repo
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES
 from refsync.state.notifications import AlertSpec, AlertSync, sync_alerts
+from refsync.state.rollout import outstanding_rollouts
 
 log = get_logger("refsync.reconcile")
 CRM_KINDS = ("mapping_drift", "orphaned_link", "attribution_overwritten", "attribution_conflict",
@@ -131,7 +133,8 @@ class _CrmCheck:
     def _links(self, schemas: dict[str, ObjectSchema], stages: list[Stage]) -> None:
         mapping = self.target.mapping
         objects = {obj.name: obj for obj in mapping.objects()}
-        pending = repo.outstanding_pushes(self.ledger, self.crm)
+        # a dead mapping-change re-push too: its record keeps the old mapping's values on purpose
+        pending = repo.outstanding_pushes(self.ledger, self.crm) | outstanding_rollouts(self.ledger, self.crm)
         window = timedelta(hours=mapping.restore_window_hours)
         restores = repo.restore_counts(self.ledger, self.crm, self.ledger.clock() - window)
         repairs: list[tuple[str, str, str, str, dict[str, Any]]] = []
@@ -323,6 +326,7 @@ def reconcile(ledger: Ledger, targets: Mapping[str, CrmTarget], settings: Reconc
     undecided: set[tuple[str, str]] = set()
     scope: list[tuple[str, str | None]] = [(kind, None) for kind in LEDGER_KINDS]
     for name, target in targets.items():
+        roll_out(ledger, target)  # a mapping changed since the last run is re-pushed, not reported as overwrites
         check = _CrmCheck(ledger, target, settings)
         before = target.adapter.budget().total_calls
         try:

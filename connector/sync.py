@@ -21,6 +21,7 @@ from refsync.connector.notify import DeliverySettings, deliver_all
 from refsync.connector.poll import PollCounts, poll_target
 from refsync.connector.push import CrmTarget, PushCounts, note_drift, push_round
 from refsync.connector.reconcile import ReconcileSettings, reconcile
+from refsync.connector.rollout import roll_out
 from refsync.state.ledger import Ledger
 from refsync.state.outbox import enqueue_pushes
 from refsync.state.workers import process_worker_id
@@ -141,6 +142,8 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
     with ledger.transaction() as txn:
         run_id = txn.start_run("sync")
     for name, target in targets.items():
+        with target.lock:
+            roll_out(ledger, target)  # a mapping file changed since the last run: its re-push is planned
         report.planned[name] = enqueue_pushes(ledger, name)
         with target.lock:
             ensure_ready(ledger, target)

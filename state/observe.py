@@ -245,6 +245,14 @@ class Observation:
                                     payload={"reason": reason}, next_attempt_at=self.now, created_at=self.now,
                                     updated_at=self.now))
 
+    def rolling_out(self, referral_id: str) -> bool:
+        """Whether a mapping change's re-push of this referral has not landed yet (state/rollout.py):
+        its record holds the old mapping's values on purpose, which is nobody's overwrite."""
+        return self.session.scalar(select(SyncOp.id).where(
+            SyncOp.crm == self.crm, SyncOp.referral_id == referral_id, SyncOp.kind == "push",
+            SyncOp.state.in_(("pending", "in_flight", "failed", "dead")),
+            SyncOp.dedupe_key.like(f"push:{self.crm}:{referral_id}:mapping:%")).limit(1)) is not None
+
     def was_pushed(self, referral_id: str, record_id: str) -> bool:
         """Whether refsync already wrote this referral's attribution onto this record."""
         if (referral_id, record_id) in self._pushed:

@@ -117,6 +117,8 @@ class OpOutcome:
     written: dict[str, Any] = field(default_factory=dict)
     created: bool = False
     unchanged: bool = False
+    actor: str = "refsync"  # who the audit trail names for the write (mapping-change: a planned re-push)
+    note: dict[str, Any] = field(default_factory=dict)  # added to the audit event's detail
 
 
 def _op_values(outcome: OpOutcome, now: datetime) -> dict[str, Any]:
@@ -191,9 +193,10 @@ def _audit_rows(crm: str, outcomes: Sequence[OpOutcome], now: datetime) -> list[
     for outcome in outcomes:
         if outcome.state == "done" and not outcome.unchanged:
             for obj, record_id, _role in outcome.links[:1]:
-                rows.append({"referral_id": outcome.referral_id, "at": now, "actor": "refsync", "kind": "pushed",
+                rows.append({"referral_id": outcome.referral_id, "at": now, "actor": outcome.actor, "kind": "pushed",
                              "reason_code": "created" if outcome.created else "updated", "crm": crm, "object": obj,
-                             "record_id": record_id, "detail": {"fields": outcome.written, "op_id": outcome.op_id}})
+                             "record_id": record_id,
+                             "detail": {"fields": outcome.written, "op_id": outcome.op_id, **outcome.note}})
         elif outcome.state == "dead":
             rows.append({"referral_id": outcome.referral_id, "at": now, "actor": "refsync", "kind": "push_dead",
                          "reason_code": outcome.error_code or outcome.error_class or "dead", "crm": crm,
