@@ -64,7 +64,8 @@ def test_a_dripping_partner_neither_delays_another_nor_outlives_the_deadline_and
         first = deliver_all(ledger, "w1", _settings())
         took = time.monotonic() - started
         assert quick.received_at[0] - started < 1.0 and len(quick.accepted) == 1  # not queued behind acme
-        assert DEADLINE - 0.1 <= took < DEADLINE + 1.5, took
+        # The drip never ends, so without the deadline this would hang; the slack is for a loaded CI host.
+        assert DEADLINE - 0.1 <= took < DEADLINE + 4, took
         assert first.delivered == 1 and first.failed == 1
         stalled = _op(ledger, "acme")
         assert stalled["state"] == "failed" and stalled["last_error"]["code"] == "TIMEOUT"
