@@ -56,6 +56,58 @@ class Context:
         return registered_worker(ledger, self.config.daemon.heartbeat_seconds)
 
 
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).config_path = value
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).debug = True
+        logs.configure(level="debug")
+
+
+def accept_common_options(command: click.Command) -> None:
+    """Let ``--config`` and ``--debug`` follow the subcommand too (``refsync status --config x.toml``),
+    on ``command`` and every command below it: the one place these options are added. Given after
+    the subcommand, they win over the same option before it (and over $REFSYNC_CONFIG)."""
+    names = {name for param in command.params for name in param.opts}
+    if "--config" not in names:
+        command.params.append(click.Option(
+            ["--config", "_config"], type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
+            callback=_set_config, help="Config file (also accepted before the command)."))
+    if "--debug" not in names:
+        command.params.append(click.Option(
+            ["--debug", "_debug"], is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+            help="Debug logs and tracebacks on errors (also accepted before the command)."))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_common_options(sub)
+
+
+class RefsyncGroup(click.Group):
+    """The root group: usage errors (unknown option, missing argument, bad value) come out as one
+    ``refsync: error:`` line with exit 2, like every other error, instead of click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "refsync"
+            message = exc.format_message().rstrip(".")
+            click.echo(f"refsync: error: {message} (see `{where} --help`)", err=True)
+            sys.exit(EXIT_UNUSABLE)
+        except click.ClickException as exc:
+            click.echo(f"refsync: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("refsync: error: aborted", err=True)
+            sys.exit(EXIT_PROBLEMS)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
 def _fail(message: str, code: int, debug: bool) -> None:
     click.echo(f"refsync: error: {message}", err=True)
     if debug:

@@ -51,24 +51,29 @@ def reconcile_cmd(obj: Context, as_json: bool) -> None:
 
 @click.command("expire")
 @click.option("--dry-run", is_flag=True, help="Only count the referrals that would expire.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 @handles_errors
-def expire_cmd(obj: Context, dry_run: bool) -> None:
+def expire_cmd(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Expire referrals left open longer than attribution.expire_after_days (never one with a deal)."""
     from refsync.connector.expire import expire_referrals
 
     attribution = obj.config.attribution
     counts = expire_referrals(obj.ledger(), attribution.expire_after_days, attribution.version(), dry_run=dry_run)
-    if dry_run:
+    if as_json:
+        print_json({"dry_run": dry_run, "expire_after_days": attribution.expire_after_days,
+                    "candidates": counts.candidates, "expired": counts.expired})
+    elif dry_run:
         click.echo(f"{counts.candidates} referrals would expire (open > {attribution.expire_after_days} days)")
     else:
         click.echo(f"{counts.expired} referrals expired (open > {attribution.expire_after_days} days)")
 
 
 @click.command("notify")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 @handles_errors
-def notify_cmd(obj: Context) -> None:
+def notify_cmd(obj: Context, as_json: bool) -> None:
     """Tell the alert sinks what is new and deliver the partner and alert webhooks that are due."""
     from refsync.connector.alerting import announce
     from refsync.connector.notify import deliver_all
@@ -80,11 +85,16 @@ def notify_cmd(obj: Context) -> None:
     announced = announce(ledger, settings.sinks, settings.storm_threshold)
     with obj.worker(ledger) as owner:
         counts = deliver_all(ledger, owner, settings.delivery)
-    click.echo(f"{announced.alerts} alerts announced{' (as one storm summary)' if announced.storm else ''}; "
-               f"webhooks: {counts.delivered} delivered, {counts.failed} to retry, {counts.dead} dead, "
-               f"{counts.skipped} not configured to notify")
-    for error in counts.errors:
-        click.echo(f"refsync: problem: {error}", err=True)
+    if as_json:
+        print_json({"alerts_announced": announced.alerts, "storm": announced.storm,
+                    "webhooks": {"delivered": counts.delivered, "failed": counts.failed, "dead": counts.dead,
+                                 "skipped": counts.skipped}, "errors": list(counts.errors)})
+    else:
+        click.echo(f"{announced.alerts} alerts announced{' (as one storm summary)' if announced.storm else ''}; "
+                   f"webhooks: {counts.delivered} delivered, {counts.failed} to retry, {counts.dead} dead, "
+                   f"{counts.skipped} not configured to notify")
+        for error in counts.errors:
+            click.echo(f"refsync: problem: {error}", err=True)
     if counts.dead:
         sys.exit(EXIT_PROBLEMS)
 
