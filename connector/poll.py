@@ -218,6 +218,10 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
         status = None if history else book.status(pipeline, str(record.fields.get(mapping.stage_field) or ""))
         if status and _move(ob, referral, status, record.modified_at or ob.now, owner):
             counts.transitions += 1
+        if referral.status in OPEN_STATUSES and link.state == "active" and mapping.amount_field in record.fields:
+            # the open pipeline value of `refsync report` follows the deal as the poll reads it
+            ob.pipeline(referral, _amount(record.fields.get(mapping.amount_field or "")),
+                        record.fields.get(mapping.currency_field or "") or None)
         if referral.status in ("won", "lost"):
             ob.outcome(referral, _amount(record.fields.get(mapping.amount_field or "")),
                        record.fields.get(mapping.currency_field or "") or None,

@@ -111,28 +111,40 @@ def notify_cmd(obj: Context, as_json: bool) -> None:
 @handles_errors
 def report_cmd(obj: Context, by: str, start: str | None, end: str | None, partner: str | None, fmt: str,
                as_json: bool) -> None:
-    """Referrals, funnel, conversion, pipeline, revenue and days to close per partner or channel."""
-    from refsync.connector.report import COLUMNS, build, key_of_names, to_csv
-    from refsync.state.reports import report_rows
+    """Referrals, funnel, conversion, pipeline, revenue and days to close per partner or channel.
+    Amounts are per currency; the referrals of the ledger the report leaves out are counted by
+    reason, so the report adds up to `refsync referrals list`."""
+    from refsync.connector.report import AMOUNTS, COUNTS, build, currencies, excluded_note, key_of_names, to_csv
+    from refsync.state.reports import excluded_counts, report_rows
 
     lower, upper = parse_since(start), parse_since(end)
     if lower and upper and upper <= lower:
         raise InputError(f"--to {end} is not after --from {start}")
-    lines = build(report_rows(obj.ledger(), lower, upper, partner), by)
+    ledger = obj.ledger()
+    lines = build(report_rows(ledger, lower, upper, partner), by)
+    excluded = excluded_counts(ledger, lower, upper, partner)
+    note = excluded_note(excluded)
     if as_json or fmt == "json":
-        print_json(lines)
+        print_json({"by": by, "from": start, "to": end, "partner": partner, "currencies": currencies(lines),
+                    "lines": lines, "excluded": excluded,
+                    "ledger_referrals": lines[-1]["referrals"] + sum(excluded.values())})
     elif fmt == "csv":
         click.echo(to_csv(lines, by), nl=False)
+        if note:
+            click.echo(note, err=True)
     else:
         names = key_of_names(by)
         print_table(f"referrals by {by}" + (f" from {start}" if start else "") + (f" to {end}" if end else ""),
-               [*names, *(c.replace("_", " ") for c in COLUMNS)],
-               [[*(line[n] for n in names), *(_cell(line[c], c) for c in COLUMNS)] for line in lines])
+                    [*names, *(c.replace("_", " ") for c in (*COUNTS, *AMOUNTS, "median_days_to_close"))],
+                    [[*(line[n] for n in names), *(_cell(line[c], c) for c in (*COUNTS, *AMOUNTS)),
+                      line["median_days_to_close"]] for line in lines])
+        if note:
+            click.echo(note)
 
 
 def _cell(value: object, column: str) -> object:
     if column == "conversion_rate" and isinstance(value, float):
         return f"{value:.1%}"
-    if column in ("open_pipeline_value", "won_revenue") and isinstance(value, float):
-        return f"{value:,.2f}"
+    if isinstance(value, dict):  # an amount per currency: never one figure for several currencies
+        return "; ".join(f"{amount:,.2f} {currency}" for currency, amount in value.items())
     return value
