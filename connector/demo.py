@@ -196,7 +196,7 @@ def summary(config: Path, example: str = "") -> str:
         f"  {run} alerts --open",
         f"  {run} report --by channel",
         "",
-        "The sandbox CRMs stopped with the demo (they keep their records in memory only), so `sync`",
-        "and `reconcile` with this config cannot reach them (they exit 1, naming each CRM unreachable):",
-        "run the demo again for a fresh run, or `refsync sandbox` and a config of your own for those.",
+        "The sandbox CRMs stopped with the demo (they keep their records in memory only), so `sync` and",
+        "`reconcile` with this config cannot reach them (after their retries they exit 1, naming each CRM",
+        "unreachable): run the demo again for a fresh run, or `refsync sandbox` and a config of your own.",
     ])

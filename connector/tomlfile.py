@@ -17,7 +17,9 @@ def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
         return None
     lines = text.splitlines()
     for depth in range(len(keys), 0, -1):
-        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, keys[:depth])) + r"\s*\]")
+        # table names may be quoted: [stages."Sales Pipeline"]
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(f'"?{re.escape(k)}"?' for k in keys[:depth])
+                            + r"\s*\]")
         for number, line in enumerate(lines):
             if not header.match(line):
                 continue
