@@ -175,3 +175,14 @@ def test_mappings_check_of_an_unreachable_crm_exits_1(tmp_path: Path) -> None:
     path = _hubspot_config(tmp_path, f"http://127.0.0.1:{port}", "pat-na1-whatever")
     code, _, err = invoke("mappings", "check", "--config", str(path))
     assert code == 1 and "refsync: problem: hubspot: not checked: HubSpot unreachable" in err
+
+
+def test_a_partner_webhook_url_without_a_scheme_is_refused_with_the_fix(config: Path, tmp_path: Path) -> None:
+    sample = tmp_path / "r.csv"
+    sample.write_text("partner,prospect_email\nacme,a@x.example\n")
+    assert invoke("import", str(sample), "--config", str(config))[0] == 0
+    code, _, err = invoke("partners", "set", "acme", "--webhook-url", "hooks.acme.example/refsync",
+                          "--config", str(config))
+    assert code == 2
+    assert err.strip().splitlines() == ["refsync: error: --webhook-url 'hooks.acme.example/refsync' has no "
+                                        "scheme; write it as 'https://hooks.acme.example/refsync'"]
