@@ -186,3 +186,9 @@ def test_a_partner_webhook_url_without_a_scheme_is_refused_with_the_fix(config: 
     assert code == 2
     assert err.strip().splitlines() == ["refsync: error: --webhook-url 'hooks.acme.example/refsync' has no "
                                         "scheme; write it as 'https://hooks.acme.example/refsync'"]
+
+
+def test_a_group_without_a_command_shows_its_help_not_an_error() -> None:
+    code, out, err = invoke("referrals")
+    assert "refsync: error" not in out + err and "Commands:" in out + err and "list" in out + err
+    assert code == 2  # as click says: nothing was done

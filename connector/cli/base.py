@@ -85,6 +85,10 @@ def accept_common_options(command: click.Command) -> None:
             accept_common_options(sub)
 
 
+# click 8.2+: a group called without a command raises this UsageError carrying the group's help.
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class RefsyncGroup(click.Group):
     """The root group: usage errors (unknown option, missing argument, bad value) come out as one
     ``refsync: error:`` line with exit 2, like every other error, instead of click's usage block."""
@@ -95,6 +99,9 @@ class RefsyncGroup(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+        except NO_ARGS_IS_HELP as exc:  # `refsync` or a group alone: its help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "refsync"
             message = exc.format_message().rstrip(".")
