@@ -392,6 +392,9 @@ def _delete(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, 
     for link in ob.links(obj.name, [change.record_id]).get(change.record_id, []):
         link.state = "deleted"
         counts.deletions += 1
+        referral = ob.referral(link.referral_id) if obj is target.mapping.deal else None
+        if referral is not None and referral.status in OPEN_STATUSES:
+            ob.pipeline(referral, None, None)  # a deleted deal is no open pipeline any more
         log.warning("linked record deleted in the CRM", referral_id=link.referral_id, crm=target.name,
                     object=obj.name, record_id=change.record_id)
         ob.audit(link.referral_id, "record_deleted", "link_orphaned", actor=f"crm:{target.name}", obj=obj.name,

@@ -207,3 +207,8 @@ def test_open_pipeline_value_comes_from_what_the_poll_reads(
     assert run_cycle(ledger, crms, settings).errors == []
     [acme, _total] = json.loads(_run(ledger_url, tmp_path, "--json"))["lines"]
     assert acme["open_pipeline_value"] == {"EUR": 14000}
+    sandbox.hubspot.delete_record("deals", deal)  # a deleted deal is no pipeline any more
+    crms["hubspot"].adapter.deletion_check_every = timedelta(0)  # type: ignore[attr-defined] # list archived now
+    assert run_cycle(ledger, crms, settings).errors == []
+    [acme, _total] = json.loads(_run(ledger_url, tmp_path, "--json"))["lines"]
+    assert acme["open_pipeline_value"] == {}
