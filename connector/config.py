@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,7 +29,7 @@ from pydantic import (
 
 from refsync.adapters.retrying import CallPolicy, RetrySettings
 from refsync.connector.attribution import Policy
-from refsync.connector.tomlfile import line_of
+from refsync.connector.tomlfile import did_you_mean, keys_at, line_of
 from refsync.errors import ConfigError
 from refsync.shipped import shipped_path
 
@@ -83,6 +84,19 @@ def _secret(value: Any) -> SecretRef | None:
 Secret = Annotated[SecretRef | None, BeforeValidator(_secret), Field(default=None)]
 
 
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host; one without a scheme is refused with the fix (a bare host name
+    would otherwise fail only at the first request, as a relative path)."""
+    if re.match(r"^https?://[^/\s?#]+", value):
+        return value
+    if "://" not in value:
+        raise ValueError(f"'{value}' has no scheme; write it as \"https://{value.lstrip('/')}\"")
+    raise ValueError(f"'{value}' is not an http(s) URL; write it like \"https://host\"")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -96,8 +110,9 @@ class LedgerConfig(_Strict):
         if value.startswith(SECRET_SCHEMES):
             return value
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            hint = f" (for a SQLite file: \"sqlite:///{value}\")" if "://" not in value else ""
             raise ValueError(
-                "must be a SQLAlchemy URL starting with sqlite:/// or postgresql+psycopg://"
+                f"must be a SQLAlchemy URL starting with sqlite:/// or postgresql+psycopg://{hint}"
             )
         if re.match(r"^\w+(\+\w+)?://[^/@:]+:[^/@]+@", value):
             raise ValueError(
@@ -128,7 +143,7 @@ class AttributionConfig(_Strict):
 
 
 class SalesforceConfig(_Strict):
-    instance_url: str
+    instance_url: HttpUrl
     ca_bundle: str | None = None
     session_id: Secret
     username: str | None = None
@@ -176,7 +191,7 @@ class SalesforceConfig(_Strict):
 
 
 class HubSpotConfig(_Strict):
-    base_url: str = "https://api.hubapi.com"
+    base_url: HttpUrl = "https://api.hubapi.com"
     access_token: Annotated[SecretRef, BeforeValidator(_secret)]
     mapping: str = "mappings/hubspot.toml"
     daily_call_budget: int | None = Field(default=None, ge=1)
@@ -271,9 +286,12 @@ class AlertsConfig(_Strict):
     @field_validator("webhook_url")
     @classmethod
     def _url_or_reference(cls, value: str | None) -> str | None:
-        if value is None or value.startswith(SECRET_SCHEMES) or re.match(r"^https?://", value):
+        if value is None or value.startswith(SECRET_SCHEMES):
             return value
-        raise ValueError("must be an http(s) URL, or \"env:NAME\" / \"file:/path\" holding it")
+        try:
+            return _http_url(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or \"env:NAME\" / \"file:/path\" holding it") from None
 
     def resolved_url(self, base_dir: Path | None) -> str | None:
         url = self.webhook_url
@@ -366,7 +384,9 @@ class Config(_Strict):
 def _describe(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling against config.example.toml"
+        loc = tuple(error["loc"])
+        hint = did_you_mean(str(loc[-1]), keys_at(Config, loc[:-1])) if loc else ""
+        return f"unknown key{hint}; remove it or check its spelling against config.example.toml"
     if kind == "missing":
         return "required key is missing; add it (see config.example.toml)"
     message = str(error["msg"])
@@ -379,7 +399,7 @@ def _known_crms_problem(raw: dict[str, Any], file: str, text: str) -> list[str]:
         return []
     known = set(CrmConfigs.model_fields)
     return [
-        f"{file}:{line_of(text, ('crm', name)) or '?'}: crm.{name}: unknown CRM; "
+        f"{file}:{line_of(text, ('crm', name)) or '?'}: crm.{name}: unknown CRM{did_you_mean(name, known)}; "
         f"refsync supports {', '.join(sorted(known))}"
         for name in crm
         if name not in known
@@ -413,8 +433,9 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}; fix the syntax at that line") from exc
-    problems = _known_crms_problem(raw, file, text)
-    if problems:
+    unknown_crms = _known_crms_problem(raw, file, text)
+    problems = unknown_crms + _missing_files(raw, source, file, text)
+    if unknown_crms:
         raw["crm"] = {k: v for k, v in raw["crm"].items() if k in CrmConfigs.model_fields}
     problems += _webhook_target_problems(raw, file, text)
     try:
@@ -429,6 +450,25 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return config.model_copy(update={"source": source})
+
+
+def _missing_files(raw: dict[str, Any], source: Path | None, file: str, text: str) -> list[str]:
+    """Files the config names that must exist before anything starts (a private CA bundle: a
+    missing one would only show as TLS failures at the first call)."""
+    crm = raw.get("crm")
+    sf = crm.get("salesforce") if isinstance(crm, dict) else None
+    bundle = sf.get("ca_bundle") if isinstance(sf, dict) else None
+    if not isinstance(bundle, str) or not bundle:
+        return []
+    path = Path(bundle).expanduser()
+    if not path.is_absolute():
+        path = (source.parent if source else Path.cwd()) / path
+    if path.is_file():
+        return []
+    where = line_of(text, ("crm", "salesforce", "ca_bundle")) or "?"
+    return [f"{file}:{where}: crm.salesforce.ca_bundle: no file at {path}; point it at the PEM file of the "
+            "CA that signed the org's certificate (relative paths are relative to the config file), or remove "
+            "the key to use the system's CAs"]
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -116,10 +116,11 @@ def ensure_ready(ledger: Ledger | None, target: CrmTarget) -> list[str]:
             assert target.loaded is not None
             return [f"{target.loaded.path}: {target.name} has no object among "
                     f"{[o.name for o in target.mapping.objects()]}: {exc}"]
-        _not_ready(ledger, target, f"{_crm(target)} refused refsync's setup ({exc.code or 'config'}): {exc}")
+        _not_ready(ledger, target, f"{_crm(target)} refused refsync's setup ({exc.code or 'config'}): {exc}",
+                   misconfigured=True)
         return []
     except AuthError as exc:
-        _not_ready(ledger, target, f"{_crm(target)} refused refsync's credentials: {exc}")
+        _not_ready(ledger, target, f"{_crm(target)} refused refsync's credentials: {exc}", misconfigured=True)
         return []
     except RateLimited as exc:
         _not_ready(ledger, target, f"{_crm(target)} rate limited refsync for {exc.retry_after or 0:.0f} s: {exc}",
@@ -141,11 +142,13 @@ def _crm(target: CrmTarget) -> str:
     return {"salesforce": "Salesforce", "hubspot": "HubSpot"}.get(target.name, target.name)
 
 
-def _not_ready(ledger: Ledger | None, target: CrmTarget, reason: str, *, keep_ready: bool = False) -> None:
+def _not_ready(ledger: Ledger | None, target: CrmTarget, reason: str, *, keep_ready: bool = False,
+               misconfigured: bool = False) -> None:
     if keep_ready:  # a ready CRM whose schema refresh failed goes on with the schemas it holds
         log.warning("schema refresh failed; keeping the schemas read before", crm=target.name, error=reason)
         return
     changed = target.not_ready != reason
+    target.misconfigured = misconfigured
     now = ledger.clock() if ledger is not None else datetime.now().astimezone()
     if target.ready:
         target.not_ready_since = now
@@ -177,6 +180,7 @@ def _ready(ledger: Ledger | None, target: CrmTarget) -> None:
     if target.not_ready != STARTING:
         log.info("CRM ready again; its work resumes", crm=target.name)
     target.not_ready, target.not_ready_since = None, ledger.clock() if ledger is not None else None
+    target.misconfigured = False
     if ledger is not None:
         sync_alerts(ledger, [], scope=[("crm_unavailable", target.name)])
         _remember(ledger, target)

@@ -7,12 +7,19 @@
    conversion, a merge of two referred leads, a HubSpot deal created for a referred contact, and
    deals moving to won and lost;
 5. poll back, repair, and print the referrals' final statuses, their attribution, what refsync
-   repaired and the alerts it raised.
+   repaired and the alerts it raised;
+6. end with a summary and the next commands to try, copy-pastable. The sandbox CRMs live inside
+   the demo's process and stop with it (their records are in memory), so the config left in
+   ``.demo/`` keeps working for everything that reads the ledger, and the summary says that `sync`
+   and `reconcile` cannot reach the CRMs any more (they exit 1 naming each CRM unreachable).
 """
 
 from __future__ import annotations
 
-import os
+import shlex
+import shutil
+import sys
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -21,14 +28,28 @@ from refsync.connector.cli.support import run_cli
 from refsync.shipped import shipped_path
 
 SAMPLE = shipped_path("examples", "referrals.csv")
-SESSION_VAR = "REFSYNC_DEMO_SF_SESSION"
-TOKEN_VAR = "REFSYNC_DEMO_HUBSPOT_TOKEN"  # noqa: S105 - a variable name, not a secret
+SESSION_FILE = "sandbox-salesforce.session"
+TOKEN_FILE = "sandbox-hubspot.token"  # noqa: S105 - a file name, not a secret
 
 
-def demo_config(directory: Path, salesforce_url: str, ca_file: str, hubspot_url: str) -> Path:
+def _secret_file(path: Path, value: str) -> None:
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(value + "\n", encoding="utf-8")
+
+
+def demo_config(directory: Path, salesforce_url: str, ca_file: str, hubspot_url: str, session_id: str,
+                access_token: str) -> Path:
+    """The demo's config; the sandbox's credentials go into files beside it (0600), so the config
+    still loads after the demo, and a command that needs a CRM says the CRM is unreachable."""
+    _secret_file(directory / SESSION_FILE, session_id)
+    _secret_file(directory / TOKEN_FILE, access_token)
     config = directory / "refsync.toml"
     config.write_text(
         "# Written by `refsync demo`: the sandbox CRMs and an embedded SQLite ledger.\n"
+        "# The sandbox CRMs ran inside the demo and stopped with it: commands that read the ledger\n"
+        "# (status, referrals, alerts, report, runs, ops) work with this file; sync and reconcile\n"
+        "# cannot reach the CRMs any more. Run `refsync demo` again for a fresh run.\n"
         "[ledger]\n"
         'url = "sqlite:///refsync.db"\n'
         "[attribution]\n"
@@ -37,11 +58,11 @@ def demo_config(directory: Path, salesforce_url: str, ca_file: str, hubspot_url:
         "[crm.salesforce]\n"
         f'instance_url = "{salesforce_url}"\n'
         f'ca_bundle = "{ca_file}"\n'
-        f'session_id = "env:{SESSION_VAR}"\n'
+        f'session_id = "file:{SESSION_FILE}"\n'
         f'mapping = "{shipped_path("mappings", "salesforce.toml")}"\n'
         "[crm.hubspot]\n"
         f'base_url = "{hubspot_url}"\n'
-        f'access_token = "env:{TOKEN_VAR}"\n'
+        f'access_token = "file:{TOKEN_FILE}"\n'
         f'mapping = "{shipped_path("mappings", "hubspot.toml")}"\n'
         "[logging]\n"
         'level = "warning"\n'
@@ -79,10 +100,8 @@ def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
         stale.unlink()
     sandbox = start_sandbox(directory / "sandbox", seed=7)
     try:
-        os.environ[SESSION_VAR] = sandbox.salesforce.session_id
-        os.environ[TOKEN_VAR] = sandbox.hubspot.access_token
         config = demo_config(directory, sandbox.salesforce.base_url, str(sandbox.salesforce.ca_path),
-                             sandbox.hubspot.base_url)
+                             sandbox.hubspot.base_url, sandbox.salesforce.session_id, sandbox.hubspot.access_token)
         click.secho(f"Sandbox CRMs: Salesforce {sandbox.salesforce.base_url}, HubSpot {sandbox.hubspot.base_url}",
                     bold=True)
         _step("Create the ledger", config, "init")
@@ -117,7 +136,67 @@ def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
         record = sf.get_record("Lead", dana_lead) or {}
         click.echo(f"\nDana's lead {dana_lead} carries Referral_Partner__c = {record.get('Referral_Partner__c')!r} "
                    "again, restored by refsync.")
-        click.secho(f"\nDone. Explore the ledger with `refsync --config {config} referrals show ID`.", bold=True)
+        click.secho("\n== Summary", bold=True)
+        click.echo(summary(config, example="portal-1001"))
         return 0
     finally:
         sandbox.stop()
+
+
+def refsync_command() -> str:
+    """How the user runs refsync, as they would type it: ``refsync`` when that is the one on the
+    PATH, else the path they used (``.venv/bin/refsync``), relative to the working directory."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    exe = argv0 if argv0 is not None and argv0.name == "refsync" and argv0.exists() else None
+    if exe is None:
+        beside = Path(sys.executable).with_name("refsync")
+        exe = beside if beside.exists() else None
+    if exe is None:
+        return "refsync"
+    on_path = shutil.which("refsync")
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        return "refsync"
+    return shlex.quote(_relative(exe))
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
+
+
+def summary(config: Path, example: str = "") -> str:
+    """What the demo left in the ledger, and the next commands to try with the config it left."""
+    from refsync.connector.config import load_config
+    from refsync.state.ledger import Ledger
+    from refsync.state.notifications import alerts
+
+    ledger = Ledger.open(load_config(config).ledger_url())
+    try:
+        referrals = ledger.referrals()
+        statuses = Counter(r["status"] for r in referrals)
+        links = sum(1 for r in referrals for lk in r["links"] if lk["state"] == "active")
+        restores = sum(1 for r in referrals for e in (ledger.referral(r["id"]) or {}).get("timeline", [])
+                       if e["kind"] == "restore_planned")
+        open_alerts = len(alerts(ledger, open_only=True))
+    finally:
+        ledger.close()
+    chosen = [r for r in referrals if r["external_id"] == example] or referrals
+    example_id = chosen[0]["id"] if chosen else "ID"
+    run = f"{refsync_command()} --config {shlex.quote(_relative(config))}"
+    return "\n".join([
+        f"{len(referrals)} referrals ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}), "
+        f"{links} CRM records linked; overwritten fields restored: {restores}; open alerts: {open_alerts}.",
+        "",
+        "Next, try (the ledger stays in the demo's folder):",
+        f"  {run} status",
+        f"  {run} referrals list",
+        f"  {run} referrals show {example_id}",
+        f"  {run} alerts --open",
+        f"  {run} report --by channel",
+        "",
+        "The sandbox CRMs stopped with the demo (they keep their records in memory only), so `sync` and",
+        "`reconcile` with this config cannot reach them (after their retries they exit 1, naming each CRM",
+        "unreachable): run the demo again for a fresh run, or `refsync sandbox` and a config of your own.",
+    ])

@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from refsync.adapters.base import ObjectSchema, Stage, iso_utc
-from refsync.connector.tomlfile import line_of
+from refsync.connector.tomlfile import did_you_mean, keys_at, line_of
 from refsync.errors import ConfigError
 from refsync.state.models import STATUSES
 
@@ -51,7 +51,8 @@ class FieldMap(_Strict):
     @model_validator(mode="after")
     def _known_attribute(self) -> FieldMap:
         if self.source not in ATTRIBUTES:
-            raise ValueError(f"unknown referral attribute '{self.source}'; use one of: {', '.join(ATTRIBUTES)}")
+            raise ValueError(f"unknown referral attribute '{self.source}'{did_you_mean(self.source, ATTRIBUTES)}; "
+                             f"use one of: {', '.join(ATTRIBUTES)}")
         return self
 
 
@@ -91,15 +92,6 @@ class MappingFile(_Strict):
     lost_reason_field: str | None = None
     restore_limit: int = Field(default=3, ge=1)  # restores within the window before refsync stops fighting
     restore_window_hours: int = Field(default=24, ge=1)
-
-    @field_validator("stages")
-    @classmethod
-    def _statuses_known(cls, stages: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        wrong = [f"{pipeline}.{label}: '{status}' is not a referral status"
-                 for pipeline, labels in stages.items() for label, status in labels.items() if status not in STATUSES]
-        if wrong:
-            raise ValueError("; ".join(wrong) + f" (use one of: {', '.join(STATUSES)})")
-        return stages
 
     @model_validator(mode="after")
     def _lead_options(self) -> MappingFile:
@@ -153,17 +145,34 @@ def load_mapping(path: Path) -> LoadedMapping:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    problems = _stage_problems(raw, path, text)
     try:
-        return LoadedMapping(MappingFile.model_validate(raw), path, text)
+        mapping = MappingFile.model_validate(raw)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             loc = tuple(str(p) for p in error["loc"] if not isinstance(p, int))
-            message = "unknown key; remove it" if error["type"] == "extra_forbidden" else (
-                "required key is missing" if error["type"] == "missing" else str(error["msg"]).removeprefix(
-                    "Value error, "))
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key{did_you_mean(loc[-1], keys_at(MappingFile, loc[:-1]))}; remove it"
+            else:
+                message = "required key is missing" if error["type"] == "missing" else str(
+                    error["msg"]).removeprefix("Value error, ")
             problems.append(f"{path}:{line_of(text, loc) or '?'}: {'.'.join(loc)}: {message}")
         raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return LoadedMapping(mapping, path, text)
+
+
+def _stage_problems(raw: dict[str, Any], path: Path, text: str) -> list[str]:
+    """Every stage mapped to something that is not a referral status, each on its own line."""
+    stages = raw.get("stages")
+    if not isinstance(stages, dict):
+        return []
+    return [f"{path}:{line_of(text, ('stages', pipeline, label)) or '?'}: stages.{pipeline}.{label}: "
+            f"'{status}' is not a referral status{did_you_mean(str(status), STATUSES)}; use one of: "
+            f"{', '.join(STATUSES)}"
+            for pipeline, labels in stages.items() if isinstance(labels, dict)
+            for label, status in labels.items() if isinstance(status, str) and status not in STATUSES]
 
 
 def _needed_length(source: str) -> int:
@@ -185,13 +194,13 @@ def check_against_schema(
         for key in obj.match_keys:
             if key not in schema.fields:
                 problems.append(f"{loaded.where(role, 'match_keys')}: {role}.match_keys: '{key}' is not a field "
-                                f"of {obj.name}")
+                                f"of {obj.name}{did_you_mean(key, schema.fields)}")
         for name, field in obj.fields.items():
             where = loaded.where(role, "fields", name)
             described = schema.fields.get(name)
             if described is None:
-                problems.append(f"{where}: {role}.fields.{name}: {obj.name} has no field '{name}'; create it in "
-                                "the CRM or fix the name")
+                problems.append(f"{where}: {role}.fields.{name}: {obj.name} has no field '{name}'"
+                                f"{did_you_mean(name, schema.fields)}; create it in the CRM or fix the name")
                 continue
             if field.rule == "ignore":
                 continue
@@ -229,13 +238,17 @@ def check_against_schema(
         for key in mapping.lead.match_keys:
             if key not in schema.fields:
                 problems.append(f"{loaded.where('lead', 'match_keys')}: lead.match_keys: '{key}' is not a field "
-                                f"of {other} (lead.match_objects looks there too)")
+                                f"of {other}{did_you_mean(key, schema.fields)} (lead.match_objects looks there too)")
     known = {(s.pipeline, s.label) for s in stages}
     for pipeline, labels in mapping.stages.items():
         for label in labels:
             if (pipeline, label) not in known:
+                labels_there = [s.label for s in stages if s.pipeline == pipeline]
+                missing = (f"has no stage '{label}' in pipeline '{pipeline}'{did_you_mean(label, labels_there)}"
+                           if labels_there else
+                           f"has no pipeline '{pipeline}'{did_you_mean(pipeline, {s.pipeline for s in stages})}")
                 problems.append(f"{loaded.where('stages', pipeline, label)}: stages.{pipeline}.{label}: the CRM "
-                                f"has no stage '{label}' in pipeline '{pipeline}'")
+                                f"{missing}")
     return problems
 
 

@@ -224,6 +224,10 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
         status = None if history else book.status(pipeline, str(record.fields.get(mapping.stage_field) or ""))
         if status and _move(ob, referral, status, record.modified_at or ob.now, owner):
             counts.transitions += 1
+        if referral.status in OPEN_STATUSES and link.state == "active" and mapping.amount_field in record.fields:
+            # the open pipeline value of `refsync report` follows the deal as the poll reads it
+            ob.pipeline(referral, _amount(record.fields.get(mapping.amount_field or "")),
+                        record.fields.get(mapping.currency_field or "") or None)
         if referral.status in ("won", "lost"):
             ob.outcome(referral, _amount(record.fields.get(mapping.amount_field or "")),
                        record.fields.get(mapping.currency_field or "") or None,
@@ -394,6 +398,9 @@ def _delete(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, 
     for link in ob.links(obj.name, [change.record_id]).get(change.record_id, []):
         link.state = "deleted"
         counts.deletions += 1
+        referral = ob.referral(link.referral_id) if obj is target.mapping.deal else None
+        if referral is not None and referral.status in OPEN_STATUSES:
+            ob.pipeline(referral, None, None)  # a deleted deal is no open pipeline any more
         log.warning("linked record deleted in the CRM", referral_id=link.referral_id, crm=target.name,
                     object=obj.name, record_id=change.record_id)
         ob.audit(link.referral_id, "record_deleted", "link_orphaned", actor=f"crm:{target.name}", obj=obj.name,

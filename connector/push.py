@@ -153,6 +153,7 @@ class CrmTarget:
     loaded: LoadedMapping | None = None  # the mapping file, for problems with file and line
     not_ready: str | None = None  # why this CRM waits (None: ready)
     not_ready_since: datetime | None = None
+    misconfigured: bool = False  # not ready because the CRM refused our credentials or setup: fix the config
     schema_read_at: datetime | None = None  # when the schemas held were read from the CRM
     schema_refresh: timedelta = timedelta(hours=1)
     seen: dict[str, dict[str, FieldSchema]] = field(default_factory=dict)  # object -> mapped fields seen valid

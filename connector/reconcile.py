@@ -139,7 +139,7 @@ class _CrmCheck:
         restores = repo.restore_counts(self.ledger, self.crm, self.ledger.clock() - window)
         repairs: list[tuple[str, str, str, str, dict[str, Any]]] = []
         revived: list[int] = []
-        amounts: dict[str, Decimal | None] = {}
+        amounts: dict[str, tuple[Decimal | None, str | None]] = {}
         for page in repo.linked_pages(self.ledger, self.crm, self.settings.page_size):
             by_object: dict[str, list[repo.LinkRow]] = {}
             for row in page:
@@ -147,7 +147,7 @@ class _CrmCheck:
                     by_object.setdefault(row.object, []).append(row)
             for name, rows in by_object.items():
                 obj = objects[name]
-                extra = [f for f in (mapping.stage_field, mapping.amount_field)
+                extra = [f for f in (mapping.stage_field, mapping.amount_field, mapping.currency_field)
                          if f and obj is mapping.deal and f in schemas[name].fields]
                 fields = list(dict.fromkeys([*readable_fields(obj, schemas[name]), *extra]))
                 records = self.target.adapter.read(name, [r.record_id for r in rows], fields)
@@ -206,14 +206,15 @@ class _CrmCheck:
                              "by": "reconcile"}))
 
     def _deal(self, row: repo.LinkRow, record: CrmRecord, stages: list[Stage],
-              amounts: dict[str, Decimal | None]) -> None:
+              amounts: dict[str, tuple[Decimal | None, str | None]]) -> None:
         mapping = self.target.mapping
         referral = row.referral
         if referral["merged_into"] or row.state != "active":
             return
         stage = stage_of(stages, record.fields.get(mapping.stage_field))
         if referral["status"] in OPEN_STATUSES:
-            amounts[referral["id"]] = _decimal(record.fields.get(mapping.amount_field or ""))
+            amounts[referral["id"]] = (_decimal(record.fields.get(mapping.amount_field or "")),
+                                       record.fields.get(mapping.currency_field or "") or None)
         if stage is not None and stage.is_closed and referral["status"] in OPEN_STATUSES:
             self.alert("ledger_open_crm_closed", f"{self.crm}:{record.id}",
                        f"{mapping.deal.name} {record.id} is {stage.label} in {self.crm} but referral "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel
 
 
 def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
@@ -13,7 +17,9 @@ def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
         return None
     lines = text.splitlines()
     for depth in range(len(keys), 0, -1):
-        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, keys[:depth])) + r"\s*\]")
+        # table names may be quoted: [stages."Sales Pipeline"]
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(f'"?{re.escape(k)}"?' for k in keys[:depth])
+                            + r"\s*\]")
         for number, line in enumerate(lines):
             if not header.match(line):
                 continue
@@ -31,3 +37,49 @@ def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
         if top.match(line):
             return number + 1
     return None
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the known names closest to a misspelt one, or ``""``."""
+    names = list(dict.fromkeys(known))
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    if not close:
+        folded = {name.lower(): name for name in names}
+        close = [folded[m] for m in difflib.get_close_matches(word.lower(), list(folded), n=3, cutoff=0.6)]
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+
+
+def keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a pydantic model accepts at the table ``loc`` (its aliases where it has them), for
+    suggesting a close one to a misspelt key; ``[]`` when ``loc`` leads nowhere known."""
+    current: Any = model
+    parts = [p for p in loc if not isinstance(p, int)]
+    index = 0
+    while index < len(parts):
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(parts[index]))
+        if field is None:
+            field = next((f for f in current.model_fields.values() if f.alias == parts[index]), None)
+        if field is None:
+            return []
+        current = _table_type(field.annotation)
+        index += 1
+        if get_origin(current) is dict:  # a table of named entries: skip the entry's own name
+            current = _table_type(get_args(current)[1])
+            index += 1
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items() if not f.exclude]
+    return []
+
+
+def _table_type(annotation: Any) -> Any:
+    """The model (or dict) inside ``X | None`` and ``Annotated[X, ...]``."""
+    if get_origin(annotation) is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return annotation
+    for arg in get_args(annotation) or ():
+        if (isinstance(arg, type) and issubclass(arg, BaseModel)) or get_origin(arg) is dict:
+            return arg
+    return annotation

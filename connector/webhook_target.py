@@ -102,6 +102,8 @@ def url_problem(url: str, allow_private: bool) -> str | None:
         parts.port  # noqa: B018 - raises ValueError on a port out of range
     except ValueError as exc:
         return f"{url!r} is not a valid URL ({exc})"
+    if "://" not in url:
+        return f"{url!r} has no scheme; write it as 'https://{url.lstrip('/')}'"
     if parts.scheme not in ("http", "https") or not host:
         return f"{url!r} is not an http(s) URL with a host"
     if allow_private:

@@ -129,8 +129,10 @@ class Referral(Base):
     outcome_currency: Mapped[str | None] = mapped_column(String(3))
     outcome_close_date: Mapped[date | None] = mapped_column(Date)
     outcome_reason: Mapped[str | None] = mapped_column(String(255))
-    # The linked deal's amount as the last reconcile read it (open pipeline value in reports).
+    # The open deal's amount and currency as the poll or the last reconcile read it (open pipeline
+    # value in reports, per currency).
     pipeline_amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    pipeline_currency: Mapped[str | None] = mapped_column(String(3))
     revision: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every attribution change
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

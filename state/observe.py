@@ -228,6 +228,11 @@ class Observation:
         referral.outcome_close_date = close_date
         referral.outcome_reason = reason
 
+    def pipeline(self, referral: Referral, amount: float | None, currency: str | None) -> None:
+        """The open deal's amount and currency as last read (open pipeline value in reports)."""
+        referral.pipeline_amount = Decimal(str(amount)) if amount is not None else None
+        referral.pipeline_currency = currency
+
     def enqueue_restore(self, referral_id: str, obj: str, record_id: str, stamp: str) -> bool:
         key = f"restore:{self.crm}:{obj}:{record_id}:{stamp}"
         if self.session.scalar(select(SyncOp.id).where(SyncOp.dedupe_key == key)) is not None:

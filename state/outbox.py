@@ -223,6 +223,13 @@ def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOut
             session.execute(insert(AuditEvent), events)
 
 
+def op_states(ledger: Ledger, op_ids: Sequence[int]) -> dict[int, str]:
+    """The state of each of these ops the ledger knows (unknown ids are missing)."""
+    with ledger.transaction() as txn:
+        return {op_id: state for op_id, state in txn.session.execute(
+            select(SyncOp.id, SyncOp.state).where(SyncOp.id.in_(list(op_ids))))}
+
+
 def retry_dead(ledger: Ledger, op_ids: Sequence[int] | None = None) -> int:
     """Requeue dead ops (all, or these ids) after a fix; returns how many."""
     now = ledger.clock()

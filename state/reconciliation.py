@@ -174,13 +174,14 @@ def plan_repairs(ledger: Ledger, crm: str, repairs: Sequence[tuple[str, str, str
     return added
 
 
-def record_pipeline(ledger: Ledger, amounts: dict[str, Decimal | None]) -> None:
-    """The linked deal's amount per referral, as reconcile read it (for `refsync report`)."""
+def record_pipeline(ledger: Ledger, amounts: dict[str, tuple[Decimal | None, str | None]]) -> None:
+    """The linked deal's amount and currency per referral, as reconcile read it (for `refsync report`)."""
     if not amounts:
         return
     with ledger.transaction() as txn:
-        for referral_id, amount in amounts.items():
-            txn.session.execute(update(Referral).where(Referral.id == referral_id).values(pipeline_amount=amount))
+        for referral_id, (amount, currency) in amounts.items():
+            txn.session.execute(update(Referral).where(Referral.id == referral_id).values(
+                pipeline_amount=amount, pipeline_currency=currency))
 
 
 def revive_links(ledger: Ledger, crm: str, link_ids: Sequence[int]) -> None:

@@ -1,5 +1,6 @@
 """The rows `refsync report` aggregates: referrals submitted in a date range with their partner,
-taxonomy, status, amounts and the statuses they ever reached (one query each, streamed)."""
+taxonomy, status, amounts and the statuses they ever reached (one query each, streamed), and how
+many referrals of the ledger the report leaves out, by reason."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, case, func, or_, select
 
 from refsync.state.ledger import Ledger
 from refsync.state.models import Partner, Referral, StatusTransition
@@ -25,7 +26,8 @@ class ReportRow:
     submitted_at: datetime
     outcome_amount: Decimal | None
     pipeline_amount: Decimal | None
-    currency: str | None
+    pipeline_currency: str | None
+    currency: str | None  # of the outcome amount
     reached: frozenset[str]
     closed_at: datetime | None  # when it became won or lost (the last such transition)
 
@@ -53,7 +55,37 @@ def report_rows(ledger: Ledger, start: datetime | None, end: datetime | None,
         rows = txn.session.execute(
             select(Referral.id, Partner.code, Referral.source, Referral.medium, Referral.campaign, Referral.status,
                    Referral.submitted_at, Referral.outcome_amount, Referral.pipeline_amount,
-                   Referral.outcome_currency).join(Partner).where(*where).order_by(Referral.submitted_at))
+                   Referral.pipeline_currency, Referral.outcome_currency).join(Partner).where(*where)
+            .order_by(Referral.submitted_at))
         for r in rows:
-            yield ReportRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+            yield ReportRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
                             frozenset(reached.get(r[0], set()) | {r[5]}), closed.get(r[0]))
+
+
+EXCLUSIONS = ("other_partner", "outside_period", "merged")
+
+
+def excluded_counts(ledger: Ledger, start: datetime | None, end: datetime | None,
+                    partner: str | None = None) -> dict[str, int]:
+    """How many of the ledger's referrals :func:`report_rows` leaves out, by the first reason that
+    applies: another partner than the one asked for, submitted outside [start, end), merged into
+    another referral (its credit moved there). Every reason is present, at 0 when none."""
+    outside: list[ColumnElement[bool]] = []
+    if start is not None:
+        outside.append(Referral.submitted_at < start)
+    if end is not None:
+        outside.append(Referral.submitted_at >= end)
+    whens: list[tuple[ColumnElement[bool], str]] = []
+    if partner:
+        whens.append((Partner.code != partner, "other_partner"))
+    if outside:
+        whens.append((or_(*outside), "outside_period"))
+    whens.append((Referral.merged_into.is_not(None), "merged"))
+    reason = case(*whens, else_=None).label("reason")
+    counts = dict.fromkeys(EXCLUSIONS, 0)
+    with ledger.transaction() as txn:
+        query = select(reason, func.count()).select_from(Referral).join(Partner).group_by(reason)
+        for why, count in txn.session.execute(query):
+            if why is not None:
+                counts[str(why)] = int(count)
+    return counts

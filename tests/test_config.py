@@ -153,3 +153,63 @@ def test_a_refused_alert_url_is_reported_with_the_other_problems_at_once() -> No
     problems = problems_of(text)
     assert sorted(p.split(": ")[1] for p in problems) == ["alerts.webhook_url", "attribution.model"], problems
     assert any(p.startswith("/etc/refsync/refsync.toml:4: alerts.webhook_url: ") for p in problems), problems
+
+
+def test_urls_without_a_scheme_are_refused_with_the_line_and_the_fix() -> None:
+    problems = problems_of(
+        '[ledger]\nurl = "refsync.db"\n'
+        '[crm.salesforce]\ninstance_url = "acme.my.salesforce.com"\nsession_id = "env:SF"\n'
+        '[crm.hubspot]\nbase_url = "api.hubapi.com"\naccess_token = "env:HS"\n'
+        '[alerts]\nwebhook_url = "hooks.slack.com/services/T0/B0/x"\n')
+    assert set(problems) == {
+        '/etc/refsync/refsync.toml:2: ledger.url: must be a SQLAlchemy URL starting with sqlite:/// or '
+        'postgresql+psycopg:// (for a SQLite file: "sqlite:///refsync.db")',
+        "/etc/refsync/refsync.toml:4: crm.salesforce.instance_url: 'acme.my.salesforce.com' has no scheme; "
+        'write it as "https://acme.my.salesforce.com"',
+        "/etc/refsync/refsync.toml:7: crm.hubspot.base_url: 'api.hubapi.com' has no scheme; write it as "
+        '"https://api.hubapi.com"',
+        "/etc/refsync/refsync.toml:10: alerts.webhook_url: 'hooks.slack.com/services/T0/B0/x' has no scheme; "
+        'write it as "https://hooks.slack.com/services/T0/B0/x", or "env:NAME" / "file:/path" holding it',
+    }
+
+
+def test_a_missing_ca_bundle_is_a_configuration_error_with_file_and_line(tmp_path: Path) -> None:
+    text = ('[crm.salesforce]\ninstance_url = "https://127.0.0.1:8443"\nsession_id = "env:SF"\n'
+            'ca_bundle = "certs/ca.pem"\n')
+    path = tmp_path / "refsync.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{path}:4: crm.salesforce.ca_bundle: no file at {tmp_path / 'certs/ca.pem'}; ")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs/ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_config(path).crm.salesforce is not None  # relative to the config file, found
+
+
+def test_misspelt_keys_get_a_suggestion() -> None:
+    problems = problems_of('[daemon]\npush_interval = 30\n[crm.hubspot]\nbase_url = "https://x.example"\n'
+                           'acess_token = "env:HS"\n[crm.hubspt]\n[notifcations]\nenabled = false\n')
+    joined = "\n".join(problems)
+    assert ("refsync.toml:2: daemon.push_interval: unknown key (did you mean 'push_interval_seconds'?); "
+            "remove it or check its spelling against config.example.toml") in joined
+    assert "refsync.toml:5: crm.hubspot.acess_token: unknown key (did you mean 'access_token'?)" in joined
+    assert "crm.hubspt: unknown CRM (did you mean 'hubspot'?)" in joined
+    assert "refsync.toml:7: notifcations: unknown key (did you mean 'notifications'?)" in joined
+
+
+def test_an_unknown_key_with_nothing_close_gets_no_guess() -> None:
+    [problem] = problems_of("[logging]\ncolour = true\n")
+    assert "did you mean" not in problem and "logging.colour: unknown key" in problem
+
+
+def test_configuration_errors_reach_the_cli_as_exit_2(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from refsync.connector.cli import cli
+
+    path = tmp_path / "refsync.toml"
+    path.write_text('[crm.hubspot]\nbase_url = "api.hubapi.com"\naccess_token = "env:HS"\n')
+    result = CliRunner().invoke(cli, ["status", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}:2: crm.hubspot.base_url: 'api.hubapi.com' has no scheme" in result.stderr

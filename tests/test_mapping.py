@@ -103,3 +103,46 @@ def test_field_values_follow_rules_and_transforms() -> None:
     assert "Email" not in protected
     created = field_values(loaded.mapping.lead, referral, schema)
     assert created["LastName"] == "(referred prospect)" and created["Email"] == "a@x.example"
+
+
+def test_each_unknown_stage_status_carries_its_own_line_and_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "hubspot.toml"
+    path.write_text((SHIPPED / "hubspot.toml").read_text()
+                    .replace('"Closed Won" = "won"', '"Closed Won" = "Won"')
+                    .replace('"Qualified To Buy" = "qualified"', '"Qualified To Buy" = "qualifed"'))
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    won, qualified = first_line(path, '"Closed Won" ='), first_line(path, '"Qualified To Buy" =')
+    assert won != qualified
+    problems = caught.value.problems
+    assert (f"{path}:{won}: stages.Sales Pipeline.Closed Won: 'Won' is not a referral status "
+            "(did you mean 'won'?); use one of:") in "\n".join(problems)
+    assert (f"{path}:{qualified}: stages.Sales Pipeline.Qualified To Buy: 'qualifed' is not a referral status "
+            "(did you mean 'qualified'?)") in "\n".join(problems)
+    assert len(problems) == 2
+
+
+def test_misspelt_mapping_keys_and_attributes_get_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "hubspot.toml"
+    path.write_text((SHIPPED / "hubspot.toml").read_text()
+                    .replace('referral_partner = { from = "partner", rule = "protect" }',
+                             'referral_partner = { from = "partnr", rule = "protect" }', 1)
+                    .replace("create = true", "craete = true", 1))
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    text = "\n".join(caught.value.problems)
+    assert "unknown referral attribute 'partnr' (did you mean 'partner'?)" in text
+    assert f"{path}:{first_line(path, 'craete =')}: lead.craete: unknown key (did you mean 'create'?)" in text
+
+
+def test_a_mapped_field_missing_from_the_describe_suggests_close_names(tmp_path: Path) -> None:
+    path = tmp_path / "salesforce.toml"
+    path.write_text((SHIPPED / "salesforce.toml").read_text()
+                    .replace("Referral_Campaign__c =", "Referral_Campaign_c =", 1)
+                    .replace('"Closed Won" = "won"', '"Closed Wonn" = "won"'))
+    problems = check_against_schema(load_mapping(path), sf_schemas(), SF_STAGES)
+    text = "\n".join(problems)
+    line = first_line(path, "Referral_Campaign_c =")
+    assert (f"{path}:{line}: lead.fields.Referral_Campaign_c: Lead has no field 'Referral_Campaign_c' "
+            "(did you mean 'Referral_Campaign__c'") in text  # the closest first
+    assert "the CRM has no stage 'Closed Wonn' in pipeline 'default' (did you mean 'Closed Won'" in text

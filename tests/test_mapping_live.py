@@ -230,7 +230,7 @@ def test_offline_check_reports_every_structural_problem_with_file_and_line_and_n
                   cwd=tmp_path)
     assert bad.returncode == 2
     typo = next(n for n, line in enumerate(broken.read_text().splitlines(), 1) if line.startswith("creat = false"))
-    assert f"{broken}:{typo}: lead.creat: unknown key; remove it" in bad.stderr
+    assert f"{broken}:{typo}: lead.creat: unknown key (did you mean 'create'?); remove it" in bad.stderr
     assert f"{broken}:" in bad.stderr and "'wonn' is not a referral status" in bad.stderr
     assert f"{garbled}: not valid TOML" in bad.stderr
     assert "Traceback" not in bad.stderr and bad.stdout.count("structure OK") == 1  # every file checked

@@ -14,10 +14,10 @@ import click
 
 from refsync.connector import logs
 from refsync.connector.cli import alerts, ledger, mappings, partners, referrals, reports, sync
-from refsync.connector.cli.base import Context
+from refsync.connector.cli.base import Context, RefsyncGroup, accept_common_options
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RefsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", envvar="REFSYNC_CONFIG", type=click.Path(dir_okay=False),
               help="Config file (default: $REFSYNC_CONFIG, else ./refsync.toml).")
 @click.option("--debug", is_flag=True, help="Debug logs and tracebacks on errors.")
@@ -32,6 +32,8 @@ for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referr
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
                  reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd):
     cli.add_command(_command)
+for _command in cli.commands.values():
+    accept_common_options(_command)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -54,6 +54,66 @@ class Context:
         from refsync.connector.worker import registered_worker
 
         return registered_worker(ledger, self.config.daemon.heartbeat_seconds)
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).config_path = value
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).debug = True
+        logs.configure(level="debug")
+
+
+def accept_common_options(command: click.Command) -> None:
+    """Let ``--config`` and ``--debug`` follow the subcommand too (``refsync status --config x.toml``),
+    on ``command`` and every command below it: the one place these options are added. Given after
+    the subcommand, they win over the same option before it (and over $REFSYNC_CONFIG)."""
+    names = {name for param in command.params for name in param.opts}
+    if "--config" not in names:
+        command.params.append(click.Option(
+            ["--config", "_config"], type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
+            callback=_set_config, help="Config file (also accepted before the command)."))
+    if "--debug" not in names:
+        command.params.append(click.Option(
+            ["--debug", "_debug"], is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+            help="Debug logs and tracebacks on errors (also accepted before the command)."))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_common_options(sub)
+
+
+# click 8.2+: a group called without a command raises this UsageError carrying the group's help.
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class RefsyncGroup(click.Group):
+    """The root group: usage errors (unknown option, missing argument, bad value) come out as one
+    ``refsync: error:`` line with exit 2, like every other error, instead of click's usage block."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NO_ARGS_IS_HELP as exc:  # `refsync` or a group alone: its help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "refsync"
+            message = exc.format_message().rstrip(".")
+            click.echo(f"refsync: error: {message} (see `{where} --help`)", err=True)
+            sys.exit(EXIT_UNUSABLE)
+        except click.ClickException as exc:
+            click.echo(f"refsync: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("refsync: error: aborted", err=True)
+            sys.exit(EXIT_PROBLEMS)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 def _fail(message: str, code: int, debug: bool) -> None:

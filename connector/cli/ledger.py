@@ -22,14 +22,18 @@ from refsync.state import db
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @click.pass_obj
 @handles_errors
-def init(obj: Context) -> None:
+def init(obj: Context, as_json: bool) -> None:
     """Create the ledger, or migrate it to this version's schema."""
     ledger = obj.ledger(require_current=False)
     before, after = db.upgrade(ledger.engine)
     where = ledger.engine.url.render_as_string(hide_password=True)
-    if before == after:
+    if as_json:
+        done = "up_to_date" if before == after else "created" if before is None else "migrated"
+        print_json({"ledger": where, "action": done, "schema_before": before, "schema": after})
+    elif before == after:
         click.echo(f"ledger at {where} is up to date (schema {after})")
     elif before is None:
         click.echo(f"ledger created at {where} (schema {after})")

@@ -39,10 +39,11 @@ def partners_list(obj: Context, as_json: bool) -> None:
 @click.option("--webhook-url", help="Where the partner receives status notifications (https).")
 @click.option("--webhook-secret", help="The signing secret as a reference: env:NAME or file:/path.")
 @click.option("--clear-webhook", is_flag=True, help="Stop notifying this partner.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @handles_errors
 def partners_set(obj: Context, code: str, webhook_url: str | None, webhook_secret: str | None,
-                 clear_webhook: bool) -> None:
+                 clear_webhook: bool, as_json: bool) -> None:
     """Set a partner's webhook URL and signing-secret reference (the secret itself never enters the ledger)."""
     from refsync.connector.webhook_target import url_problem
     from refsync.state.notifications import set_partner_webhook
@@ -57,4 +58,8 @@ def partners_set(obj: Context, code: str, webhook_url: str | None, webhook_secre
                          "file:/etc/refsync/acme.secret, never the secret itself")
     if not set_partner_webhook(obj.ledger(), code, webhook_url, webhook_secret, clear=clear_webhook):
         raise InputError(f"no partner with code {code}; `refsync partners list` shows the codes")
-    click.echo(f"partner {code}: webhook {'cleared' if clear_webhook and not webhook_url else 'set'}")
+    webhook = "cleared" if clear_webhook and not webhook_url else "set"
+    if as_json:
+        print_json({"partner": code, "webhook": webhook})
+    else:
+        click.echo(f"partner {code}: webhook {webhook}")

@@ -51,24 +51,29 @@ def reconcile_cmd(obj: Context, as_json: bool) -> None:
 
 @click.command("expire")
 @click.option("--dry-run", is_flag=True, help="Only count the referrals that would expire.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 @handles_errors
-def expire_cmd(obj: Context, dry_run: bool) -> None:
+def expire_cmd(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Expire referrals left open longer than attribution.expire_after_days (never one with a deal)."""
     from refsync.connector.expire import expire_referrals
 
     attribution = obj.config.attribution
     counts = expire_referrals(obj.ledger(), attribution.expire_after_days, attribution.version(), dry_run=dry_run)
-    if dry_run:
+    if as_json:
+        print_json({"dry_run": dry_run, "expire_after_days": attribution.expire_after_days,
+                    "candidates": counts.candidates, "expired": counts.expired})
+    elif dry_run:
         click.echo(f"{counts.candidates} referrals would expire (open > {attribution.expire_after_days} days)")
     else:
         click.echo(f"{counts.expired} referrals expired (open > {attribution.expire_after_days} days)")
 
 
 @click.command("notify")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 @handles_errors
-def notify_cmd(obj: Context) -> None:
+def notify_cmd(obj: Context, as_json: bool) -> None:
     """Tell the alert sinks what is new and deliver the partner and alert webhooks that are due."""
     from refsync.connector.alerting import announce
     from refsync.connector.notify import deliver_all
@@ -80,11 +85,16 @@ def notify_cmd(obj: Context) -> None:
     announced = announce(ledger, settings.sinks, settings.storm_threshold)
     with obj.worker(ledger) as owner:
         counts = deliver_all(ledger, owner, settings.delivery)
-    click.echo(f"{announced.alerts} alerts announced{' (as one storm summary)' if announced.storm else ''}; "
-               f"webhooks: {counts.delivered} delivered, {counts.failed} to retry, {counts.dead} dead, "
-               f"{counts.skipped} not configured to notify")
-    for error in counts.errors:
-        click.echo(f"refsync: problem: {error}", err=True)
+    if as_json:
+        print_json({"alerts_announced": announced.alerts, "storm": announced.storm,
+                    "webhooks": {"delivered": counts.delivered, "failed": counts.failed, "dead": counts.dead,
+                                 "skipped": counts.skipped}, "errors": list(counts.errors)})
+    else:
+        click.echo(f"{announced.alerts} alerts announced{' (as one storm summary)' if announced.storm else ''}; "
+                   f"webhooks: {counts.delivered} delivered, {counts.failed} to retry, {counts.dead} dead, "
+                   f"{counts.skipped} not configured to notify")
+        for error in counts.errors:
+            click.echo(f"refsync: problem: {error}", err=True)
     if counts.dead:
         sys.exit(EXIT_PROBLEMS)
 
@@ -101,28 +111,40 @@ def notify_cmd(obj: Context) -> None:
 @handles_errors
 def report_cmd(obj: Context, by: str, start: str | None, end: str | None, partner: str | None, fmt: str,
                as_json: bool) -> None:
-    """Referrals, funnel, conversion, pipeline, revenue and days to close per partner or channel."""
-    from refsync.connector.report import COLUMNS, build, key_of_names, to_csv
-    from refsync.state.reports import report_rows
+    """Referrals, funnel, conversion, pipeline, revenue and days to close per partner or channel.
+    Amounts are per currency; the referrals of the ledger the report leaves out are counted by
+    reason, so the report adds up to `refsync referrals list`."""
+    from refsync.connector.report import AMOUNTS, COUNTS, build, currencies, excluded_note, key_of_names, to_csv
+    from refsync.state.reports import excluded_counts, report_rows
 
     lower, upper = parse_since(start), parse_since(end)
     if lower and upper and upper <= lower:
         raise InputError(f"--to {end} is not after --from {start}")
-    lines = build(report_rows(obj.ledger(), lower, upper, partner), by)
+    ledger = obj.ledger()
+    lines = build(report_rows(ledger, lower, upper, partner), by)
+    excluded = excluded_counts(ledger, lower, upper, partner)
+    note = excluded_note(excluded)
     if as_json or fmt == "json":
-        print_json(lines)
+        print_json({"by": by, "from": start, "to": end, "partner": partner, "currencies": currencies(lines),
+                    "lines": lines, "excluded": excluded,
+                    "ledger_referrals": lines[-1]["referrals"] + sum(excluded.values())})
     elif fmt == "csv":
         click.echo(to_csv(lines, by), nl=False)
+        if note:
+            click.echo(note, err=True)
     else:
         names = key_of_names(by)
         print_table(f"referrals by {by}" + (f" from {start}" if start else "") + (f" to {end}" if end else ""),
-               [*names, *(c.replace("_", " ") for c in COLUMNS)],
-               [[*(line[n] for n in names), *(_cell(line[c], c) for c in COLUMNS)] for line in lines])
+                    [*names, *(c.replace("_", " ") for c in (*COUNTS, *AMOUNTS, "median_days_to_close"))],
+                    [[*(line[n] for n in names), *(_cell(line[c], c) for c in (*COUNTS, *AMOUNTS)),
+                      line["median_days_to_close"]] for line in lines])
+        if note:
+            click.echo(note)
 
 
 def _cell(value: object, column: str) -> object:
     if column == "conversion_rate" and isinstance(value, float):
         return f"{value:.1%}"
-    if column in ("open_pipeline_value", "won_revenue") and isinstance(value, float):
-        return f"{value:,.2f}"
+    if isinstance(value, dict):  # an amount per currency: never one figure for several currencies
+        return "; ".join(f"{amount:,.2f} {currency}" for currency, amount in value.items())
     return value

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from refsync.connector.cli.base import EXIT_PROBLEMS, Context, crm_targets, handles_errors, print_json, print_table
-from refsync.errors import ConfigError
+from refsync.errors import ConfigError, InputError
 
 
 @click.command()
@@ -128,14 +128,33 @@ def ops(obj: Context, dead: bool, state: str | None, limit: int, as_json: bool) 
 
 @click.command()
 @click.argument("op_ids", nargs=-1, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the requeued and refused ids as JSON.")
 @click.pass_obj
 @handles_errors
-def retry(obj: Context, op_ids: tuple[int, ...]) -> None:
-    """Requeue dead ops (all of them, or the given ids) after fixing their cause."""
-    from refsync.state.outbox import retry_dead
+def retry(obj: Context, op_ids: tuple[int, ...], as_json: bool) -> None:
+    """Requeue dead ops (all of them, or the given ids) after fixing their cause. An id the ledger
+    does not know stops the command before anything is requeued (exit 2); an op that is not dead is
+    left alone and reported (exit 1)."""
+    from refsync.state.outbox import op_states, retry_dead
 
-    count = retry_dead(obj.ledger(), list(op_ids) or None)
-    click.echo(f"{count} dead ops requeued")
+    ledger = obj.ledger()
+    wanted = list(dict.fromkeys(op_ids))
+    states = op_states(ledger, wanted) if wanted else {}
+    unknown = [i for i in wanted if i not in states]
+    if unknown:
+        raise InputError(f"no op with id {', '.join(map(str, unknown))}; nothing was requeued "
+                         "(`refsync ops --dead` lists the dead ops and their ids)")
+    not_dead = {i: s for i, s in states.items() if s != "dead"}
+    dead = [i for i in wanted if i not in not_dead]
+    count = retry_dead(ledger, dead) if dead or not wanted else 0
+    if as_json:
+        print_json({"requeued": count, "not_dead": [{"id": i, "state": s} for i, s in not_dead.items()]})
+    else:
+        click.echo(f"{count} dead ops requeued")
+        for op_id, state in not_dead.items():
+            click.echo(f"refsync: problem: op {op_id} is {state}, not dead; left alone", err=True)
+    if not_dead:
+        sys.exit(EXIT_PROBLEMS)
 
 
 @click.command()
