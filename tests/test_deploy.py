@@ -147,14 +147,17 @@ def usable_container_tool() -> str | None:
     return None
 
 
-def test_container_image_builds_or_its_definition_is_sound() -> None:
-    problems = lint_containerfile(CONTAINERFILE.read_text())
-    assert problems == []
+def test_containerfile_is_a_small_non_root_image_running_refsync_with_a_health_check() -> None:
+    """Checked on every machine, container tool or not: the definition itself."""
+    assert lint_containerfile(CONTAINERFILE.read_text()) == []
+
+
+def test_container_image_builds() -> None:
     tool = usable_container_tool()
     if tool is None:
-        # Said in the test report (-ra), so a lint is never taken for a build.
-        pytest.skip("no usable docker/podman/buildah here: deploy/Containerfile was linted (FROM python:3.11-slim, "
-                    "non-root USER, HEALTHCHECK on /healthz, CMD runs refsync run, ledger VOLUME), not built")
+        # Said in the test report (-ra), so the lint above is never taken for a build.
+        pytest.skip("no usable docker/podman/buildah here (docker needs its daemon): deploy/Containerfile was only "
+                    "linted (test_containerfile_is_a_small_non_root_image_...), not built")
     verb = ["bud"] if tool.endswith("buildah") else ["build"]
     result = subprocess.run([tool, *verb, "-f", str(CONTAINERFILE), "-t", "refsync:test", str(ROOT)],
                             capture_output=True, text=True, timeout=900)
