@@ -33,7 +33,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referrals.referrals, partners.partners,
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
-                 reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd, ledger_admin.ledger):
+                 reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd,
+                 ledger_admin.ledger):
     cli.add_command(_command)
 
 

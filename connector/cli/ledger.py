@@ -143,7 +143,8 @@ def write_example_config(path: str) -> Path:
         raise InputError(f"{target} already exists; refsync init --example never overwrites a file: "
                          "move it away or give another PATH") from None
     except OSError as exc:
-        raise InputError(f"cannot write {target}: {exc.strerror}; check that its folder exists and is writable") from None
+        raise InputError(f"cannot write {target}: {exc.strerror}; check that its folder exists and is "
+                         "writable") from None
     return target
 
 
