@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from refsync.errors import InputError, LedgerError
 from refsync.state import db
@@ -126,7 +127,11 @@ def copy_ledger(source: Engine, target: Engine) -> CopyReport:
     if shown(source) == shown(target):
         raise InputError(f"the target is the configured ledger itself ({shown(source)}); give another database")
     db.ensure_current(source)
-    prepare_target(target)
+    try:
+        prepare_target(target)
+    except OperationalError as exc:
+        reason = (str(exc.orig).splitlines() or ["no answer"])[0]
+        raise LedgerError(f"cannot reach the target ledger {shown(target)}: {reason}") from exc
     schema = db.current_revision(target)
     copied: dict[str, int] = {}
     reader = db.for_reading(source)

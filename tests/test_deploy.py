@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -110,6 +111,23 @@ def command_words(arguments: str) -> list[str]:
     return json.loads(arguments) if arguments.startswith("[") else ["sh", "-c", arguments]
 
 
+def environment(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The ENV of a stage (``ENV A=1 B=2`` form)."""
+    values: dict[str, str] = {}
+    for keyword, arguments in stage:
+        if keyword == "ENV":
+            values.update(word.split("=", 1) for word in shlex.split(arguments) if "=" in word)
+    return values
+
+
+def health_command(arguments: str, env: dict[str, str]) -> list[str]:
+    """The words the HEALTHCHECK runs, with the image's environment variables filled in."""
+    words = command_words(arguments.split(" CMD ", 1)[-1].strip())
+    for name, value in env.items():
+        words = [w.replace(f"os.environ['{name}']", repr(value)).replace(f"${name}", value) for w in words]
+    return words
+
+
 def lint_containerfile(text: str) -> list[str]:
     """What is wrong with the image definition, checked without building it."""
     instructions = containerfile_instructions(text)
@@ -124,8 +142,8 @@ def lint_containerfile(text: str) -> list[str]:
     users = [args for keyword, args in last_stage if keyword == "USER"]
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append(f"the image must run as a non-root USER, it has {users}")
-    checks = [args for keyword, args in last_stage if keyword == "HEALTHCHECK"]
-    if not checks or "/healthz" not in checks[-1] or "urllib" not in checks[-1]:
+    checks = [health_command(args, environment(last_stage)) for keyword, args in last_stage if keyword == "HEALTHCHECK"]
+    if not checks or "/healthz" not in " ".join(checks[-1]) or "urllib" not in " ".join(checks[-1]):
         problems.append(f"a HEALTHCHECK on /healthz with Python's urllib is missing: {checks}")
     commands = [command_words(args) for keyword, args in last_stage if keyword in ("ENTRYPOINT", "CMD")]
     words = " ".join(" ".join(c) for c in commands)
@@ -176,8 +194,8 @@ def test_the_containerfile_lint_finds_what_it_checks(original: str, defect: str,
     assert any(expected in problem for problem in lint_containerfile(text.replace(original, defect)))
 
 
-def test_refsync_run_tells_systemd_it_is_ready_then_stopping(sqlite_url: str, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refsync_run_tells_systemd_it_is_ready_then_stopping_and_the_image_health_check_sees_it(
+        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A short folder: an AF_UNIX path is at most 107 bytes.
     folder = Path(tempfile.mkdtemp(prefix="sdn-"))
     path = folder / "notify"
@@ -185,12 +203,19 @@ def test_refsync_run_tells_systemd_it_is_ready_then_stopping(sqlite_url: str, tm
     listener.bind(str(path))
     listener.settimeout(30)
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-    daemon, _port = start_daemon(sqlite_url, tmp_path)
+    daemon, port = start_daemon(sqlite_url, tmp_path)
     try:
         assert listener.recv(4096) == b"READY=1"
+        # The image's HEALTHCHECK command, as the container runtime would run it, against this daemon.
+        stage = containerfile_instructions(CONTAINERFILE.read_text())
+        check = health_command(next(a for k, a in stage if k == "HEALTHCHECK"),
+                               {**environment(stage), "REFSYNC_HEALTHZ_URL": f"http://127.0.0.1:{port}/healthz"})
+        assert check[0] == "python"
+        assert subprocess.run([sys.executable, *check[1:]], capture_output=True, timeout=30).returncode == 0
         daemon.send_signal(signal.SIGTERM)
         assert listener.recv(4096) == b"STOPPING=1"
         assert daemon.wait(timeout=30) == 0
+        assert subprocess.run([sys.executable, *check[1:]], capture_output=True, timeout=30).returncode != 0
     finally:
         if daemon.poll() is None:
             daemon.kill()

@@ -109,11 +109,16 @@ def test_copy_into_a_new_database_creates_its_schema_first(demo_ledger: Path, tm
     assert refsync(config_for(target, demo_ledger, "fresh.toml"), "referrals", "list", "--json")[0] == 0
 
 
-def test_copy_refuses_the_configured_ledger_itself_and_a_malformed_url(demo_ledger: Path) -> None:
+def test_copy_refuses_itself_a_malformed_url_and_an_unreachable_target_without_its_password(demo_ledger: Path) -> None:
     code, _, err = refsync(demo_ledger, "ledger", "copy", "--to", source_url(demo_ledger))
     assert code == 2 and "is the configured ledger itself" in err
     code, _, err = refsync(demo_ledger, "ledger", "copy", "--to", "not a url")
     assert code == 2 and "is not a database URL" in err
+    code, _, err = refsync(demo_ledger, "ledger", "copy", "--to",
+                           "postgresql+psycopg://refsync:s3cret-pw@127.0.0.1:1/refsync")
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot reach the target ledger postgresql+psycopg://refsync:***@127.0.0.1:1/refsync" in err
+    assert "s3cret-pw" not in err
 
 
 def test_backup_copies_a_sqlite_ledger_in_use_without_what_is_not_committed(demo_ledger: Path,

@@ -20,7 +20,7 @@ def ledger() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @handles_errors
-def copy(obj: Context, url: str, as_json: bool) -> None:
+def copy_cmd(obj: Context, url: str, as_json: bool) -> None:
     """Copy every table of the configured ledger into an empty database (created or migrated to this
     version's schema first), ids kept, and check each table's row count. Stop `refsync run` first:
     what it writes after the copy started stays behind. Exit 2 when the target holds any row."""
@@ -47,7 +47,7 @@ def copy(obj: Context, url: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @handles_errors
-def backup(obj: Context, destination: Path, as_json: bool) -> None:
+def backup_cmd(obj: Context, destination: Path, as_json: bool) -> None:
     """Back up a SQLite ledger while refsync runs (SQLite's online backup), into FILE, 0600. For a
     PostgreSQL ledger use pg_dump. Restore: stop refsync, copy FILE over the ledger file (removing
     its -wal and -shm files), start refsync."""
