@@ -102,17 +102,21 @@ def test_the_wheel_installs_alone_and_runs_the_demo_from_inside_the_package(tmp_
     work = tmp_path / "elsewhere"  # not the checkout: nothing can be found beside it by accident
     work.mkdir()
     refsync = venv / "bin" / "refsync"
-    version = run(refsync, "--version", cwd=work).stdout.strip()
+    # Four commands of a new user, at once (each pays the first imports).
+    commands: dict[str, tuple[str | Path, ...]] = {
+        "version": (refsync, "--version"),
+        "import": (python, "-c", "import refsync, refsync.connector.cli; print(refsync.__file__)"),
+        "demo": (refsync, "demo", "--dir", work / "demo"),
+        "example": (refsync, "init", "--example", work / "refsync.toml"),
+    }
+    running = {name: start(*command, cwd=work) for name, command in commands.items()}
+    out = {name: finished(process, commands[name]).stdout for name, process in running.items()}
+
+    version = out["version"].strip()
     assert re.fullmatch(r"refsync \d+\.\d+\.\d+", version), version
     assert version == "refsync " + wheel.name.split("-")[1]
-
-    where = run(python, "-c", "import refsync, refsync.connector.cli; print(refsync.__file__)", cwd=work).stdout
-    assert Path(where.strip()).is_relative_to(site_packages)
-
-    demo = run(refsync, "demo", "--dir", work / "demo", cwd=work, timeout=240)
-    assert "7 referrals" in demo.stdout and "Done." in demo.stdout, demo.stdout[-2000:]
+    assert Path(out["import"].strip()).is_relative_to(site_packages)
+    assert "7 referrals" in out["demo"] and "Done." in out["demo"], out["demo"][-2000:]
     assert (work / "demo" / "refsync.toml").is_file()
-
-    example = run(refsync, "init", "--example", work / "refsync.toml", cwd=work).stdout
     assert (work / "refsync.toml").read_text() == (site_packages / "refsync" / "config.example.toml").read_text()
-    assert str(site_packages / "refsync" / "mappings") in example
+    assert str(site_packages / "refsync" / "mappings") in out["example"]
