@@ -109,6 +109,20 @@ def test_copy_into_a_new_database_creates_its_schema_first(demo_ledger: Path, tm
     assert refsync(config_for(target, demo_ledger, "fresh.toml"), "referrals", "list", "--json")[0] == 0
 
 
+def test_copy_warns_when_a_refsync_process_still_works_on_the_source(demo_ledger: Path, tmp_path: Path) -> None:
+    from refsync.connector.worker import registered_worker
+    from refsync.state.ledger import Ledger
+
+    ledger = Ledger.open(source_url(demo_ledger))
+    try:
+        with registered_worker(ledger, 5) as worker:
+            code, _, err = refsync(demo_ledger, "ledger", "copy", "--to", f"sqlite:///{tmp_path / 'copy.db'}")
+    finally:
+        ledger.close()
+    assert code == 0
+    assert err.startswith("refsync: warning: 1 refsync process(es) work on this ledger") and worker in err
+
+
 def test_copy_refuses_itself_a_malformed_url_and_an_unreachable_target_without_its_password(demo_ledger: Path) -> None:
     code, _, err = refsync(demo_ledger, "ledger", "copy", "--to", source_url(demo_ledger))
     assert code == 2 and "is the configured ledger itself" in err

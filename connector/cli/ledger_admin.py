@@ -25,8 +25,14 @@ def copy_cmd(obj: Context, url: str, as_json: bool) -> None:
     version's schema first), ids kept, and check each table's row count. Stop `refsync run` first:
     what it writes after the copy started stays behind. Exit 2 when the target holds any row."""
     from refsync.state import transfer
+    from refsync.state.workers import workers_view
 
     source = obj.ledger()
+    running = [w["id"] for w in workers_view(source) if w["alive"]]
+    if running:
+        click.echo(f"refsync: warning: {len(running)} refsync process(es) work on this ledger ({', '.join(running)}); "
+                   "the copy is a consistent snapshot, but what they write from now on stays behind: stop them "
+                   "before you switch to the target", err=True)
     target = transfer.target_engine(url)
     try:
         report = transfer.copy_ledger(source.engine, target)
