@@ -1,8 +1,13 @@
-# The two commands of the README. Each creates .venv when missing and (re)installs the project
-# into it every time, so a fresh machine needs nothing but Python 3.11+.
+# The two commands of the README. Each creates .venv when missing; `make demo` installs the runtime
+# only, `make test` (and lint, bench) the dev tools too. A stamp in .venv remembers each install, so
+# the project is installed again only when pyproject.toml changed (or .venv was removed): a fresh
+# machine needs nothing but Python 3.11+, and a second `make demo` goes straight to the demo.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench clean
@@ -11,20 +16,29 @@ $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "refsync needs Python 3.11 or newer; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 
-install: $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Editable installs: code changes need no reinstall, only a changed pyproject.toml does.
+$(RUNTIME): pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $@
 
-demo: install
+# The dev extras include the runtime, so this install stands for both stamps.
+$(DEV): pyproject.toml | $(PY)
+	$(PIP) -e '.[dev]'
+	touch $@ $(RUNTIME)
+
+install: $(DEV)
+
+demo: $(RUNTIME)
 	$(VENV)/bin/refsync demo
 
-test: install
+test: $(DEV)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
-lint: install
+lint: $(DEV)
 	$(VENV)/bin/ruff check refsync connector adapters state tests benchmarks
 	$(VENV)/bin/mypy -p refsync
 
-bench: install
+bench: $(DEV)
 	$(PY) benchmarks/import_bench.py
 
 clean:

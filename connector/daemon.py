@@ -24,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from refsync.adapters.errors import CrmError, RateLimited
+from refsync.connector import sdnotify
 from refsync.connector.alerting import announce
 from refsync.connector.crms import ensure_ready, readiness
 from refsync.connector.expire import expire_referrals
@@ -239,7 +240,9 @@ class Daemon:
             log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
                      poll_every=self.poll_interval,
                      waiting={n: t.not_ready for n, t in self.targets.items() if not t.ready})
-            self.watch_mappings()
+            sdnotify.notify("READY=1")  # systemd Type=notify: serving, jobs scheduled
+            self.watch_mappings()  # until a stop
+            sdnotify.notify("STOPPING=1")
             self.scheduler.shutdown(wait=True)  # the CRM jobs finish their round; notify is not waited for
             self._let_notify_go()
         finally:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import click
 
+from refsync import __version__
 from refsync.connector import logs
-from refsync.connector.cli import alerts, ledger, mappings, partners, referrals, reports, sync
+from refsync.connector.cli import alerts, ledger, ledger_admin, mappings, partners, referrals, reports, sync
 from refsync.connector.cli.base import Context, RefsyncGroup, accept_common_options
 
 
 @click.group(cls=RefsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="refsync", message="%(prog)s %(version)s",
+                      help="Print refsync's version and exit.")
 @click.option("--config", "config_path", envvar="REFSYNC_CONFIG", type=click.Path(dir_okay=False),
               help="Config file (default: $REFSYNC_CONFIG, else ./refsync.toml).")
 @click.option("--debug", is_flag=True, help="Debug logs and tracebacks on errors.")
@@ -30,7 +33,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referrals.referrals, partners.partners,
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
-                 reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd):
+                 reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd,
+                 ledger_admin.ledger):
     cli.add_command(_command)
 for _command in cli.commands.values():
     accept_common_options(_command)

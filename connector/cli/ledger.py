@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,15 +19,34 @@ from refsync.connector.cli.base import (
     print_table,
 )
 from refsync.errors import InputError
+from refsync.shipped import shipped_path
 from refsync.state import db
 
 
 @click.command()
+@click.option("--example", is_flag=True,
+              help="Write a commented refsync.toml to start from (to PATH) instead of touching the ledger.")
+@click.argument("path", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @click.pass_obj
 @handles_errors
-def init(obj: Context, as_json: bool) -> None:
-    """Create the ledger, or migrate it to this version's schema."""
+def init(obj: Context, example: bool, path: str | None, as_json: bool) -> None:
+    """Create the ledger, or migrate it to this version's schema.
+
+    With --example: write the shipped example configuration to PATH (default ./refsync.toml; a
+    folder gets a refsync.toml inside), never over an existing file, and show where the shipped
+    default mappings are."""
+    if example:
+        written = write_example_config(path or "refsync.toml")
+        if as_json:
+            print_json({"config": str(written), "mappings": str(shipped_path("mappings"))})
+            return
+        click.echo(f"wrote {written}: edit it, then run `refsync --config {written} init`")
+        click.echo(f"default mappings (used when a mapping path is not found beside the config): "
+                   f"{shipped_path('mappings')}; copy one beside the config to change it")
+        return
+    if path is not None:
+        raise click.UsageError("PATH is only taken with --example (the ledger's place is [ledger] url in the config)")
     ledger = obj.ledger(require_current=False)
     before, after = db.upgrade(ledger.engine)
     where = ledger.engine.url.render_as_string(hide_password=True)
@@ -117,6 +137,22 @@ def status(obj: Context, as_json: bool) -> None:
            [[name, "yes" if c["ready"] else "NO", c["since"], c["reason"] or ""] for name, c in view["crms"].items()])
     if problems:
         sys.exit(EXIT_PROBLEMS)
+
+
+def write_example_config(path: str) -> Path:
+    """Copy the shipped, commented config.example.toml to ``path`` (a refsync.toml inside it, when a
+    folder or ending in /); an existing file is refused, never overwritten (InputError: exit 2)."""
+    target = Path(path) / "refsync.toml" if path.endswith(("/", os.sep)) or Path(path).is_dir() else Path(path)
+    try:
+        with target.open("x", encoding="utf-8") as out:
+            out.write(shipped_path("config.example.toml").read_text(encoding="utf-8"))
+    except FileExistsError:
+        raise InputError(f"{target} already exists; refsync init --example never overwrites a file: "
+                         "move it away or give another PATH") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror}; check that its folder exists and is "
+                         "writable") from None
+    return target
 
 
 def stuck_grace(push_interval_seconds: int) -> timedelta:
