@@ -24,7 +24,7 @@ def abbreviate(text: str, limit: int = MESSAGE_LIMIT) -> str:
     object addresses dropped (so the same failure reads the same every round), whitespace folded,
     and the rest cut at ``limit`` characters. The CRM's error code, at the front, stays."""
     text = _QUERY_STRING.sub("?…", text)
-    text = _SOQL.sub(lambda m: f"SELECT … FROM {m.group(1)} …", text)
+    text = _SOQL.sub(r"SELECT … FROM \1 …", text)
     text = _SPACE.sub(" ", _ADDRESS.sub("", text)).strip()
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 

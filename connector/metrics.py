@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from refsync.connector.logs import get_logger
 from refsync.connector.reconcile import CRM_KINDS, LEDGER_KINDS
 from refsync.errors import LedgerError
-from refsync.state.ledger import Ledger
 from refsync.state.alert_states import unresolved_by_state
+from refsync.state.ledger import Ledger
 from refsync.state.models import OP_STATES, STATUSES
 
 log = get_logger("refsync.metrics")

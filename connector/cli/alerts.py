@@ -25,7 +25,8 @@ def parse_duration(value: str) -> timedelta:
 
 @click.group(invoke_without_command=True)
 @click.option("--kind", help="Only alerts of this kind (e.g. attribution_overwritten, orphaned_link).")
-@click.option("--open", "open_only", is_flag=True, help="Only alerts not resolved yet (open, acknowledged or silenced).")
+@click.option("--open", "open_only", is_flag=True,
+              help="Only alerts not resolved yet (open, acknowledged or silenced).")
 @click.option("--resolved", "resolved_only", is_flag=True, help="Only resolved alerts.")
 @click.option("--state", type=click.Choice(STATES), help="Only alerts in this state.")
 @click.option("--json", "as_json", is_flag=True)
