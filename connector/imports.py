@@ -146,7 +146,7 @@ def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, 
                               txn.clock())
     if decision.review_required:  # flagged for a person: the alert is raised now, not at the next reconcile
         raise_alert(txn.session, duplicate_alert(referral.id, row.partner, row.prospect_email or row.prospect_company,
-                                                 decision.duplicate_of), txn.clock())
+                                                 decision.duplicate_of), txn.clock(), new=True)
     if decision.rival_loses and holder is not None:
         _demote(txn, holder, referral.id, decision, policy)
     holders.add(referral)

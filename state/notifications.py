@@ -128,10 +128,11 @@ def alerts_to_announce(ledger: Ledger) -> list[dict[str, Any]]:
             Alert.resolved_at.is_(None), Alert.notified_at.is_(None)).order_by(Alert.id)) if not quiet(rules, a)]
 
 
-def raise_alert(session: Session, spec: AlertSpec, now: datetime) -> None:
+def raise_alert(session: Session, spec: AlertSpec, now: datetime, *, new: bool = False) -> None:
     """Raise one alert inside the caller's transaction, or count it again when it is known (and
-    reopen it, told to the sinks again, when it had resolved)."""
-    alert = session.scalar(select(Alert).where(Alert.dedupe_key == spec.key))
+    reopen it, told to the sinks again, when it had resolved). ``new``: the caller knows no alert
+    can have this key yet (it names a referral created in this transaction): no lookup."""
+    alert = None if new else session.scalar(select(Alert).where(Alert.dedupe_key == spec.key))
     if alert is None:
         session.add(Alert(kind=spec.kind, dedupe_key=spec.key, referral_id=spec.referral_id, crm=spec.crm,
                           record_id=spec.record_id, message=spec.message, first_seen=now, last_seen=now))
