@@ -23,7 +23,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from refsync.adapters.errors import CrmError, RateLimited
+from refsync.adapters.errors import AuthError, CrmError, RateLimited, TransientError
 from refsync.connector.alerting import announce
 from refsync.connector.crms import answered_again, ensure_ready, failed_round, readiness
 from refsync.connector.expire import expire_referrals
@@ -97,8 +97,7 @@ class Daemon:
                 errors.append(f"{name}: {exc}")
                 self.repeats.error(f"push:{name}", "push failed; will retry on the next round", str(exc), crm=name,
                                    code=exc.code)
-                if not isinstance(exc, RateLimited):
-                    self._failed(target, str(exc))
+                self._failed(target, exc)
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
 
@@ -137,14 +136,18 @@ class Daemon:
                 errors.append(f"{name}: {exc}")
                 self.repeats.error(f"poll:{name}", "poll failed; will retry on the next round", str(exc), crm=name,
                                    code=exc.code)
-                self._failed(target, str(exc))
+                self._failed(target, exc)
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
 
-    def _failed(self, target: CrmTarget, error: str) -> None:
+    def _failed(self, target: CrmTarget, exc: CrmError) -> None:
+        """Count a round the CRM did not answer or refused our credentials (a rate limit or a
+        mapping problem is no outage)."""
+        if not isinstance(exc, AuthError | TransientError):
+            return
         failures = self.failed_rounds.get(target.name, 0) + 1
         self.failed_rounds[target.name] = failures
-        failed_round(self.ledger, target, failures, error)
+        failed_round(self.ledger, target, failures, str(exc))
 
     def _answered(self, target: CrmTarget) -> None:
         # Once per process too: an alert an earlier process left open resolves at the first answer.
