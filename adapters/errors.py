@@ -6,14 +6,37 @@ The adapters translate every client-library exception and HTTP answer into one o
 
 from __future__ import annotations
 
+import re
+
 from refsync.errors import RefsyncError
+
+MESSAGE_LIMIT = 400  # characters of an error's text in a log line, a job run or an alert
+# A query string (``?q=SELECT+Id%2C...``, ``?limit=100&after=...``): the request, not the problem.
+_QUERY_STRING = re.compile(r"\?[^\s'\"()<>]*=[^\s'\"()<>]*")
+# A SOQL statement quoted back (MALFORMED_QUERY, INVALID_FIELD): keep only the object it reads.
+_SOQL = re.compile(r"(?s)\bSELECT\s.*?\bFROM\s+(\w+)[^\n]*")
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-f]+")  # urllib3's objects: differs every attempt
+_SPACE = re.compile(r"\s+")
+
+
+def abbreviate(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """An error's text short enough for one log line: query strings and quoted SOQL abbreviated,
+    object addresses dropped (so the same failure reads the same every round), whitespace folded,
+    and the rest cut at ``limit`` characters. The CRM's error code, at the front, stays."""
+    text = _QUERY_STRING.sub("?…", text)
+    text = _SOQL.sub(r"SELECT … FROM \1 …", text)
+    text = _SPACE.sub(" ", _ADDRESS.sub("", text)).strip()
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 class CrmError(RefsyncError):
-    """Something a CRM said or failed to say. ``code`` is the CRM's own error code, if any."""
+    """Something a CRM said or failed to say. ``code`` is the CRM's own error code, if any.
+
+    ``str()`` is the abbreviated text (what logs, job runs and alerts show); ``message`` keeps the
+    whole text the CRM or the transport gave."""
 
     def __init__(self, message: str, *, crm: str = "", code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(abbreviate(message))
         self.crm = crm
         self.code = code
         self.message = message

@@ -18,6 +18,7 @@ DUPLICATE_FLAGGED = "duplicate_flagged"
 DUPLICATE_DECLINED = "duplicate_declined"
 CREDIT_MOVED = "credit_moved_to_earlier_referral"
 CREDIT_MOVED_LAST = "credit_moved_to_later_referral"
+CREDITED_BY_REVIEW = "credited_by_review"  # a person credited a flagged duplicate (`referrals decide --credit`)
 
 FREEMAIL = frozenset(
     "gmail.com googlemail.com yahoo.com hotmail.com outlook.com live.com icloud.com me.com "
@@ -118,3 +119,34 @@ def decide(submitted_at: datetime, rival: Rival | None, policy: Policy) -> Decis
         rival_reason=moved_reason,
         rival_status="declined" if rival_declined else rival.status,
     )
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a person's decision on a flagged duplicate changes: for the flagged referral, and for
+    the referral holding credit when credit moves to the flagged one."""
+
+    credited: bool
+    reason: str
+    status: str
+    holder_loses: bool = False
+    holder_reason: str | None = None
+    holder_status: str | None = None
+
+
+def _declined_if_new(status: str) -> str:
+    # As in :func:`decide`: a referral still ``submitted`` is declined; one past it keeps its status
+    # (its CRM records tell its story) and only loses credit.
+    return "declined" if status == "submitted" else status
+
+
+def review(credit: bool, flagged_status: str, holder: Rival | None) -> Review:
+    """A person's decision on a flagged duplicate. ``--credit``: the flagged referral gets credit and
+    the holder (if one still holds it) becomes the declined duplicate; ``--decline``: the flagged
+    one stays without credit, declined unless it has moved past ``submitted``."""
+    if not credit:
+        return Review(False, DUPLICATE_DECLINED, _declined_if_new(flagged_status))
+    if holder is None:
+        return Review(True, CREDITED_BY_REVIEW, flagged_status)
+    return Review(True, CREDITED_BY_REVIEW, flagged_status, holder_loses=True, holder_reason=DUPLICATE_DECLINED,
+                  holder_status=_declined_if_new(holder.status))

@@ -19,7 +19,7 @@ from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLim
 from refsync.connector import schemas as schema_cache
 from refsync.connector.budget import BudgetLimits
 from refsync.connector.config import Config
-from refsync.connector.logs import get_logger
+from refsync.connector.logs import error_signature, get_logger
 from refsync.connector.mapping import load_mapping
 from refsync.connector.push import CrmTarget
 from refsync.errors import ConfigError
@@ -147,7 +147,8 @@ def _not_ready(ledger: Ledger | None, target: CrmTarget, reason: str, *, keep_re
     if keep_ready:  # a ready CRM whose schema refresh failed goes on with the schemas it holds
         log.warning("schema refresh failed; keeping the schemas read before", crm=target.name, error=reason)
         return
-    changed = target.not_ready != reason
+    # The same outage in other words (a wait of 37 s, then 36 s) is not news: one line, one alert.
+    changed = target.not_ready is None or error_signature(target.not_ready) != error_signature(reason)
     target.misconfigured = misconfigured
     now = ledger.clock() if ledger is not None else datetime.now().astimezone()
     if target.ready:
@@ -164,6 +165,26 @@ def _not_ready(ledger: Ledger | None, target: CrmTarget, reason: str, *, keep_re
         ob.raise_alert("crm_unavailable", f"crm_unavailable:{target.name}",
                        f"{reason}. Nothing is lost: its work waits and refsync tries again every cycle.")
     _remember(ledger, target)
+
+
+UNAVAILABLE_AFTER_ROUNDS = 3  # failed rounds in a row before a ready CRM that stopped answering pages
+
+
+def failed_round(ledger: Ledger, target: CrmTarget, failures: int, error: str) -> None:
+    """A ready CRM failed a whole round (unreachable, credentials refused) for the ``failures``-th
+    time in a row: from UNAVAILABLE_AFTER_ROUNDS on, that is one ``crm_unavailable`` alert
+    (counted again each round), the same one a CRM that never became ready raises."""
+    if failures < UNAVAILABLE_AFTER_ROUNDS:
+        return
+    with observing(ledger, target.name) as ob:
+        ob.raise_alert("crm_unavailable", f"crm_unavailable:{target.name}",
+                       f"{_crm(target)} failed {failures} rounds in a row: {error}. Nothing is lost: its work waits "
+                       "and refsync tries again every cycle.")
+
+
+def answered_again(ledger: Ledger, target: CrmTarget) -> None:
+    """A CRM that had failed rounds answered: its ``crm_unavailable`` alert resolves."""
+    sync_alerts(ledger, [], scope=[("crm_unavailable", target.name)])
 
 
 def _waiting_since(ledger: Ledger | None, target: CrmTarget) -> datetime | None:

@@ -14,8 +14,10 @@ at once on SIGHUP, an edited file is validated and, when good, swapped in under 
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
 from types import FrameType
@@ -23,13 +25,13 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from refsync.adapters.errors import CrmError, RateLimited
+from refsync.adapters.errors import AuthError, CrmError, RateLimited, TransientError
 from refsync.connector import sdnotify
 from refsync.connector.alerting import announce
-from refsync.connector.crms import ensure_ready, readiness
+from refsync.connector.crms import answered_again, ensure_ready, failed_round, readiness
 from refsync.connector.expire import expire_referrals
 from refsync.connector.http import HttpServer, HttpSettings
-from refsync.connector.logs import get_logger
+from refsync.connector.logs import RepeatedErrors, get_logger
 from refsync.connector.notify import deliver_all
 from refsync.connector.push import CrmTarget, each_locked
 from refsync.connector.reconcile import ReconcileSettings, reconcile
@@ -43,6 +45,7 @@ log = get_logger("refsync.daemon")
 POLLER_LEASE = "poller"
 NOTIFY_STOP_WAIT = 3.0  # seconds a stop waits for a running webhook/alert round before leaving it
 MAPPING_WATCH_SECONDS = 1.0  # how often the mapping files' mtime and size are looked at
+REPEAT_LOG_SECONDS = 600.0  # an error repeated every round is logged again (with its count) this often
 
 
 class Daemon:
@@ -62,6 +65,9 @@ class Daemon:
         self._hangup = threading.Event()
         self.watch = MappingWatch(ledger, targets)
         self._notifier: threading.Thread | None = None
+        self.repeats = RepeatedErrors(log, REPEAT_LOG_SECONDS)
+        self.failed_rounds: dict[str, int] = {}  # per ready CRM: rounds in a row its calls failed
+        self.answered: set[str] = set()
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         # No server when [http] listen = "": the operator turned the HTTP surface off.
         self.http = HttpServer(ledger, http, self._scheduling, lambda: readiness(self.targets)) \
@@ -89,12 +95,17 @@ class Daemon:
                 per_crm[name] = {"pushed": counts.pushed, "failed": counts.failed, "dead": counts.dead,
                                  "calls": counts.calls}
                 errors += counts.errors
+                self.repeats.clear(f"push:{name}", "push", crm=name)
+                if counts.pushed:
+                    self._answered(target)
                 if counts.pushed or counts.failed or counts.dead:
                     log.info("push round", crm=name, pushed=counts.pushed, failed=counts.failed, dead=counts.dead,
                              api_calls=counts.calls)
             except CrmError as exc:
                 errors.append(f"{name}: {exc}")
-                log.error("push failed; will retry on the next round", crm=name, error=str(exc))
+                self.repeats.error(f"push:{name}", "push failed; will retry on the next round", str(exc), crm=name,
+                                   code=exc.code)
+                self._failed(target, exc)
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
 
@@ -124,14 +135,33 @@ class Daemon:
                                  "repairs": counts.repairs, "calls": counts.calls}
                 log.info("poll", crm=name, changes=counts.changes, transitions=counts.transitions,
                          repairs=counts.repairs, api_calls=counts.calls)
+                self.repeats.clear(f"poll:{name}", "poll", crm=name)
+                self._answered(target)
             except RateLimited as exc:
                 wait = target.pause(exc, self.ledger.clock())
                 errors.append(f"{name}: rate limited for {wait:.0f} s")
             except CrmError as exc:
                 errors.append(f"{name}: {exc}")
-                log.error("poll failed; will retry on the next round", crm=name, error=str(exc))
+                self.repeats.error(f"poll:{name}", "poll failed; will retry on the next round", str(exc), crm=name,
+                                   code=exc.code)
+                self._failed(target, exc)
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
+
+    def _failed(self, target: CrmTarget, exc: CrmError) -> None:
+        """Count a round the CRM did not answer or refused our credentials (a rate limit or a
+        mapping problem is no outage)."""
+        if not isinstance(exc, AuthError | TransientError):
+            return
+        failures = self.failed_rounds.get(target.name, 0) + 1
+        self.failed_rounds[target.name] = failures
+        failed_round(self.ledger, target, failures, str(exc))
+
+    def _answered(self, target: CrmTarget) -> None:
+        # Once per process too: an alert an earlier process left open resolves at the first answer.
+        if self.failed_rounds.pop(target.name, 0) >= 1 or target.name not in self.answered:
+            self.answered.add(target.name)
+            answered_again(self.ledger, target)
 
     def _ready(self, target: CrmTarget) -> bool:
         """Try to make a CRM that waits ready (and refresh a ready one's schemas when stale).
@@ -150,8 +180,9 @@ class Daemon:
                 counts = deliver_all(self.ledger, self.owner, self.settings.delivery)
                 if counts.delivered or counts.failed or counts.dead:
                     log.info("webhooks", delivered=counts.delivered, failed=counts.failed, dead=counts.dead)
+            self.repeats.clear("notify", "webhook round")
         except LedgerError as exc:
-            log.error("webhook round failed; will retry on the next round", error=str(exc))
+            self.repeats.error("notify", "webhook round failed; will retry on the next round", str(exc))
 
     def _notify_detached(self) -> None:
         """The scheduled notify job: run :meth:`notify_job` on a daemon thread of its own, so a
@@ -160,7 +191,8 @@ class Daemon:
         exit; a daemon thread is waited for only up to NOTIFY_STOP_WAIT). One round at a time."""
         if self._notifier is not None and self._notifier.is_alive():
             return
-        self._notifier = threading.Thread(target=self.notify_job, name="refsync-notify", daemon=True)
+        self._notifier = threading.Thread(target=self._guarded("notify", self.notify_job), name="refsync-notify",
+                                          daemon=True)
         self._notifier.start()
 
     def _let_notify_go(self) -> None:
@@ -190,6 +222,24 @@ class Daemon:
             ready = {name: t for name, t in self.targets.items() if self._ready(t)}
             report = reconcile(self.ledger, ready, self.reconcile_settings)
         log.info("reconcile", **{k: v for k, v in report.counts().items() if k != "errors"})
+
+    def _guarded(self, job: str, work: Callable[[], None]) -> Callable[[], None]:
+        """``work`` as a scheduled job: an error that escapes it (the ledger down, a bug) is logged
+        once with its text and then counted (RepeatedErrors), not logged by the scheduler with a
+        full traceback every round; the traceback goes to the debug log."""
+
+        @functools.wraps(work)
+        def run() -> None:
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - reported here; the next round retries
+                if self.repeats.error(f"job:{job}", f"{job} job failed; will retry on the next round",
+                                      f"{type(exc).__name__}: {exc}", job=job):
+                    log.debug(f"{job} job failed", exc_info=True)
+                return
+            self.repeats.clear(f"job:{job}", f"{job} job", job=job)
+
+        return run
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("stopping: finishing the running round", signal=signal.Signals(signum).name)
@@ -223,16 +273,17 @@ class Daemon:
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._hup)
         self.watch.start()  # a mapping changed while refsync was stopped is rolled out before any push
-        self.scheduler.add_job(self.push_job, "interval", seconds=self.push_interval, id="push",
-                               next_run_time=self.ledger.clock())
-        self.scheduler.add_job(self.poll_job, "interval", seconds=self.poll_interval, id="poll",
-                               next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self._guarded("push", self.push_job), "interval", seconds=self.push_interval,
+                               id="push", next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self._guarded("poll", self.poll_job), "interval", seconds=self.poll_interval,
+                               id="poll", next_run_time=self.ledger.clock())
         self.scheduler.add_job(self._notify_detached, "interval", seconds=self.push_interval, id="notify",
                                next_run_time=self.ledger.clock())
-        self.scheduler.add_job(self.expire_job, "interval", hours=24, id="expire", next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self._guarded("expire", self.expire_job), "interval", hours=24, id="expire",
+                               next_run_time=self.ledger.clock())
         if self.reconcile_cron:
-            self.scheduler.add_job(self.reconcile_job, CronTrigger.from_crontab(self.reconcile_cron, timezone="UTC"),
-                                   id="reconcile")
+            self.scheduler.add_job(self._guarded("reconcile", self.reconcile_job),
+                                   CronTrigger.from_crontab(self.reconcile_cron, timezone="UTC"), id="reconcile")
         if self.http is not None:
             self.http.start()
         try:

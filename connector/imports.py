@@ -22,8 +22,8 @@ from refsync.connector.intake import NewReferral, RowProblem, read_file, validat
 from refsync.connector.logs import get_logger
 from refsync.errors import LedgerError
 from refsync.state.ledger import Ledger, LedgerTxn
-from refsync.state.models import Referral
-from refsync.state.notifications import enqueue_status_notice
+from refsync.state.models import OPEN_STATUSES, Referral
+from refsync.state.notifications import duplicate_alert, enqueue_status_notice, raise_alert
 
 BATCH = 500
 # The ledger itself is unavailable (connection lost, locked): no row's fault, the whole write fails
@@ -144,6 +144,9 @@ def _record(txn: LedgerTxn, holders: Holders, row: NewReferral, policy: Policy, 
         txn.session.flush()  # the notification op points at the referral
         enqueue_status_notice(txn.session, referral, "submitted", "declined", txn.clock(), "attribution",
                               txn.clock())
+    if decision.review_required:  # flagged for a person: the alert is raised now, not at the next reconcile
+        raise_alert(txn.session, duplicate_alert(referral.id, row.partner, row.prospect_email or row.prospect_company,
+                                                 decision.duplicate_of), txn.clock(), new=True)
     if decision.rival_loses and holder is not None:
         _demote(txn, holder, referral.id, decision, policy)
     holders.add(referral)
@@ -171,6 +174,10 @@ def _demote(
         holder.id, "attribution_changed", decision.rival_reason or "", "refsync", policy_version=policy.version,
         detail={"model": policy.model, "credit_moved_to": winner_id},
     )
+    if holder.review_required and holder.status in OPEN_STATUSES:
+        partner = holder.partner.code if holder.partner is not None else "?"
+        raise_alert(txn.session, duplicate_alert(holder.id, partner, holder.prospect_email or holder.prospect_company,
+                                                 winner_id), txn.clock())
 
 
 Validated = NewReferral | list[RowProblem]

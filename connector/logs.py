@@ -11,10 +11,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
+
+from refsync.adapters.errors import abbreviate
 
 REDACTED = "[REDACTED]"
 _SECRET_KEYS = re.compile(
@@ -79,6 +84,17 @@ def _scrub_rendered(_logger: Any, _method: str, event: MutableMapping[str, Any])
     return event
 
 
+ERROR_KEYS = ("error", "reason")
+
+
+def _abbreviate_errors(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # One place for every log line: an error's text never carries a whole query or request.
+    for key in ERROR_KEYS:
+        if isinstance(event.get(key), str):
+            event[key] = abbreviate(event[key])
+    return event
+
+
 def configure(
     fmt: str = "auto", level: str = "info", stream: TextIO | None = None, secrets: Iterable[str] = ()
 ) -> None:
@@ -92,6 +108,7 @@ def configure(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         REDACTOR,
+        _abbreviate_errors,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
@@ -129,3 +146,76 @@ def _identity(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mu
 def get_logger(name: str = "refsync", **bound: Any) -> Any:
     """A structlog logger; bind referral_id, crm, object, record_id, op_id where they apply."""
     return structlog.get_logger(name, **bound)
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def error_signature(error: str) -> str:
+    """What makes two errors "the same": their abbreviated text with numbers blanked (a wait of
+    37 s and one of 36 s, or attempt 3 and attempt 4, are one repeated problem)."""
+    return _DIGITS.sub("#", abbreviate(error))
+
+
+@dataclass
+class _Streak:
+    error: str
+    signature: str
+    total: int = 1
+    unlogged: int = 0
+    logged_at: float = 0.0
+
+
+class RepeatedErrors:
+    """Logs an error once, then counts identical ones instead of a line (and a traceback) per round.
+
+    The first occurrence of an error under a key (a job, a job and a CRM) is logged with its text.
+    The same error again is only counted; every ``every_seconds`` a line says how many times it was
+    repeated meanwhile. A different error, or a success after errors (:meth:`clear`), first logs
+    how many repeats went unlogged, so nothing is hidden for longer than ``every_seconds``.
+    """
+
+    def __init__(self, logger: Any, every_seconds: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = logger
+        self.every = every_seconds
+        self.clock = clock
+        self.streaks: dict[str, _Streak] = {}
+        self.lock = threading.Lock()  # the daemon's jobs report from their own threads
+
+    def error(self, key: str, event: str, error: str, **fields: Any) -> bool:
+        """Report ``error`` under ``key``; True when a line was logged for it."""
+        with self.lock:
+            return self._error(key, event, error, **fields)
+
+    def _error(self, key: str, event: str, error: str, **fields: Any) -> bool:
+        signature = error_signature(error)
+        now = self.clock()
+        streak = self.streaks.get(key)
+        if streak is not None and streak.signature == signature:
+            streak.total += 1
+            streak.unlogged += 1
+            if now - streak.logged_at < self.every:
+                return False
+            self.log.error(f"{event} (repeated {streak.unlogged} more times)", error=abbreviate(error),
+                           repeated=streak.unlogged, total=streak.total, **fields)
+            streak.unlogged, streak.logged_at = 0, now
+            return True
+        if streak is not None:
+            self._close(key, streak, "changed")
+        self.streaks[key] = _Streak(error, signature, logged_at=now)
+        self.log.error(event, error=abbreviate(error), **fields)
+        return True
+
+    def clear(self, key: str, event: str, **fields: Any) -> None:
+        """The work under ``key`` succeeded: end its streak, saying so when there was one."""
+        with self.lock:
+            streak = self.streaks.pop(key, None)
+        if streak is not None:
+            self._close(key, streak, "cleared")
+            self.log.info(f"{event}: recovered after {streak.total} failed rounds", **fields)
+
+    def _close(self, key: str, streak: _Streak, why: str) -> None:
+        if streak.unlogged:
+            self.log.error(f"{key}: the error before was repeated {streak.unlogged} more times, then {why}",
+                           error=abbreviate(streak.error), repeated=streak.unlogged, total=streak.total)

@@ -1,6 +1,6 @@
 """Prometheus metrics of one daemon process, served by ``GET /metrics``.
 
-The ledger is the truth, so the gauges (ops by state, open alerts by kind, referrals by status, the
+The ledger is the truth, so the gauges (ops by state, unresolved alerts by kind and state, referrals by status, the
 last run of each job) are read from it at scrape time rather than kept in memory: every replica
 reports the same numbers and a restart loses nothing. The intake and the HTTP surface itself add
 counters. Everything lives in a registry of its own, never in prometheus-client's global one, so
@@ -16,28 +16,22 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from refsync.connector.logs import get_logger
 from refsync.connector.reconcile import CRM_KINDS, LEDGER_KINDS
 from refsync.errors import LedgerError
+from refsync.state.alert_states import unresolved_by_state
 from refsync.state.ledger import Ledger
-from refsync.state.models import OP_STATES, STATUSES, Alert
+from refsync.state.models import OP_STATES, STATUSES
 
 log = get_logger("refsync.metrics")
 
 # Every alert kind the engine raises is reported, at 0 when none is open: an alerting rule on
-# ``refsync_open_alerts{kind="dead_op"} > 0`` must see a series, not an absent one.
-ALERT_KINDS = (*CRM_KINDS, *LEDGER_KINDS, "api_budget_exhausted", "poison_record")
-
-
-def open_alerts_by_kind(ledger: Ledger) -> dict[str, int]:
-    """Open (unresolved) alerts counted by kind, in one grouped query."""
-    with ledger.transaction() as txn:
-        rows = txn.session.execute(
-            select(Alert.kind, func.count()).where(Alert.resolved_at.is_(None)).group_by(Alert.kind))
-        return {str(kind): int(count) for kind, count in rows}
+# ``refsync_open_alerts{kind="dead_op",state="open"} > 0`` must see a series, not an absent one.
+ALERT_KINDS = (*CRM_KINDS, *LEDGER_KINDS, "api_budget_exhausted", "poison_record", "crm_unavailable",
+               "deal_contested", "push_unlinked")
+UNRESOLVED_STATES = ("open", "acknowledged", "silenced")
 
 
 def _timestamp(value: str | None) -> float | None:
@@ -58,7 +52,7 @@ class LedgerCollector(Collector):
         up = GaugeMetricFamily("refsync_ledger_up", "1 when the ledger answered this scrape, else 0.")
         try:
             status = self.ledger.status()
-            alerts = open_alerts_by_kind(self.ledger)
+            alerts = unresolved_by_state(self.ledger)
         except (LedgerError, SQLAlchemyError) as exc:
             # The scrape still succeeds so the outage itself is visible as refsync_ledger_up 0.
             log.warning("metrics: the ledger did not answer", error=str(exc))
@@ -69,11 +63,20 @@ class LedgerCollector(Collector):
         yield up
         yield self._by_label("refsync_ops", "Outbound sync ops (CRM writes, webhooks) by state.", "state",
                              OP_STATES, status["ops"])
-        yield self._by_label("refsync_open_alerts", "Discrepancy alerts not resolved yet, by kind.", "kind",
-                             ALERT_KINDS, alerts)
+        yield self._open_alerts(alerts)
         yield self._by_label("refsync_referrals", "Referrals in the ledger by status.", "status",
                              STATUSES, status["referrals"])
         yield from self._last_runs(status["last_runs"])
+
+    @staticmethod
+    def _open_alerts(counts: dict[tuple[str, str], int]) -> Metric:
+        # Every known kind in every state, at 0 when none: a rule on {state="open"} sees a series.
+        gauge = GaugeMetricFamily("refsync_open_alerts", "Alerts not resolved yet, by kind and state (open: someone "
+                                  "should look; acknowledged; silenced).", labels=["kind", "state"])
+        values = {**{(k, s): 0 for k in ALERT_KINDS for s in UNRESOLVED_STATES}, **counts}
+        for (kind, state), count in sorted(values.items()):
+            gauge.add_metric([kind, state], float(count))
+        return gauge
 
     @staticmethod
     def _by_label(name: str, doc: str, label: str, known: Iterable[str], counts: dict[str, Any]) -> Metric:

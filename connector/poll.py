@@ -408,7 +408,8 @@ def _delete(ob: Observation, target: CrmTarget, obj: ObjectMap, change: Change, 
         ob.raise_alert(
             "orphaned_link", f"orphaned_link:{target.name}:{obj.name}:{change.record_id}",
             f"{obj.name} {change.record_id} carrying referral {link.referral_id} was deleted in {target.name}; "
-            "refsync will not re-create it. Restore it from the recycle bin, or accept the loss.",
+            "refsync will not re-create it. Restore it from the recycle bin, or accept the loss with "
+            "`refsync alerts accept ALERT_ID --by NAME`.",
             referral_id=link.referral_id, record_id=change.record_id)
 
 

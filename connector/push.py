@@ -236,6 +236,7 @@ class _Work:
     siblings: list[OpOutcome] = field(default_factory=list)
     converted_leads: list[str] = field(default_factory=list)  # converted leads this push followed
     poison: RecordError | None = None  # this record made the CRM refuse a whole request (a value)
+    loss_accepted: bool = False  # its record is gone and a person accepted it: nothing to write
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
                 work.outcome.links.append((link["object"], link["record_id"], link["role"]))
         # A converted lead is not written any more (its opportunity is), nor looked for again; a
         # contact without an opportunity yet is looked at again (one may have been opened).
-        has_lead = any(lk["object"] == mapping.lead.name and lk["state"] != "deleted" for lk in links)
+        has_lead = any(lk["object"] == mapping.lead.name and lk["state"] not in ("deleted", "lost") for lk in links)
         has_deal = any(lk["object"] == mapping.deal.name and lk["state"] == "active" for lk in links)
         deleted = [lk for lk in links if lk["object"] in names and lk["state"] == "deleted"]
         if deleted and not has_lead and not has_deal and not work.outcome.links:
@@ -310,7 +311,10 @@ def _plan(target: CrmTarget, works: list[_Work]) -> tuple[
             work.outcome.error_message = (f"{deleted[0]['object']} {deleted[0]['record_id']} was deleted in "
                                           f"{target.name}; restore it from the recycle bin, then `refsync retry`")
         elif not has_lead and not has_deal:
-            unlinked.append(work)
+            # A record whose loss a person accepted (`refsync alerts accept`) is not created again.
+            work.loss_accepted = any(lk["object"] in names and lk["state"] == "lost" for lk in links)
+            if not work.loss_accepted:
+                unlinked.append(work)
     return linked, unlinked
 
 
@@ -533,7 +537,7 @@ def settle(work: _Work, now: datetime, max_attempts: int) -> None:
     record it wrote (or found) being linked: that would lose the referral without a trace."""
     outcome = work.outcome
     outcome.links = list(dict.fromkeys(outcome.links))
-    if outcome.state == "done" and not outcome.links:
+    if outcome.state == "done" and not outcome.links and not work.loss_accepted:
         _fail(work, "unlinked", "NOT_LINKED", outcome.error_message or "the push ended without a CRM record to link "
               "the referral to", now, max_attempts)
     for sibling in work.siblings:

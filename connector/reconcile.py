@@ -35,7 +35,7 @@ from refsync.connector.rollout import roll_out
 from refsync.state import reconciliation as repo
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES
-from refsync.state.notifications import AlertSpec, AlertSync, sync_alerts
+from refsync.state.notifications import AlertSpec, AlertSync, duplicate_alert, sync_alerts
 from refsync.state.rollout import outstanding_rollouts
 
 log = get_logger("refsync.reconcile")
@@ -157,7 +157,8 @@ class _CrmCheck:
                     if record is None:
                         self.alert("orphaned_link", f"{self.crm}:{name}:{row.record_id}",
                                    f"{name} {row.record_id} carrying referral {row.referral['id']} no longer exists "
-                                   f"in {self.crm}; restore it from the recycle bin, or accept the loss.",
+                                   f"in {self.crm}; restore it from the recycle bin, or accept the loss with "
+                                   "`refsync alerts accept ALERT_ID --by NAME`.",
                                    row.referral["id"], row.record_id)
                         continue
                     if row.state == "deleted":
@@ -290,11 +291,7 @@ class _CrmCheck:
 def _ledger_checks(ledger: Ledger, settings: ReconcileSettings) -> list[AlertSpec]:
     found: list[AlertSpec] = []
     for dup in repo.flagged_duplicates(ledger):
-        found.append(AlertSpec(
-            "duplicate_referral", f"duplicate_referral:{dup['id']}",
-            f"Referral {dup['id']} from {dup['partner']} is a second referral of {dup['prospect']} (credit is held "
-            f"by {dup['duplicate_of']}); decide in the partner portal or decline it, the first one keeps credit "
-            "meanwhile.", referral_id=dup["id"]))
+        found.append(duplicate_alert(dup["id"], dup["partner"], dup["prospect"], dup["duplicate_of"]))
     for shared in repo.shared_records(ledger):
         ids = ", ".join(shared["referrals"])
         found.append(AlertSpec(

@@ -51,7 +51,8 @@ STATUSES = (
 )
 OPEN_STATUSES = STATUSES[:7]
 OP_STATES = ("pending", "in_flight", "done", "failed", "dead")
-LINK_STATES = ("active", "superseded", "merged", "converted", "deleted")
+# lost: a deleted record whose loss a person accepted (`refsync alerts accept`): never checked again.
+LINK_STATES = ("active", "superseded", "merged", "converted", "deleted", "lost")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -254,6 +255,32 @@ class Alert(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     resolved_at: Mapped[datetime | None]
     notified_at: Mapped[datetime | None]  # when the sinks were told; cleared when the alert reopens
+    # A person took it (`refsync alerts ack`): listed, no longer paged; cleared when it reopens.
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+    # How a person closed it (accepted, credited, declined); cleared when it reopens.
+    resolution: Mapped[str | None] = mapped_column(String(32))
+
+    # Declared so the unit of work inserts a referral before an alert about it within one flush
+    # (the import raises duplicate_referral in the referral's own transaction).
+    referral: Mapped[Referral | None] = relationship()
+
+
+class AlertSilence(Base):
+    """Alerts of a kind (optionally one CRM, one record or referral) kept from the sinks until ``until``."""
+
+    __tablename__ = "alert_silences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    crm: Mapped[str | None] = mapped_column(String(32))
+    record_id: Mapped[str | None] = mapped_column(String(64))  # a CRM record id or a referral id
+    until: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str | None] = mapped_column(Text)
+    lifted_at: Mapped[datetime | None]  # `refsync alerts unsilence`
 
 
 class JobRun(Base):

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
+from refsync.state.alert_states import Silence, active_silences, quiet, reopened, silenced_until, state_of
 from refsync.state.ledger import Ledger
 from refsync.state.models import Alert, AuditEvent, Partner, Referral, SyncOp
 
@@ -71,8 +72,7 @@ def sync_alerts(ledger: Ledger, found: Sequence[AlertSpec], scope: Iterable[tupl
                 result.raised += 1
                 continue
             if known.resolved_at is not None:
-                known.resolved_at = None
-                known.notified_at = None
+                reopened(known)
                 result.raised += 1
             else:
                 result.seen_again += 1
@@ -91,30 +91,67 @@ def sync_alerts(ledger: Ledger, found: Sequence[AlertSpec], scope: Iterable[tupl
 
 
 def alerts(ledger: Ledger, kind: str | None = None, open_only: bool = False,
-           resolved_only: bool = False) -> list[dict[str, Any]]:
-    """Alerts in the contract's ``alerts --json`` shape (plus ``count``), newest first."""
+           resolved_only: bool = False, state: str | None = None) -> list[dict[str, Any]]:
+    """Alerts in the contract's ``alerts --json`` shape, newest first. ``open_only``: unresolved
+    ones (open, acknowledged or silenced); ``state``: only alerts in that state."""
     query = select(Alert).order_by(Alert.last_seen.desc(), Alert.id.desc())
     if kind:
         query = query.where(Alert.kind == kind)
-    if open_only:
+    if open_only or state in ("open", "acknowledged", "silenced"):
         query = query.where(Alert.resolved_at.is_(None))
-    if resolved_only:
+    if resolved_only or state == "resolved":
         query = query.where(Alert.resolved_at.is_not(None))
     with ledger.transaction() as txn:
-        return [alert_json(a) for a in txn.session.scalars(query)]
+        rules = active_silences(txn.session, ledger.clock())
+        rows = [alert_json(a, rules) for a in txn.session.scalars(query)]
+    return [row for row in rows if state is None or row["state"] == state]
 
 
-def alert_json(a: Alert) -> dict[str, Any]:
+def alert_json(a: Alert, silences: Sequence[Silence] = ()) -> dict[str, Any]:
+    quiet_until = None if a.resolved_at else silenced_until(silences, a.kind, a.crm, a.record_id, a.referral_id)
     return {"id": a.id, "kind": a.kind, "referral_id": a.referral_id, "crm": a.crm, "record_id": a.record_id,
             "message": a.message, "first_seen": a.first_seen.isoformat(), "last_seen": a.last_seen.isoformat(),
-            "count": a.count, "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None}
+            "count": a.count, "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
+            "state": state_of(a.resolved_at is not None, a.acknowledged_at is not None, quiet_until),
+            "acknowledged_by": a.acknowledged_by,
+            "acknowledged_at": a.acknowledged_at.isoformat() if a.acknowledged_at else None,
+            "note": a.note, "silenced_until": quiet_until.isoformat() if quiet_until else None,
+            "resolution": a.resolution}
 
 
 def alerts_to_announce(ledger: Ledger) -> list[dict[str, Any]]:
-    """Open alerts the sinks have not been told about yet, oldest first."""
+    """Open alerts the sinks have not been told about yet, oldest first. Acknowledged and silenced
+    ones wait: a silenced alert still open when its silence ends is announced then."""
     with ledger.transaction() as txn:
-        return [alert_json(a) for a in txn.session.scalars(select(Alert).where(
-            Alert.resolved_at.is_(None), Alert.notified_at.is_(None)).order_by(Alert.id))]
+        rules = active_silences(txn.session, ledger.clock())
+        return [alert_json(a, rules) for a in txn.session.scalars(select(Alert).where(
+            Alert.resolved_at.is_(None), Alert.notified_at.is_(None)).order_by(Alert.id)) if not quiet(rules, a)]
+
+
+def raise_alert(session: Session, spec: AlertSpec, now: datetime, *, new: bool = False) -> None:
+    """Raise one alert inside the caller's transaction, or count it again when it is known (and
+    reopen it, told to the sinks again, when it had resolved). ``new``: the caller knows no alert
+    can have this key yet (it names a referral created in this transaction): no lookup."""
+    alert = None if new else session.scalar(select(Alert).where(Alert.dedupe_key == spec.key))
+    if alert is None:
+        session.add(Alert(kind=spec.kind, dedupe_key=spec.key, referral_id=spec.referral_id, crm=spec.crm,
+                          record_id=spec.record_id, message=spec.message, first_seen=now, last_seen=now))
+        return
+    alert.count += 1
+    alert.last_seen = now
+    alert.message = spec.message
+    if alert.resolved_at is not None:
+        reopened(alert)
+
+
+def duplicate_alert(referral_id: str, partner: str, prospect: str | None, holder: str | None) -> AlertSpec:
+    """The ``duplicate_referral`` alert of a referral flagged as a second referral of a prospect:
+    one text whether the import or a reconcile raises it."""
+    return AlertSpec(
+        "duplicate_referral", f"duplicate_referral:{referral_id}",
+        f"Referral {referral_id} from {partner} is a second referral of {prospect} (credit is held by {holder}); "
+        f"decide it with `refsync referrals decide {referral_id} --credit` or `--decline` (or in the partner "
+        "portal), the credited one keeps credit meanwhile.", referral_id=referral_id)
 
 
 def mark_announced(ledger: Ledger, alert_ids: Sequence[int], ops: Sequence[tuple[str, dict[str, Any]]]) -> int:

@@ -18,8 +18,8 @@ from sqlalchemy.orm import load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from refsync.state.ledger import Ledger, LedgerTxn
-from refsync.state.models import Alert, AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
-from refsync.state.notifications import enqueue_status_notice
+from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
+from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_alert
 
 # crm_state keys of a poll's memory of one object: the adapter's poll state, and the records the
 # poll handled inside the overlap window, one row per observed batch, keyed by the batch's page
@@ -274,17 +274,7 @@ class Observation:
     def raise_alert(self, kind: str, key: str, message: str, *, referral_id: str | None = None,
                     record_id: str | None = None) -> None:
         """Raise an alert, or count it again when the same problem is already open."""
-        alert = self.session.scalar(select(Alert).where(Alert.dedupe_key == key))
-        if alert is None:
-            self.session.add(Alert(kind=kind, dedupe_key=key, referral_id=referral_id, crm=self.crm,
-                                   record_id=record_id, message=message, first_seen=self.now, last_seen=self.now))
-        else:
-            alert.count += 1
-            alert.last_seen = self.now
-            alert.message = message
-            if alert.resolved_at is not None:
-                alert.notified_at = None  # reopened: the sinks hear of it again
-            alert.resolved_at = None
+        raise_alert(self.session, AlertSpec(kind, key, message, self.crm, referral_id, record_id), self.now)
 
 
 @contextmanager

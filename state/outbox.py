@@ -67,7 +67,8 @@ def preview_pushes(ledger: Ledger, crm: str, limit: int) -> list[dict[str, Any]]
     return [{"id": 0, "kind": "push", "referral_id": r, "attempts": 0} for r in referral_ids]
 
 
-PUSH_LINK_STATES = ("active", "converted", "deleted")  # the links a push writes through or repairs
+# The links a push writes through, repairs, or (deleted, lost) must not re-create.
+PUSH_LINK_STATES = ("active", "converted", "deleted", "lost")
 
 
 def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[str, dict[str, Any]]:

@@ -133,8 +133,8 @@ def test_metrics_report_ops_alerts_referrals_and_last_runs_from_the_ledger(api: 
     assert metrics[("refsync_ledger_up", ())] == 1
     assert metrics[("refsync_ops", (("state", "pending"),))] == 2
     assert metrics[("refsync_ops", (("state", "dead"),))] == 0
-    assert metrics[("refsync_open_alerts", (("kind", "dead_op"),))] == 2
-    assert metrics[("refsync_open_alerts", (("kind", "stale_referral"),))] == 0
+    assert metrics[("refsync_open_alerts", (("kind", "dead_op"), ("state", "open")))] == 2
+    assert metrics[("refsync_open_alerts", (("kind", "stale_referral"), ("state", "open")))] == 0
     assert metrics[("refsync_referrals", (("status", "submitted"),))] == 3
     assert metrics[("refsync_referrals", (("status", "won"),))] == 0
     assert metrics[("refsync_last_run_failed", (("job", "push"),))] == 1

@@ -174,3 +174,24 @@ def test_ledger_checks_raise_and_resolve_duplicates_dead_ops_and_stale_referrals
                             {"t": clock() - timedelta(days=1)})
     report = reconcile(ledger, {}, settings)
     assert report.alerts.resolved == 4 and alerts(ledger, open_only=True) == []
+
+
+def test_an_accepted_loss_is_neither_alerted_again_nor_re_created_by_the_next_push(
+        ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path) -> None:
+    from refsync.connector.decisions import accept_loss
+
+    [rid] = _synced(ledger, crms, tmp_path, ["acme,lee@northwind.example,,,,,,2026-10-01T09:00:00Z,,e1"])
+    lead = _record(ledger, rid, "salesforce", "Lead")
+    sandbox.salesforce.delete_record("Lead", lead)
+    reconcile(ledger, crms, RECONCILE)
+    [alert] = _open(ledger, "orphaned_link")
+    assert accept_loss(ledger, alert["id"], "dana", "spam") == 1
+    with ledger.transaction() as txn:  # the referral changes: a new revision to push
+        referral = txn.referral(rid)
+        assert referral is not None
+        referral.campaign, referral.revision = "q1", referral.revision + 1
+    assert run_cycle(ledger, crms, SETTINGS).errors == []
+    assert sandbox.salesforce.count_values("Lead", "Partner_Referral_Id__c").get(rid, 0) == 0
+    assert ledger.status()["ops"]["dead"] == 0
+    reconcile(ledger, crms, RECONCILE)
+    assert _open(ledger, "orphaned_link") == []

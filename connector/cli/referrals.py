@@ -74,3 +74,35 @@ def referrals_show(obj: Context, referral_id: str, as_json: bool) -> None:
     ])
     print_table("status history", ["at", "status", "source"],
            [[t["at"], t["status"], t["source"]] for t in view["status_history"]])
+
+
+@referrals.command("decide")
+@click.argument("referral_id")
+@click.option("--credit", "choice", flag_value="credit", help="Give this referral the credit; the one holding it "
+              "becomes the declined duplicate.")
+@click.option("--decline", "choice", flag_value="decline", help="Keep this referral without credit (declined "
+              "while still submitted).")
+@click.option("--by", required=True, help="Who decides (recorded on both referrals' timelines).")
+@click.option("--note", help="Why.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@handles_errors
+def referrals_decide(obj: Context, referral_id: str, choice: str | None, by: str, note: str | None,
+                     as_json: bool) -> None:
+    """Decide a referral flagged as a duplicate (its duplicate_referral alert resolves)."""
+    from refsync.connector.decisions import decide_duplicate
+
+    if choice is None:
+        raise click.UsageError("give --credit or --decline")
+    decided = decide_duplicate(obj.ledger(), referral_id, choice == "credit", by, note,
+                               obj.config.attribution.policy().version)
+    if as_json:
+        print_json({"referral_id": decided.referral_id, "credited": decided.credited, "reason": decided.reason,
+                    "status": decided.status, "credit_taken_from": decided.holder_id,
+                    "credit_taken_from_status": decided.holder_status, "alerts_resolved": decided.alerts_resolved})
+        return
+    if decided.credited:
+        taken = (f"; {decided.holder_id} lost it ({decided.holder_status})" if decided.holder_id else "")
+        click.echo(f"referral {referral_id} now holds credit{taken}")
+    else:
+        click.echo(f"referral {referral_id} stays without credit ({decided.status})")
