@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from refsync.adapters.errors import CrmError, RateLimited
 from refsync.connector.alerting import announce
 from refsync.connector.crms import ensure_ready, readiness
+from refsync.connector.compensate import compensate
 from refsync.connector.expire import expire_referrals
 from refsync.connector.http import HttpServer, HttpSettings
 from refsync.connector.logs import get_logger
@@ -122,6 +123,11 @@ class Daemon:
             except CrmError as exc:
                 errors.append(f"{name}: {exc}")
                 log.error("poll failed; will retry on the next round", crm=name, error=str(exc))
+        if self.settings.terms is not None and not self.stopping.is_set():
+            # won, reopened and changed deals the poll recorded get their commissions now (on the leader)
+            paid = compensate(self.ledger, self.settings.terms)
+            per_crm["compensation"] = {"created": paid.created, "held": paid.held, "adjusted": paid.adjusted,
+                                       "voided": paid.voided, "clawbacks": paid.clawbacks}
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
 

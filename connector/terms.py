@@ -166,9 +166,18 @@ def _line(text: str, loc: tuple[Any, ...]) -> int | None:
     return line_of(text, loc)
 
 
+PATTERN_FIXES = {"currency": 'must be an ISO 4217 code in capitals, like "USD"',
+                 "domains": 'each must be a domain name like "partner.example" (no scheme, no @)'}
+
+
 def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key; remove it or check its spelling against the README's terms file example"
+    if error["type"] == "missing":
+        return "required key is missing; add it (see the README's terms file example)"
+    if error["type"] == "string_pattern_mismatch":
+        key = next((str(p) for p in reversed(error["loc"]) if not isinstance(p, int)), "")
+        return f"{error['input']!r} {PATTERN_FIXES.get(key, 'has the wrong form')}"
     return str(error["msg"]).removeprefix("Value error, ")
 
 

@@ -323,7 +323,7 @@ class Commission(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)  # minor units of currency; negative for a clawback
     currency: Mapped[str] = mapped_column(String(3))
-    terms_version: Mapped[str | None] = mapped_column(String(64))
+    terms_version: Mapped[str | None] = mapped_column(String(128))
     deal_amount_minor: Mapped[int | None] = mapped_column(BigInteger)  # the outcome it was computed from
     deal_currency: Mapped[str | None] = mapped_column(String(3))
     closed_on: Mapped[date | None] = mapped_column(Date)

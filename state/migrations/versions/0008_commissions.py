@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
-        sa.Column("terms_version", sa.String(length=64), nullable=True),
+        sa.Column("terms_version", sa.String(length=128), nullable=True),
         sa.Column("deal_amount_minor", sa.BigInteger(), nullable=True),
         sa.Column("deal_currency", sa.String(length=3), nullable=True),
         sa.Column("closed_on", sa.Date(), nullable=True),
