@@ -23,8 +23,8 @@ from apscheduler.triggers.cron import CronTrigger
 
 from refsync.adapters.errors import CrmError, RateLimited
 from refsync.connector.alerting import announce
-from refsync.connector.crms import ensure_ready, readiness
 from refsync.connector.compensate import compensate
+from refsync.connector.crms import ensure_ready, readiness
 from refsync.connector.expire import expire_referrals
 from refsync.connector.http import HttpServer, HttpSettings
 from refsync.connector.logs import get_logger

@@ -91,9 +91,11 @@ class TermsTable(_Strict):
             return self
         problems = []
         if self.currency is None:
-            problems.append('currency is missing; add currency = "USD" (the ISO 4217 code commissions are paid in)')
+            problems.append('currency is missing; add currency = "USD" (the ISO 4217 code commissions are '
+                            "paid in)")
         if self.hold_days is None:
-            problems.append("hold_days is missing; add hold_days = 30 (days before a commission is payable; 0 for none)")
+            problems.append("hold_days is missing; add hold_days = 30 (days before a commission is payable; "
+                            "0 for none)")
         if self.percent is None and self.flat is None and self.tiers is None:
             problems.append("no pricing; set percent (of the won amount), flat (per won deal), or tiers")
         if self.percent is not None and self.tiers is not None:

@@ -33,14 +33,15 @@ class CommissionRefused(RefsyncError):
 def referrals_to_compensate(ledger: Ledger) -> list[str]:
     """Won referrals, and referrals whose commissions may need a void or clawback (open or paid ones)."""
     with ledger.transaction() as txn:
-        won = select(Referral.id).where(Referral.status == "won", Referral.merged_into.is_(None))
+        won = select(Referral.id).where(Referral.status == "won", Referral.merged_into.is_(None),
+                                        Referral.credited.is_(True))
         owing = select(Commission.referral_id).where(Commission.status.in_((*OPEN, "paid")))
         return sorted(set(txn.session.scalars(won)) | set(txn.session.scalars(owing)))
 
 
 def lock_referral(txn: LedgerTxn, referral_id: str) -> Referral | None:
     """The referral, its row locked until the transaction ends (PostgreSQL; SQLite writes are serial)."""
-    return txn.session.scalar(select(Referral).where(Referral.id == referral_id).with_for_update())
+    return txn.session.scalar(select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral))
 
 
 def entries(txn: LedgerTxn, referral_id: str) -> list[Commission]:
@@ -77,8 +78,11 @@ def submitted_between(txn: LedgerTxn, partner_id: int, start: datetime, end: dat
 
 def other_partners(txn: LedgerTxn, referral: Referral, start: datetime, end: datetime) -> list[str]:
     """Codes of other partners who referred the same prospect (email or company) in [start, end]."""
-    same = [c for c in (referral.prospect_email and Referral.prospect_email == referral.prospect_email,
-                        referral.company_key and Referral.company_key == referral.company_key) if c is not False and c]
+    same = []
+    if referral.prospect_email:
+        same.append(Referral.prospect_email == referral.prospect_email)
+    if referral.company_key:
+        same.append(Referral.company_key == referral.company_key)
     if not same:
         return []
     return sorted(set(txn.session.scalars(select(Partner.code).join(Referral, Referral.partner_id == Partner.id).where(
@@ -103,13 +107,13 @@ def add_entry(txn: LedgerTxn, referral: Referral, *, kind: str, status: str, amo
     return entry
 
 
-def change(txn: LedgerTxn, entry: Commission, event: str, reason: str, actor: str, **values: Any) -> None:
+def change(txn: LedgerTxn, entry: Commission, event: str, why: str, actor: str, **values: Any) -> None:
     """Change an entry (status, amount, basis...) and record why, who, and from what."""
     before = {"status": entry.status, "amount_minor": entry.amount_minor}
     for key, value in values.items():
         setattr(entry, key, value)
     entry.updated_at = txn.clock()
-    _audit(txn, entry, event, reason, actor, before)
+    _audit(txn, entry, event, why, actor, before)
 
 
 def _audit(txn: LedgerTxn, entry: Commission, event: str, reason: str, actor: str,
@@ -158,7 +162,7 @@ class Outcomes:
 
 def _locked(txn: LedgerTxn, ids: Sequence[int]) -> dict[int, Commission]:
     rows = txn.session.scalars(select(Commission).where(Commission.id.in_(ids)).order_by(Commission.id)
-                               .with_for_update())
+                               .with_for_update(of=Commission))
     return {row.id: row for row in rows}
 
 
@@ -216,7 +220,7 @@ def pay(ledger: Ledger, ids: Sequence[int], reference: str, by: str) -> dict[str
         total = sum(r.amount_minor for r in rows.values())
         clawbacks = list(txn.session.scalars(select(Commission).where(
             Commission.partner_id == partner_id, Commission.currency == currency, Commission.kind == "clawback",
-            Commission.paid_reference.is_(None)).order_by(Commission.id).with_for_update()))
+            Commission.paid_reference.is_(None)).order_by(Commission.id).with_for_update(of=Commission)))
         netted = []
         for claw in clawbacks:
             if total + claw.amount_minor < 0:

@@ -87,7 +87,8 @@ def test_every_problem_is_reported_at_once_with_its_line_key_and_fix() -> None:
 
 
 def test_two_versions_with_one_start_date_or_one_label_are_refused_with_the_line() -> None:
-    version = '[[partner.acme]]\neffective_from = 2026-01-01\nversion = "a"\ncurrency = "USD"\npercent = 5\nhold_days = 1\n'
+    version = ('[[partner.acme]]\neffective_from = 2026-01-01\nversion = "a"\ncurrency = "USD"\npercent = 5\n'
+               "hold_days = 1\n")
     found = problems(version + version)
     assert any(p.startswith("terms.toml:8: partner.acme: effective_from 2026-01-01 is also") for p in found)
     assert any(p.startswith("terms.toml:8: partner.acme: version \"a\" is already used") for p in found)

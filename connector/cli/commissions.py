@@ -1,0 +1,208 @@
+"""`refsync commissions`, `refsync payouts` and `refsync terms`: partner compensation for program
+managers and finance (see the README's "Partner compensation")."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from refsync.connector.cli.base import EXIT_PROBLEMS, Context, handles_errors, print_json, print_table
+from refsync.errors import ConfigError
+
+STATES = ("pending", "held", "approved", "rejected", "paid", "void", "clawback")
+
+
+def _money(minor: int, currency: str) -> str:
+    from refsync.connector.commission import as_decimal_text
+
+    return as_decimal_text(minor, currency)
+
+
+def commission_json(row: dict[str, Any]) -> dict[str, Any]:
+    """The contract's ``commissions list --json`` element: amounts as decimal strings."""
+    currency = row["currency"]
+    held = "; ".join(f"{h['code']}: {h['detail']}" for h in row["holds"])
+    return {
+        "id": row["id"], "referral_id": row["referral_id"], "partner": row["partner"],
+        "amount": _money(row["amount_minor"], currency), "currency": currency, "status": row["status"],
+        "terms_version": row["terms_version"], "payable_after": row["payable_after"],
+        "reason": held if row["status"] == "held" and held else row["reason"],
+        "kind": row["kind"], "holds": row["holds"], "notes": row["notes"],
+        "deal_amount": _money(row["deal_amount_minor"], currency) if row["deal_amount_minor"] is not None else None,
+        "closed_on": row["closed_on"], "decided_by": row["decided_by"], "decided_at": row["decided_at"],
+        "paid_reference": row["paid_reference"], "paid_at": row["paid_at"], "created_at": row["created_at"],
+    }
+
+
+@click.group()
+def commissions() -> None:
+    """Commissions on won deals: list them, approve, reject, hold, release and pay."""
+
+
+@commissions.command("list")
+@click.option("--partner", help="Only this partner code.")
+@click.option("--status", "--state", "status", type=click.Choice(STATES), help="Only this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see README for the shape).")
+@click.pass_obj
+@handles_errors
+def commissions_list(obj: Context, partner: str | None, status: str | None, as_json: bool) -> None:
+    """Commission and clawback entries, oldest first; holds show their reasons."""
+    from refsync.state.commissions import commission_rows
+
+    rows = [commission_json(r) for r in commission_rows(obj.ledger(), partner, status)]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(f"{len(rows)} commissions", ["id", "partner", "referral", "amount", "status", "payable after",
+                                             "terms", "reason"], [
+        [r["id"], r["partner"], r["referral_id"], f"{r['amount']} {r['currency']}", r["status"], r["payable_after"],
+         r["terms_version"], r["reason"]] for r in rows])
+
+
+def _decide(obj: Context, action: str, ids: tuple[int, ...], by: str, reason: str | None) -> None:
+    from refsync.state.commissions import decide
+
+    result = decide(obj.ledger(), list(ids), action, by, reason)
+    for commission_id in result.done:
+        click.echo(f"{commission_id}: {action} done by {by}")
+    for line in result.refused:
+        click.echo(f"refsync: refused: {line}", err=True)
+    if result.refused:
+        sys.exit(EXIT_PROBLEMS)
+
+
+_ids = click.argument("ids", nargs=-1, type=int, required=True)
+_by = click.option("--by", required=True, help="Your name: recorded as the approver in the audit trail.")
+
+
+@commissions.command()
+@_ids
+@_by
+@click.option("--reason", help="Why (optional).")
+@click.pass_obj
+@handles_errors
+def approve(obj: Context, ids: tuple[int, ...], by: str, reason: str | None) -> None:
+    """Approve pending commissions (a held one needs `release` first)."""
+    _decide(obj, "approve", ids, by, reason)
+
+
+@commissions.command()
+@_ids
+@_by
+@click.option("--reason", required=True, help="Why it is not paid: shown to the partner's manager.")
+@click.pass_obj
+@handles_errors
+def reject(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
+    """Reject commissions (pending, held or approved, not yet paid)."""
+    _decide(obj, "reject", ids, by, reason)
+
+
+@commissions.command()
+@_ids
+@_by
+@click.option("--reason", required=True, help="Why it waits.")
+@click.pass_obj
+@handles_errors
+def hold(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
+    """Put pending or approved commissions on hold."""
+    _decide(obj, "hold", ids, by, reason)
+
+
+@commissions.command()
+@_ids
+@_by
+@click.option("--reason", required=True, help="Why the hold no longer applies (e.g. what you checked).")
+@click.pass_obj
+@handles_errors
+def release(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
+    """Release held commissions back to pending, for approval."""
+    _decide(obj, "release", ids, by, reason)
+
+
+commissions.add_command(release, "release-hold")
+
+
+@commissions.command()
+@_ids
+@click.option("--reference", required=True, help="The payout's reference in your payment tool.")
+@_by
+@click.option("--json", "as_json", is_flag=True, help="Print the payout as JSON.")
+@click.pass_obj
+@handles_errors
+def pay(obj: Context, ids: tuple[int, ...], reference: str, by: str, as_json: bool) -> None:
+    """Mark approved commissions past their hold as paid, netting the partner's open clawbacks.
+    All of one partner and currency; any that cannot be paid refuses the whole payout (exit 1)."""
+    from refsync.state.commissions import pay as pay_commissions
+
+    payout = pay_commissions(obj.ledger(), list(ids), reference, by)
+    view = {"reference": payout["reference"], "partner": payout["partner"], "currency": payout["currency"],
+            "amount": _money(payout["amount_minor"], payout["currency"]), "commission_ids": payout["commission_ids"],
+            "clawback_ids": payout["clawback_ids"]}
+    if as_json:
+        print_json(view)
+        return
+    netted = f" (clawbacks {', '.join(map(str, view['clawback_ids']))} netted)" if view["clawback_ids"] else ""
+    click.echo(f"paid {view['amount']} {view['currency']} to {view['partner']} as {reference}{netted}")
+
+
+BALANCE_KEYS = ("pending", "held", "approved_payable", "approved_in_hold", "paid", "clawback_outstanding",
+                "clawback_settled")
+
+
+@click.command()
+@click.option("--partner", help="Only this partner code.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see README for the shape).")
+@click.pass_obj
+@handles_errors
+def payouts(obj: Context, partner: str | None, as_json: bool) -> None:
+    """What is owed and paid per partner and currency, open clawbacks netted into `owed`."""
+    from refsync.state.commissions import balances
+
+    rows = []
+    for b in balances(obj.ledger(), partner):
+        currency = b["currency"]
+        row: dict[str, Any] = {"partner": b["partner"], "currency": currency}
+        row.update({key: _money(b[key], currency) for key in BALANCE_KEYS})
+        row["owed"] = _money(b["approved_payable"] + b["clawback_outstanding"], currency)
+        rows.append(row)
+    if as_json:
+        print_json(rows)
+        return
+    print_table("payouts", ["partner", "currency", "owed now", "approved (in hold)", "pending", "held", "paid",
+                            "clawbacks open"], [
+        [r["partner"], r["currency"], r["owed"], r["approved_in_hold"], r["pending"], r["held"], r["paid"],
+         r["clawback_outstanding"]] for r in rows])
+
+
+@click.group()
+def terms() -> None:
+    """The partner agreement terms file ([compensation] terms)."""
+
+
+@terms.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions found as JSON.")
+@click.pass_obj
+@handles_errors
+def terms_check(obj: Context, as_json: bool) -> None:
+    """Validate the terms file completely; every problem with its line (exit 2), else list the versions."""
+    from refsync.connector.terms import load_terms
+
+    config = obj.config
+    if config.compensation is None:
+        raise ConfigError(f"{config.source or 'config'}: compensation: no [compensation] table, so compensation "
+                          "is off; add [compensation] with terms = \"terms.toml\" (see config.example.toml)")
+    path = config.compensation.terms_path(config.base_dir)
+    book = load_terms(path)
+    versions = [{"scope": t.scope, "version": t.version, "effective_from": t.effective_from.isoformat(),
+                 "currency": t.currency, "hold_days": t.hold_days}
+                for t in (*book.program, *(t for v in book.partners.values() for t in v))]
+    if as_json:
+        print_json({"file": str(path), "applies_to": book.applies_to, "versions": versions,
+                    "domains": {k: list(v) for k, v in book.domains.items()}})
+        return
+    click.echo(f"{path}: ok ({len(versions)} versions; the version in effect on the {book.applies_to} date applies)")
+    for v in versions:
+        click.echo(f"  {v['scope']:<24} from {v['effective_from']:<10}  {v['currency']}  hold {v['hold_days']}d  "
+                   f"{v['version']}")
