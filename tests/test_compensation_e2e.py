@@ -40,7 +40,8 @@ def config(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "refsync.toml"
     path.write_text(
         f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n[logging]\nformat = "json"\n'
-        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\nca_bundle = "{sandbox.salesforce.ca_path}"\n'
+        f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
+        f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
         f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
         f'[compensation]\nterms = "terms.toml"\n{FAST_RETRY}')
     assert refsync(path, "init")[0] == 0
