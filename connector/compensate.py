@@ -100,8 +100,10 @@ def _holds(txn: LedgerTxn, referral: Referral, book: TermsBook) -> list[dict[str
 def _apply(txn: LedgerTxn, referral: Referral, steps: list[Step], book: TermsBook, terms: Terms | None,
            outcome: Outcome | None, computation: Computation | None, counts: CompensationCounts) -> None:
     rows = {c.id: c for c in repo.entries(txn, referral.id)}
-    basis = {} if outcome is None else {"deal_amount_minor": outcome.amount_minor, "deal_currency": outcome.currency,
-                                        "closed_on": outcome.closed_on}
+    basis: dict[str, object] = {"facts": repo.facts_key(referral)}
+    if outcome is not None:
+        basis.update(deal_amount_minor=outcome.amount_minor, deal_currency=outcome.currency,
+                     closed_on=outcome.closed_on)
     notes = ",".join(computation.notes) or None if computation else None
     for step in steps:
         if step.action == "not_due":
@@ -146,7 +148,12 @@ def compensate_referral(txn: LedgerTxn, referral_id: str, book: TermsBook, count
         return
     entries = [_entry(c) for c in repo.entries(txn, referral.id)]
     terms = computation = outcome = None
-    if referral.status == "won" and referral.outcome_amount is not None:
+    if referral.status == "won" and referral.outcome_amount is None:
+        # the CRM has no amount for the won deal (yet): nothing to compute, nothing to undo
+        if not entries and repo.note_not_due(txn, referral, "deal_has_no_amount", "none", ACTOR):
+            counts.not_due += 1
+        return
+    if referral.status == "won":
         recorded = next((e.terms_version for e in reversed(entries) if e.terms_version), None)
         submitted_on = referral.submitted_at.date()
         closed_on = referral.outcome_close_date or won_at(referral).date()
@@ -164,15 +171,32 @@ def compensate_referral(txn: LedgerTxn, referral_id: str, book: TermsBook, count
         _apply(txn, referral, steps, book, terms, outcome, computation, counts)
 
 
-def compensate(ledger: Ledger, book: TermsBook) -> CompensationCounts:
-    """Bring every won (or formerly won and paid) referral's commissions in line with its deal."""
+def needs_review(standing: repo.Standing) -> bool:
+    """Whether a referral's entries may be out of line with its deal: the outcome changed since its last
+    entry (or its "not due" note), or it has open or paid entries and no longer earns. Most won
+    referrals are settled, and are passed over without a write transaction."""
+    live = [e for e in standing.entries if e[0] != "void"]
+    if not standing.earns:
+        settled = sum(amount for status, kind, amount, _ in live if status == "paid" or kind == "clawback")
+        return settled > 0 or any(e[0] in repo.OPEN for e in live)
+    if live:
+        return live[-1][3] != standing.facts
+    return standing.facts not in standing.noted
+
+
+def compensate(ledger: Ledger, book: TermsBook, chunk: int = 100) -> CompensationCounts:
+    """Bring every won (or formerly won and paid) referral's commissions in line with its deal; one
+    write transaction per ``chunk`` referrals that need it, each referral in its own savepoint."""
     counts = CompensationCounts()
-    for referral_id in repo.referrals_to_compensate(ledger):
-        try:
-            with ledger.transaction() as txn:
-                compensate_referral(txn, referral_id, book, counts)
-        except IntegrityError:
-            # another replica added this referral's entry first; the next cycle sees it
-            counts.skipped.append(referral_id)
-            log.info("commission changed by another worker; left to it", referral_id=referral_id)
+    due = [s.referral_id for s in repo.standings(ledger) if needs_review(s)]
+    for start in range(0, len(due), chunk):
+        with ledger.transaction() as txn:
+            for referral_id in due[start:start + chunk]:
+                try:
+                    with txn.savepoint():
+                        compensate_referral(txn, referral_id, book, counts)
+                except IntegrityError:
+                    # another replica added this referral's entry first; the next cycle sees it
+                    counts.skipped.append(referral_id)
+                    log.info("commission changed by another worker; left to it", referral_id=referral_id)
     return counts

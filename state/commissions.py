@@ -30,13 +30,46 @@ class CommissionRefused(RefsyncError):
 
 # -- what the compensation job reads ------------------------------------------------------------
 
-def referrals_to_compensate(ledger: Ledger) -> list[str]:
-    """Won referrals, and referrals whose commissions may need a void or clawback (open or paid ones)."""
+def facts_key(referral: Referral) -> str:
+    """The referral's outcome as one comparable text: what a commission entry was computed from."""
+    amount = "" if referral.outcome_amount is None else f"{Decimal(referral.outcome_amount):.2f}"
+    return f"{referral.status}|{amount}|{referral.outcome_currency or ''}|{referral.outcome_close_date or ''}"
+
+
+@dataclass
+class Standing:
+    """Where one referral stands for compensation, read in bulk to find the few that need work."""
+
+    referral_id: str
+    earns: bool  # won, credited, not merged away
+    facts: str
+    entries: list[tuple[str, str, int, str | None]]  # (status, kind, amount_minor, facts) in order
+    noted: set[str]  # facts for which "commission_not_due" was recorded
+
+
+def standings(ledger: Ledger, chunk: int = 500) -> list[Standing]:
+    """Won referrals and referrals with open or paid entries, with their entries: two indexed reads a chunk."""
+    from refsync.state.models import AuditEvent
+
     with ledger.transaction() as txn:
         won = select(Referral.id).where(Referral.status == "won", Referral.merged_into.is_(None),
                                         Referral.credited.is_(True))
         owing = select(Commission.referral_id).where(Commission.status.in_((*OPEN, "paid")))
-        return sorted(set(txn.session.scalars(won)) | set(txn.session.scalars(owing)))
+        ids = sorted(set(txn.session.scalars(won)) | set(txn.session.scalars(owing)))
+        found: list[Standing] = []
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            by_id = {r.id: Standing(r.id, r.status == "won" and r.credited and r.merged_into is None, facts_key(r),
+                                    [], set())
+                     for r in txn.session.scalars(select(Referral).where(Referral.id.in_(part)))}
+            for c in txn.session.scalars(select(Commission).where(Commission.referral_id.in_(part))
+                                         .order_by(Commission.referral_id, Commission.seq)):
+                by_id[c.referral_id].entries.append((c.status, c.kind, c.amount_minor, c.facts))
+            for rid, detail in txn.session.execute(select(AuditEvent.referral_id, AuditEvent.detail).where(
+                    AuditEvent.kind == "commission_not_due", AuditEvent.referral_id.in_(part))):
+                by_id[str(rid)].noted.add(str(detail.get("facts")))
+            found += by_id.values()
+        return found
 
 
 def lock_referral(txn: LedgerTxn, referral_id: str) -> Referral | None:
@@ -130,16 +163,17 @@ def _audit(txn: LedgerTxn, entry: Commission, event: str, reason: str, actor: st
 
 
 def note_not_due(txn: LedgerTxn, referral: Referral, reason: str, terms_version: str, actor: str) -> bool:
-    """Record once that a won deal earns nothing under these terms (below the minimum, cap reached)."""
+    """Record once per outcome that a won deal earns nothing (below the minimum, cap reached, no terms)."""
     from refsync.state.models import AuditEvent
 
-    seen = txn.session.scalar(select(AuditEvent.id).where(
+    facts = facts_key(referral)
+    seen = txn.session.scalars(select(AuditEvent.detail).where(
         AuditEvent.referral_id == referral.id, AuditEvent.kind == "commission_not_due",
-        AuditEvent.reason_code == reason, AuditEvent.policy_version == terms_version).limit(1))
-    if seen is not None:
+        AuditEvent.reason_code == reason))
+    if any(detail.get("facts") == facts for detail in seen):
         return False
     txn.add_audit(referral.id, "commission_not_due", reason, actor, policy_version=terms_version,
-                  detail={"reason": reason})
+                  detail={"reason": reason, "facts": facts})
     return True
 
 

@@ -328,6 +328,8 @@ class Commission(Base):
     deal_currency: Mapped[str | None] = mapped_column(String(3))
     closed_on: Mapped[date | None] = mapped_column(Date)
     won_at: Mapped[datetime | None]
+    # the referral's outcome (status|amount|currency|close date) this entry was last brought in line with
+    facts: Mapped[str | None] = mapped_column(String(96))
     payable_after: Mapped[datetime | None]
     holds: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # [{code, detail}]
     notes: Mapped[str | None] = mapped_column(String(255))  # capped_per_deal, ... from the computation

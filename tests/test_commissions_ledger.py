@@ -250,6 +250,20 @@ def test_a_deal_below_the_minimum_earns_nothing_and_says_so_once(ledger: Ledger,
     assert view is not None
     assert [(e["kind"], e["reason_code"]) for e in view["timeline"] if e["kind"] == "commission_not_due"] == [
         ("commission_not_due", "below_min_deal")]
+    set_deal(ledger, rid, "won", amount="60000.00")  # the deal grows past the minimum: now it earns
+    assert compensate(ledger, minimum).created == 1
+    assert [r["amount_minor"] for r in rows(ledger, rid)] == [600_000]
+
+
+def test_a_won_deal_without_an_amount_is_noted_and_nothing_is_voided(ledger: Ledger, tmp_path: Path) -> None:
+    rid = referral(ledger, tmp_path)
+    set_deal(ledger, rid, "won", amount=None)
+    assert compensate(ledger, TERMS).not_due == 1
+    set_deal(ledger, rid, "won")
+    compensate(ledger, TERMS)
+    set_deal(ledger, rid, "won", amount=None)  # the amount blanked in the CRM: the commission stands
+    assert compensate(ledger, TERMS).voided == 0
+    assert [r["status"] for r in rows(ledger, rid)] == ["pending"]
 
 
 def test_a_terms_change_after_submission_leaves_the_commission_on_the_version_of_its_submission(

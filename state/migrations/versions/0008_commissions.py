@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("deal_currency", sa.String(length=3), nullable=True),
         sa.Column("closed_on", sa.Date(), nullable=True),
         sa.Column("won_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("facts", sa.String(length=96), nullable=True),
         sa.Column("payable_after", sa.DateTime(timezone=True), nullable=True),
         sa.Column("holds", sa.JSON(), nullable=False),
         sa.Column("notes", sa.String(length=255), nullable=True),
