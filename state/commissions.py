@@ -242,6 +242,9 @@ def pay(ledger: Ledger, ids: Sequence[int], reference: str, by: str) -> dict[str
                 problems.append(f"{commission_id}: no such commission")
             elif entry.kind != "commission" or entry.status != "approved":
                 problems.append(f"{commission_id}: is {entry.status}; only approved commissions are paid")
+            elif entry.payout_id is not None:
+                problems.append(f"{commission_id}: is in payout {entry.payout_id}; `refsync payouts mark-paid "
+                                f"{entry.payout_id} --reference REF` pays it")
             elif entry.payable_after is not None and entry.payable_after > now:
                 problems.append(f"{commission_id}: in its hold period until {iso(entry.payable_after)}")
         groups = {(r.partner_id, r.currency) for r in rows.values()}
@@ -251,25 +254,38 @@ def pay(ledger: Ledger, ids: Sequence[int], reference: str, by: str) -> dict[str
         if problems:
             raise CommissionRefused("payout refused, nothing was paid: " + "; ".join(problems))
         partner_id, currency = groups.pop()
-        total = sum(r.amount_minor for r in rows.values())
-        clawbacks = list(txn.session.scalars(select(Commission).where(
-            Commission.partner_id == partner_id, Commission.currency == currency, Commission.kind == "clawback",
-            Commission.paid_reference.is_(None)).order_by(Commission.id).with_for_update(of=Commission)))
-        netted = []
-        for claw in clawbacks:
-            if total + claw.amount_minor < 0:
-                break
-            total += claw.amount_minor
-            netted.append(claw)
-        for entry in rows.values():
-            change(txn, entry, "commission_paid", f"payout {reference}", f"user:{by}", status="paid",
-                   paid_reference=reference, paid_by=by, paid_at=now)
-        for claw in netted:
-            change(txn, claw, "clawback_settled", f"netted in payout {reference}", f"user:{by}",
-                   paid_reference=reference, paid_by=by, paid_at=now)
+        total, netted = net_clawbacks(txn, partner_id, currency, sum(r.amount_minor for r in rows.values()))
+        settle(txn, list(rows.values()), netted, reference, by)
         code = txn.session.scalar(select(Partner.code).where(Partner.id == partner_id))
         return {"reference": reference, "partner": code, "currency": currency, "amount_minor": total,
                 "commission_ids": sorted(rows), "clawback_ids": [c.id for c in netted]}
+
+
+def net_clawbacks(txn: LedgerTxn, partner_id: int, currency: str, total: int) -> tuple[int, list[Commission]]:
+    """The partner's open clawbacks in this currency that a payout of ``total`` covers, oldest first,
+    and what is left to send; they are locked until the transaction ends."""
+    clawbacks = txn.session.scalars(select(Commission).where(
+        Commission.partner_id == partner_id, Commission.currency == currency, Commission.kind == "clawback",
+        Commission.paid_reference.is_(None), Commission.payout_id.is_(None)).order_by(Commission.id)
+        .with_for_update(of=Commission))
+    netted = []
+    for claw in clawbacks:
+        if total + claw.amount_minor < 0:
+            break
+        total += claw.amount_minor
+        netted.append(claw)
+    return total, netted
+
+
+def settle(txn: LedgerTxn, paid: Sequence[Commission], netted: Sequence[Commission], reference: str, by: str) -> None:
+    """Mark commissions paid and clawbacks settled under one payout reference, each with its audit event."""
+    now = txn.clock()
+    for entry in paid:
+        change(txn, entry, "commission_paid", f"payout {reference}", f"user:{by}", status="paid",
+               paid_reference=reference, paid_by=by, paid_at=now)
+    for claw in netted:
+        change(txn, claw, "clawback_settled", f"netted in payout {reference}", f"user:{by}",
+               paid_reference=reference, paid_by=by, paid_at=now)
 
 
 # -- what people read ---------------------------------------------------------------------------
@@ -291,7 +307,8 @@ def _row(c: Commission) -> dict[str, Any]:
             "terms_version": c.terms_version, "payable_after": iso(c.payable_after), "reason": c.reason,
             "holds": list(c.holds), "notes": c.notes, "deal_amount_minor": c.deal_amount_minor,
             "closed_on": iso(c.closed_on), "decided_by": c.decided_by, "decided_at": iso(c.decided_at),
-            "paid_reference": c.paid_reference, "paid_at": iso(c.paid_at), "created_at": iso(c.created_at)}
+            "paid_reference": c.paid_reference, "paid_at": iso(c.paid_at), "payout_id": c.payout_id,
+            "created_at": iso(c.created_at)}
 
 
 def balances(ledger: Ledger, partner: str | None = None) -> list[dict[str, Any]]:

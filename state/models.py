@@ -339,7 +339,29 @@ class Commission(Base):
     paid_reference: Mapped[str | None] = mapped_column(String(255))  # payout, or the payout a clawback netted in
     paid_by: Mapped[str | None] = mapped_column(String(128))
     paid_at: Mapped[datetime | None]
+    payout_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"), index=True)  # batched for payment
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    partner: Mapped[Partner] = relationship(lazy="joined")
+
+
+class Payout(Base):
+    """A payout batch: one partner's approved commissions in one currency, past their hold by the end
+    of a period, minus the clawbacks it nets; ``open`` until finance marks it paid (or cancels it)."""
+
+    __tablename__ = "payouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    period: Mapped[str] = mapped_column(String(7))  # YYYY-MM
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open, paid, cancelled
+    reference: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paid_by: Mapped[str | None] = mapped_column(String(128))
+    paid_at: Mapped[datetime | None]
 
     partner: Mapped[Partner] = relationship(lazy="joined")

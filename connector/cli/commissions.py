@@ -151,15 +151,19 @@ BALANCE_KEYS = ("pending", "held", "approved_payable", "approved_in_hold", "paid
                 "clawback_settled")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--partner", help="Only this partner code.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see README for the shape).")
-@click.pass_obj
+@click.pass_context
 @handles_errors
-def payouts(obj: Context, partner: str | None, as_json: bool) -> None:
-    """What is owed and paid per partner and currency, open clawbacks netted into `owed`."""
+def payouts(ctx: click.Context, partner: str | None, as_json: bool) -> None:
+    """What is owed and paid per partner and currency (open clawbacks netted into `owed`); with a
+    subcommand, payout batches: create, export, mark-paid, cancel."""
     from refsync.state.commissions import balances
 
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Context = ctx.obj
     rows = []
     for b in balances(obj.ledger(), partner):
         currency = b["currency"]
@@ -174,6 +178,105 @@ def payouts(obj: Context, partner: str | None, as_json: bool) -> None:
                             "clawbacks open"], [
         [r["partner"], r["currency"], r["owed"], r["approved_in_hold"], r["pending"], r["held"], r["paid"],
          r["clawback_outstanding"]] for r in rows])
+
+
+def payout_json(view: dict[str, Any]) -> dict[str, Any]:
+    """The contract's payout shape: the amount as a decimal string."""
+    shown = {k: v for k, v in view.items() if k not in ("amount_minor", "lines")}
+    shown["amount"] = _money(view["amount_minor"], view["currency"])
+    if "lines" in view:
+        shown["lines"] = [{**{k: v for k, v in line.items() if not k.endswith("_minor")},
+                           "amount": _money(line["amount_minor"], view["currency"]),
+                           "deal_amount": _money(line["deal_amount_minor"], view["currency"])
+                           if line["deal_amount_minor"] is not None else None} for line in view["lines"]]
+    return shown
+
+
+def _show_payout(view: dict[str, Any], verb: str) -> None:
+    netted = f", clawbacks {', '.join(map(str, view['clawback_ids']))} netted" if view["clawback_ids"] else ""
+    click.echo(f"payout {view['id']} {verb}: {view['partner']} {view['amount']} {view['currency']} "
+               f"({view['period']}; commissions {', '.join(map(str, view['commission_ids']))}{netted})")
+
+
+@payouts.command("create")
+@click.option("--period", required=True, help="The month, YYYY-MM: commissions payable by its end.")
+@click.option("--by", required=True, help="Your name, recorded in the audit trail.")
+@click.option("--json", "as_json", is_flag=True, help="Print the payouts made as JSON.")
+@click.pass_obj
+@handles_errors
+def payouts_create(obj: Context, period: str, by: str, as_json: bool) -> None:
+    """One open payout per partner and currency from approved commissions past their hold."""
+    from refsync.state.payouts import create_payouts
+
+    made = [payout_json(v) for v in create_payouts(obj.ledger(), period, by)]
+    if as_json:
+        print_json(made)
+        return
+    for view in made:
+        _show_payout(view, "created")
+    if not made:
+        click.echo(f"nothing to pay for {period}: no approved commission past its hold outside a payout")
+
+
+@payouts.command("export")
+@click.argument("payout_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.pass_obj
+@handles_errors
+def payouts_export(obj: Context, payout_id: int, fmt: str) -> None:
+    """A payout and its lines, for the payment tool (CSV: one line per commission or clawback)."""
+    import csv
+    import io
+
+    from refsync.connector.report import spreadsheet_safe
+    from refsync.state.payouts import payout
+
+    view = payout_json(payout(obj.ledger(), payout_id))
+    if fmt == "json":
+        print_json(view)
+        return
+    out = io.StringIO()
+    columns = ["payout_id", "partner", "currency", "period", "payout_amount", "status", "reference", "commission_id",
+               "kind", "referral_id", "amount", "deal_amount", "closed_on", "terms_version"]
+    writer = csv.DictWriter(out, columns, lineterminator="\r\n")
+    writer.writeheader()
+    for line in view["lines"]:
+        row = {"payout_id": view["id"], "partner": view["partner"], "currency": view["currency"],
+               "period": view["period"], "payout_amount": view["amount"], "status": view["status"],
+               "reference": view["reference"], **line}
+        writer.writerow({k: spreadsheet_safe(row[k]) if isinstance(row[k], str) and k not in (
+            "payout_amount", "amount", "deal_amount") else row[k] for k in columns})
+    click.echo(out.getvalue(), nl=False)
+
+
+@payouts.command("mark-paid")
+@click.argument("payout_id", type=int)
+@click.option("--reference", required=True, help="The payment's reference in your payment tool.")
+@click.option("--by", required=True, help="Your name, recorded in the audit trail.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handles_errors
+def payouts_mark_paid(obj: Context, payout_id: int, reference: str, by: str, as_json: bool) -> None:
+    """Mark an open payout paid: its commissions `paid`, its clawbacks settled (exit 1 if refused)."""
+    from refsync.state.payouts import mark_paid
+
+    view = payout_json(mark_paid(obj.ledger(), payout_id, reference, by))
+    if as_json:
+        print_json(view)
+    else:
+        _show_payout(view, f"paid as {reference}")
+
+
+@payouts.command("cancel")
+@click.argument("payout_id", type=int)
+@click.option("--by", required=True, help="Your name, recorded in the audit trail.")
+@click.pass_obj
+@handles_errors
+def payouts_cancel(obj: Context, payout_id: int, by: str) -> None:
+    """Cancel an open payout; its commissions and clawbacks go into the next one."""
+    from refsync.state.payouts import cancel
+
+    _show_payout(payout_json(cancel(obj.ledger(), payout_id, by)), "cancelled")
 
 
 @click.group()
