@@ -19,6 +19,7 @@ from sqlalchemy import func, or_, select
 from refsync.errors import RefsyncError
 from refsync.state.ledger import Ledger, LedgerTxn
 from refsync.state.models import Commission, Partner, Referral
+from refsync.state.notifications import enqueue_commission_notice
 from refsync.state.views import iso
 
 OPEN = ("pending", "held", "approved")
@@ -147,6 +148,8 @@ def change(txn: LedgerTxn, entry: Commission, event: str, why: str, actor: str, 
         setattr(entry, key, value)
     entry.updated_at = txn.clock()
     _audit(txn, entry, event, why, actor, before)
+    if event in ("commission_approved", "commission_paid"):
+        enqueue_commission_notice(txn.session, entry, event.removeprefix("commission_"), entry.updated_at)
 
 
 def _audit(txn: LedgerTxn, entry: Commission, event: str, reason: str, actor: str,

@@ -314,3 +314,32 @@ def test_two_workers_paying_the_same_commission_at_once_pay_it_once(pg_url: str,
     assert len(paid_events) == 1
     for replica in (*replicas, ledger):
         replica.close()
+
+
+def test_the_partner_hears_of_approval_and_payment_by_signed_webhook(
+    ledger: Ledger, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refsync.connector.notify import DeliverySettings, deliver_all
+    from refsync.state.notifications import set_partner_webhook
+    from tests.receiver import receiving
+
+    secret = "whsec-commission-0123456789"
+    monkeypatch.setenv("T_BLUEBIRD_SECRET", secret)
+    with receiving(secret) as receiver:
+        rid = referral(ledger, tmp_path)
+        assert set_partner_webhook(ledger, "bluebird", receiver.url, "env:T_BLUEBIRD_SECRET")
+        set_deal(ledger, rid, "won")
+        compensate(ledger, TERMS)
+        cid = int(str(rows(ledger, rid)[0]["id"]))
+        decide(ledger, [cid], "approve", "Fiona", None)
+        clock.advance(days=31)
+        pay(ledger, [cid], "WIRE-9", "Fiona")
+        settings = DeliverySettings(statuses=frozenset({"won"}), timeout=3, max_attempts=3,
+                                    allow_private_targets=True)
+        counts = deliver_all(ledger, "w1", settings)
+    notices = [n for n in receiver.accepted if str(n["event"]).startswith("commission.")]
+    assert counts.dead == 0
+    assert [(n["event"], n["commission"]["status"], n["commission"]["amount"]) for n in notices] == [
+        ("commission.approved", "approved", "1200.00"), ("commission.paid", "paid", "1200.00")]
+    assert notices[1]["commission"]["paid_reference"] == "WIRE-9" and notices[1]["partner"] == "bluebird"
+    assert [k for k, _, _ in timeline(ledger, rid)] == ["commission_created", "commission_approved", "commission_paid"]

@@ -32,7 +32,8 @@ def commission_json(row: dict[str, Any]) -> dict[str, Any]:
         "kind": row["kind"], "holds": row["holds"], "notes": row["notes"],
         "deal_amount": _money(row["deal_amount_minor"], currency) if row["deal_amount_minor"] is not None else None,
         "closed_on": row["closed_on"], "decided_by": row["decided_by"], "decided_at": row["decided_at"],
-        "paid_reference": row["paid_reference"], "paid_at": row["paid_at"], "created_at": row["created_at"],
+        "paid_reference": row["paid_reference"], "paid_at": row["paid_at"], "payout_id": row["payout_id"],
+        "created_at": row["created_at"],
     }
 
 
