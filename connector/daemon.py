@@ -17,6 +17,7 @@ import threading
 from contextlib import ExitStack
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -123,13 +124,14 @@ class Daemon:
             except CrmError as exc:
                 errors.append(f"{name}: {exc}")
                 log.error("poll failed; will retry on the next round", crm=name, error=str(exc))
+        run_counts: dict[str, Any] = {"per_crm": per_crm}
         if self.settings.terms is not None and not self.stopping.is_set():
             # won, reopened and changed deals the poll recorded get their commissions now (on the leader)
             paid = compensate(self.ledger, self.settings.terms)
-            per_crm["compensation"] = {"created": paid.created, "held": paid.held, "adjusted": paid.adjusted,
-                                       "voided": paid.voided, "clawbacks": paid.clawbacks}
+            run_counts["commissions"] = {"created": paid.created, "held": paid.held, "adjusted": paid.adjusted,
+                                         "voided": paid.voided, "clawbacks": paid.clawbacks}
         with self.ledger.transaction() as txn:
-            txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
+            txn.finish_run(run_id, "failed" if errors else "ok", run_counts, "; ".join(errors) or None)
 
     def _ready(self, target: CrmTarget) -> bool:
         """Try to make a CRM that waits ready (and refresh a ready one's schemas when stale).

@@ -343,3 +343,17 @@ def test_the_partner_hears_of_approval_and_payment_by_signed_webhook(
         ("commission.approved", "approved", "1200.00"), ("commission.paid", "paid", "1200.00")]
     assert notices[1]["commission"]["paid_reference"] == "WIRE-9" and notices[1]["partner"] == "bluebird"
     assert [k for k, _, _ in timeline(ledger, rid)] == ["commission_created", "commission_approved", "commission_paid"]
+
+
+def test_the_daemons_poll_computes_commissions_on_the_replica_holding_the_poller_lease(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    from refsync.connector.daemon import Daemon
+    from refsync.connector.sync import CycleSettings
+
+    rid = referral(ledger, tmp_path)
+    set_deal(ledger, rid, "won")
+    Daemon(ledger, {}, CycleSettings(terms=TERMS), push_interval=60, poll_interval=60).poll_job()
+    assert [r["status"] for r in rows(ledger, rid)] == ["pending"]
+    [run] = [r for r in ledger.runs() if r["job"] == "poll"]
+    assert run["counts"]["commissions"]["created"] == 1
