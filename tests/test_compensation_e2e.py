@@ -106,6 +106,13 @@ def test_a_won_deal_becomes_a_pending_commission_through_sync_once_and_is_paid(
     assert [(e["actor"], e["policy_version"]) for e in paid] == [("user:Fiona", "program-2026")]
     assert [c["status"] for c in json.loads(refsync(config, "commissions", "list", "--state", "rejected",
                                                     "--json")[1])] == ["rejected"]
+    report = {(r["partner"], r["period"]): r for r in json.loads(refsync(config, "commissions", "report",
+                                                                         "--json")[1])}
+    assert report[("bluebird", "2026-11")]["paid"] == "12750.00" and report[("acme", "2026-11")]["earned"] == "0.00"
+    code, out, _ = refsync(config, "commissions", "report", "--period", "quarter", "--format", "csv")
+    header = "partner,period,currency,entries,earned,pending,approved,paid,clawed_back"
+    assert code == 0 and out.splitlines()[0] == header
+    assert "bluebird,2026-Q4,USD,1,12750.00,0.00,0.00,12750.00,0.00" in out.splitlines()
 
 
 def test_terms_check_reports_every_problem_with_its_line_and_exit_2(config: Path, tmp_path: Path) -> None:

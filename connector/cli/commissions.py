@@ -4,12 +4,15 @@ managers and finance (see the README's "Partner compensation")."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from refsync.connector.cli.base import EXIT_PROBLEMS, Context, handles_errors, print_json, print_table
 from refsync.errors import ConfigError
+
+if TYPE_CHECKING:
+    from refsync.connector.commission import TermsBook
 
 STATES = ("pending", "held", "approved", "rejected", "paid", "void", "clawback")
 
@@ -148,6 +151,72 @@ def pay(obj: Context, ids: tuple[int, ...], reference: str, by: str, as_json: bo
     click.echo(f"paid {view['amount']} {view['currency']} to {view['partner']} as {reference}{netted}")
 
 
+@commissions.command("report")
+@click.option("--period", type=click.Choice(["month", "quarter", "year"]), default="month", show_default=True,
+              help="Group by the period of the deal's close date.")
+@click.option("--partner", help="Only this partner code.")
+@click.option("--forecast", is_flag=True, help="The payout liability forecast on the open pipeline instead "
+              "(needs [compensation]).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.pass_obj
+@handles_errors
+def commissions_report(obj: Context, period: str, partner: str | None, forecast: bool, fmt: str,
+                       as_json: bool) -> None:
+    """Per partner, period and currency: earned, pending, approved, paid, clawed back; or, with
+    --forecast, expected commissions on the open pipeline (pipeline x win rate x terms)."""
+    from datetime import UTC, datetime
+
+    from refsync.connector import compensation_report as cr
+    from refsync.state.commissions import commission_rows
+    from refsync.state.reports import report_rows
+
+    ledger = obj.ledger()
+    if forecast:
+        book = _book(obj)
+        lines = cr.forecast(report_rows(ledger, None, None, partner), book, datetime.now(UTC).date())
+        keys, columns, title = ["partner", "currency"], list(cr.FORECAST_COLUMNS), "payout liability forecast"
+    else:
+        lines = cr.earned(commission_rows(ledger, partner), period)
+        keys, columns, title = ["partner", "period", "currency"], list(cr.EARNED_COLUMNS), f"commissions by {period}"
+    if as_json or fmt == "json":
+        print_json(lines)
+    elif fmt == "csv":
+        _csv(lines, [*keys, *columns])
+    else:
+        print_table(title, [*keys, *(c.replace("_", " ") for c in columns)],
+                    [[line[k] for k in (*keys, *columns)] for line in lines])
+
+
+def _book(obj: Context) -> TermsBook:
+    from refsync.connector.terms import load_terms
+
+    config = obj.config
+    if config.compensation is None:
+        raise ConfigError(f"{config.source or 'config'}: compensation: no [compensation] table, so compensation "
+                          "is off; add [compensation] with terms = \"terms.toml\" (see config.example.toml)")
+    return load_terms(config.compensation.terms_path(config.base_dir))
+
+
+def _csv(lines: list[dict[str, Any]], columns: list[str]) -> None:
+    """RFC 4180 lines (CRLF); text a spreadsheet would run as a formula gets a leading quote."""
+    import csv
+    import io
+
+    from refsync.connector.report import spreadsheet_safe
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\r\n")
+    writer.writeheader()
+    for line in lines:
+        writer.writerow({k: line[k] if k in MONEY_COLUMNS else spreadsheet_safe(line[k]) for k in columns})
+    click.echo(out.getvalue(), nl=False)
+
+
+MONEY_COLUMNS = {"payout_amount", "amount", "deal_amount", "earned", "pending", "approved", "paid", "clawed_back",
+                 "open_pipeline", "expected_commission"}
+
+
 BALANCE_KEYS = ("pending", "held", "approved_payable", "approved_in_hold", "paid", "clawback_outstanding",
                 "clawback_settled")
 
@@ -226,28 +295,17 @@ def payouts_create(obj: Context, period: str, by: str, as_json: bool) -> None:
 @handles_errors
 def payouts_export(obj: Context, payout_id: int, fmt: str) -> None:
     """A payout and its lines, for the payment tool (CSV: one line per commission or clawback)."""
-    import csv
-    import io
-
-    from refsync.connector.report import spreadsheet_safe
     from refsync.state.payouts import payout
 
     view = payout_json(payout(obj.ledger(), payout_id))
     if fmt == "json":
         print_json(view)
         return
-    out = io.StringIO()
     columns = ["payout_id", "partner", "currency", "period", "payout_amount", "status", "reference", "commission_id",
                "kind", "referral_id", "amount", "deal_amount", "closed_on", "terms_version"]
-    writer = csv.DictWriter(out, columns, lineterminator="\r\n")
-    writer.writeheader()
-    for line in view["lines"]:
-        row = {"payout_id": view["id"], "partner": view["partner"], "currency": view["currency"],
-               "period": view["period"], "payout_amount": view["amount"], "status": view["status"],
-               "reference": view["reference"], **line}
-        writer.writerow({k: spreadsheet_safe(row[k]) if isinstance(row[k], str) and k not in (
-            "payout_amount", "amount", "deal_amount") else row[k] for k in columns})
-    click.echo(out.getvalue(), nl=False)
+    _csv([{"payout_id": view["id"], "partner": view["partner"], "currency": view["currency"],
+           "period": view["period"], "payout_amount": view["amount"], "status": view["status"],
+           "reference": view["reference"], **line} for line in view["lines"]], columns)
 
 
 @payouts.command("mark-paid")
