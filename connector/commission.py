@@ -234,15 +234,18 @@ def settled_minor(entries: Sequence[Entry]) -> int:
 def plan(entries: Sequence[Entry], outcome: Outcome | None, computation: Computation | None,
          status: str) -> list[Step]:
     """What a referral's current state does to its commission entries. ``outcome`` and
-    ``computation`` are None unless the deal is won. Idempotent: planning again after applying the
-    steps gives no step. A rejected commission is final while the deal stays won."""
+    ``computation`` are None unless the deal is won and credited; ``status`` is the referral's status,
+    or a phrase saying why it no longer earns (``referral merged into ...``). Idempotent: planning
+    again after applying the steps gives no step. A rejected commission is final while the deal
+    stays won."""
     open_ = [e for e in entries if e.status in OPEN_STATES]
     current = open_[-1] if open_ else None
     settled = settled_minor(entries)
     if outcome is None:
-        steps = [Step("void", current.id, reason=f"deal is {status} now")] if current else []
+        why = f"deal is {status} now" if " " not in status else status
+        steps = [Step("void", current.id, reason=why)] if current else []
         if settled > 0:
-            steps.append(Step("clawback", amount_minor=-settled, reason=f"deal is {status} after payment"))
+            steps.append(Step("clawback", amount_minor=-settled, reason=f"{why}, after payment"))
         return steps
     basis = (outcome.amount_minor, outcome.currency, outcome.closed_on)
     commissions = [e for e in entries if e.kind == "commission"]

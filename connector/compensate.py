@@ -148,12 +148,13 @@ def compensate_referral(txn: LedgerTxn, referral_id: str, book: TermsBook, count
         return
     entries = [_entry(c) for c in repo.entries(txn, referral.id)]
     terms = computation = outcome = None
-    if referral.status == "won" and referral.outcome_amount is None:
+    earns = referral.status == "won" and referral.credited and referral.merged_into is None
+    if earns and referral.outcome_amount is None:
         # the CRM has no amount for the won deal (yet): nothing to compute, nothing to undo
         if not entries and repo.note_not_due(txn, referral, "deal_has_no_amount", "none", ACTOR):
             counts.not_due += 1
         return
-    if referral.status == "won":
+    if earns:
         recorded = next((e.terms_version for e in reversed(entries) if e.terms_version), None)
         submitted_on = referral.submitted_at.date()
         closed_on = referral.outcome_close_date or won_at(referral).date()
@@ -166,7 +167,11 @@ def compensate_referral(txn: LedgerTxn, referral_id: str, book: TermsBook, count
         outcome = outcome_of(referral, terms.currency)
         assert outcome is not None
         computation = _computation(txn, referral, terms, outcome)
-    steps = plan(entries, outcome, computation, referral.status)
+    status = referral.status
+    if status == "won" and (referral.merged_into or not referral.credited):
+        status = (f"referral merged into {referral.merged_into}" if referral.merged_into
+                  else "referral no longer holds the credit")
+    steps = plan(entries, outcome, computation, status)
     if steps:
         _apply(txn, referral, steps, book, terms, outcome, computation, counts)
 

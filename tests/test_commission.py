@@ -196,9 +196,11 @@ def test_plan_adjusts_an_unpaid_commission_when_the_amount_changes() -> None:
 def test_plan_claws_back_a_paid_commission_when_the_deal_is_lost_and_only_once() -> None:
     paid = [entry(1, "paid", 100_000)]
     assert plan(paid, None, None, "lost") == [Step("clawback", amount_minor=-100_000,
-                                                   reason="deal is lost after payment")]
+                                                   reason="deal is lost now, after payment")]
     settled = [*paid, entry(2, "clawback", -100_000, kind="clawback", basis=None)]
     assert plan(settled, None, None, "lost") == []
+    assert plan(paid, None, None, "referral merged into 01M9X") == [
+        Step("clawback", amount_minor=-100_000, reason="referral merged into 01M9X, after payment")]
 
 
 def test_plan_after_payment_claws_back_a_decrease_and_tops_up_an_increase() -> None:
