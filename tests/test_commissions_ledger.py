@@ -357,3 +357,18 @@ def test_the_daemons_poll_computes_commissions_on_the_replica_holding_the_poller
     assert [r["status"] for r in rows(ledger, rid)] == ["pending"]
     [run] = [r for r in ledger.runs() if r["job"] == "poll"]
     assert run["counts"]["commissions"]["created"] == 1
+
+
+def test_a_referral_that_loses_the_credit_has_its_unpaid_commission_voided_with_that_reason(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    rid = referral(ledger, tmp_path)
+    set_deal(ledger, rid, "won")
+    compensate(ledger, TERMS)
+    with ledger.transaction() as txn:  # what attribution does when an earlier referral takes the credit
+        row = txn.referral(rid)
+        assert row is not None
+        row.credited = False
+    assert compensate(ledger, TERMS).voided == 1
+    [entry] = rows(ledger, rid)
+    assert (entry["status"], entry["reason"]) == ("void", "referral no longer holds the credit")
