@@ -79,8 +79,11 @@ def lock_referral(txn: LedgerTxn, referral_id: str) -> Referral | None:
 
 
 def entries(txn: LedgerTxn, referral_id: str) -> list[Commission]:
+    """The referral's entries, locked: an approval or payment committing meanwhile is waited for and
+    seen, never overwritten by a stale adjustment."""
     return list(txn.session.scalars(select(Commission).where(Commission.referral_id == referral_id)
-                                    .order_by(Commission.seq)))
+                                    .order_by(Commission.seq).with_for_update(of=Commission)
+                                    .execution_options(populate_existing=True)))
 
 
 def won_volume(txn: LedgerTxn, partner_id: int, currency: str, start: date, end: date, exclude: str,

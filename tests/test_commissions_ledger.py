@@ -372,3 +372,32 @@ def test_a_referral_that_loses_the_credit_has_its_unpaid_commission_voided_with_
     assert compensate(ledger, TERMS).voided == 1
     [entry] = rows(ledger, rid)
     assert (entry["status"], entry["reason"]) == ("void", "referral no longer holds the credit")
+
+
+@pytest.mark.postgres
+def test_a_payment_committing_while_compensation_adjusts_is_seen_never_overwritten(pg_url: str,
+                                                                                   tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    clock = FakeClock(datetime(2026, 11, 1, 12, tzinfo=UTC))
+    ledger = Ledger.open(pg_url, clock=clock)
+    rid = referral(ledger, tmp_path)
+    set_deal(ledger, rid, "won")
+    compensate(ledger, TERMS)
+    cid = int(str(rows(ledger, rid)[0]["id"]))
+    decide(ledger, [cid], "approve", "Fiona", None)
+    set_deal(ledger, rid, "won", amount="15000.00")  # the deal grows while finance pays the old amount
+    other = create_engine(pg_url)
+    with other.connect() as payer:
+        payer.execute(text("UPDATE commissions SET status = 'paid', paid_reference = 'WIRE-1' WHERE id = :id"),
+                      {"id": cid})  # holds the row lock, like `commissions pay` inside its transaction
+        worker = threading.Thread(target=compensate, args=(ledger, TERMS))
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive()  # compensation waits for the payment...
+        payer.commit()
+    worker.join(10)
+    other.dispose()
+    entries = rows(ledger, rid)
+    assert [(e["status"], e["amount_minor"]) for e in entries] == [("paid", 120_000), ("pending", 30_000)]
+    ledger.close()  # ...and then tops up the difference instead of un-paying what was paid
