@@ -31,8 +31,9 @@ class CommissionRefused(RefsyncError):
 
 # -- what the compensation job reads ------------------------------------------------------------
 
-def facts_key(referral: Referral) -> str:
-    """The referral's outcome as one comparable text: what a commission entry was computed from."""
+def facts_key(referral: Any) -> str:
+    """The referral's outcome as one comparable text: what a commission entry was computed from
+    (``referral``: a Referral or a row with its status and outcome columns)."""
     amount = "" if referral.outcome_amount is None else f"{Decimal(referral.outcome_amount):.2f}"
     return f"{referral.status}|{amount}|{referral.outcome_currency or ''}|{referral.outcome_close_date or ''}"
 
@@ -60,10 +61,14 @@ def standings(ledger: Ledger, chunk: int = 500) -> list[Standing]:
         found: list[Standing] = []
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
+            columns = select(Referral.id, Referral.status, Referral.credited, Referral.merged_into,
+                             Referral.outcome_amount, Referral.outcome_currency, Referral.outcome_close_date)
             by_id = {r.id: Standing(r.id, r.status == "won" and r.credited and r.merged_into is None, facts_key(r),
                                     [], set())
-                     for r in txn.session.scalars(select(Referral).where(Referral.id.in_(part)))}
-            for c in txn.session.scalars(select(Commission).where(Commission.referral_id.in_(part))
+                     for r in txn.session.execute(columns.where(Referral.id.in_(part)))}
+            for c in txn.session.execute(select(Commission.referral_id, Commission.status, Commission.kind,
+                                                Commission.amount_minor, Commission.facts)
+                                         .where(Commission.referral_id.in_(part))
                                          .order_by(Commission.referral_id, Commission.seq)):
                 by_id[c.referral_id].entries.append((c.status, c.kind, c.amount_minor, c.facts))
             for rid, detail in txn.session.execute(select(AuditEvent.referral_id, AuditEvent.detail).where(
