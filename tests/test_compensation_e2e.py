@@ -1,6 +1,7 @@
 """Compensation end to end, as finance would run it: the real CLI, the real adapters over HTTP against the
 sandbox CRMs, a real SQLite ledger. A deal won in Salesforce comes back through `sync --once` as a
-pending commission; a self-referral is held; approving, paying and the payouts view follow."""
+pending commission; a self-referral is held; approving, paying, the payouts view, and a clawback when
+the paid deal reopens follow, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -32,14 +33,21 @@ domains = ["acme.example"]
 
 
 @pytest.fixture
-def config(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """SQLite unless a test asks for PostgreSQL too (the whole flow runs on both)."""
+    kind = getattr(request, "param", "sqlite")
+    return str(request.getfixturevalue("sqlite_url" if kind == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def config(sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger_url: str) -> Path:
     sandbox.salesforce.reset()
     sandbox.hubspot.reset()
     monkeypatch.setenv("T_SF_SESSION", sandbox.salesforce.session_id)
     (tmp_path / "terms.toml").write_text(TERMS)
     path = tmp_path / "refsync.toml"
     path.write_text(
-        f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n[logging]\nformat = "json"\n'
+        f'[ledger]\nurl = "{ledger_url}"\n[logging]\nformat = "json"\n'
         f'[crm.salesforce]\ninstance_url = "{sandbox.salesforce.base_url}"\n'
         f'ca_bundle = "{sandbox.salesforce.ca_path}"\n'
         f'session_id = "env:T_SF_SESSION"\nmapping = "{ROOT}/mappings/salesforce.toml"\n'
@@ -53,15 +61,18 @@ def refsync(config: Path, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def win(sandbox: RunningSandbox, config: Path, referral_id: str, amount: int) -> None:
+def win(sandbox: RunningSandbox, config: Path, referral_id: str, amount: int) -> str:
     view = json.loads(refsync(config, "referrals", "show", referral_id, "--json")[1])
     [lead] = [lk["record_id"] for lk in view["links"] if lk["object"] == "Lead"]
     converted = sandbox.salesforce.convert_lead(lead)
     assert refsync(config, "sync", "--once")[0] == 0  # the opportunity gets the attribution
     sandbox.salesforce.move_stage(converted["opportunity"], "Closed Won", amount=amount, close_date="2026-11-20")
+    return str(converted["opportunity"])
 
 
-def test_a_won_deal_becomes_a_pending_commission_through_sync_once_and_is_paid(
+@pytest.mark.parametrize("ledger_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_a_won_deal_becomes_a_pending_commission_through_sync_once_is_paid_and_clawed_back_on_reopen(
     sandbox: RunningSandbox, config: Path, tmp_path: Path
 ) -> None:
     rows = tmp_path / "r.csv"
@@ -70,7 +81,7 @@ def test_a_won_deal_becomes_a_pending_commission_through_sync_once_and_is_paid(
     assert refsync(config, "import", str(rows))[0] == 0
     assert refsync(config, "sync", "--once")[0] == 0
     referrals = {r["partner"]: r["id"] for r in json.loads(refsync(config, "referrals", "list", "--json")[1])}
-    win(sandbox, config, referrals["bluebird"], 125_000)
+    opportunity = win(sandbox, config, referrals["bluebird"], 125_000)
     win(sandbox, config, referrals["acme"], 40_000)
     code, out, _ = refsync(config, "sync", "--once", "--json")  # bluebird's win came in with acme's conversion
     assert code == 0 and json.loads(out)["commissions"] == {
@@ -101,6 +112,13 @@ def test_a_won_deal_becomes_a_pending_commission_through_sync_once_and_is_paid(
     payouts = json.loads(refsync(config, "payouts", "--json")[1])
     assert {(p["partner"], p["paid"], p["held"], p["owed"]) for p in payouts} == {
         ("bluebird", "12750.00", "0.00", "0.00"), ("acme", "0.00", "0.00", "0.00")}
+    sandbox.salesforce.move_stage(opportunity, "Negotiation/Review")  # the paid deal reopens in Salesforce
+    assert refsync(config, "sync", "--once")[0] == 0
+    [claw] = json.loads(refsync(config, "commissions", "list", "--status", "clawback", "--json")[1])
+    assert (claw["partner"], claw["amount"], claw["reason"]) == (
+        "bluebird", "-12750.00", "deal is negotiation now, after payment")
+    [owing] = json.loads(refsync(config, "payouts", "--partner", "bluebird", "--json")[1])
+    assert (owing["clawback_outstanding"], owing["owed"]) == ("-12750.00", "-12750.00")
     timeline = json.loads(refsync(config, "referrals", "show", referrals["bluebird"], "--json")[1])["timeline"]
     paid = [e for e in timeline if e["kind"] == "commission_paid"]
     assert [(e["actor"], e["policy_version"]) for e in paid] == [("user:Fiona", "program-2026")]
@@ -112,7 +130,7 @@ def test_a_won_deal_becomes_a_pending_commission_through_sync_once_and_is_paid(
     code, out, _ = refsync(config, "commissions", "report", "--period", "quarter", "--format", "csv")
     header = "partner,period,currency,entries,earned,pending,approved,paid,clawed_back"
     assert code == 0 and out.splitlines()[0] == header
-    assert "bluebird,2026-Q4,USD,1,12750.00,0.00,0.00,12750.00,0.00" in out.splitlines()
+    assert "bluebird,2026-Q4,USD,2,12750.00,0.00,0.00,12750.00,-12750.00" in out.splitlines()  # paid, clawed back
 
 
 def test_terms_check_reports_every_problem_with_its_line_and_exit_2(config: Path, tmp_path: Path) -> None:
