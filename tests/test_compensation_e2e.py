@@ -1,5 +1,5 @@
 """Compensation end to end, as finance would run it: the real CLI, the real adapters over HTTP against the
-sandbox CRMs, a real SQLite ledger. A deal won in Salesforce comes back through `sync --once` as a
+sandbox CRMs, a real ledger. A deal won in Salesforce comes back through `sync --once` as a
 pending commission; a self-referral is held; approving, paying, the payouts view, and a clawback when
 the paid deal reopens follow, on SQLite and PostgreSQL."""
 
