@@ -229,7 +229,7 @@ def decide(ledger: Ledger, ids: Sequence[int], action: str, by: str, reason: str
                                       f"{' or '.join(allowed)} commissions{hint}")
                 continue
             values: dict[str, Any] = {"status": target, "decided_by": by, "decided_at": txn.clock()}
-            text = reason or action
+            text = reason or ("approved" if action == "approve" else "no reason given")
             if action == "hold":
                 values["holds"] = [*entry.holds, {"code": "manual", "detail": f"{text} ({by})"}]
             if action == "release":

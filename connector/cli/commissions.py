@@ -95,10 +95,10 @@ def approve(obj: Context, ids: tuple[int, ...], by: str, reason: str | None) -> 
 @commissions.command()
 @_ids
 @_by
-@click.option("--reason", required=True, help="Why it is not paid: shown to the partner's manager.")
+@click.option("--reason", help="Why it is not paid (give one: it is the evidence in a dispute).")
 @click.pass_obj
 @handles_errors
-def reject(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
+def reject(obj: Context, ids: tuple[int, ...], by: str, reason: str | None) -> None:
     """Reject commissions (pending, held or approved, not yet paid)."""
     _decide(obj, "reject", ids, by, reason)
 
@@ -106,10 +106,10 @@ def reject(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
 @commissions.command()
 @_ids
 @_by
-@click.option("--reason", required=True, help="Why it waits.")
+@click.option("--reason", help="Why it waits.")
 @click.pass_obj
 @handles_errors
-def hold(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
+def hold(obj: Context, ids: tuple[int, ...], by: str, reason: str | None) -> None:
     """Put pending or approved commissions on hold."""
     _decide(obj, "hold", ids, by, reason)
 
@@ -117,10 +117,10 @@ def hold(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
 @commissions.command()
 @_ids
 @_by
-@click.option("--reason", required=True, help="Why the hold no longer applies (e.g. what you checked).")
+@click.option("--reason", help="Why the hold no longer applies (e.g. what you checked).")
 @click.pass_obj
 @handles_errors
-def release(obj: Context, ids: tuple[int, ...], by: str, reason: str) -> None:
+def release(obj: Context, ids: tuple[int, ...], by: str, reason: str | None) -> None:
     """Release held commissions back to pending, for approval."""
     _decide(obj, "release", ids, by, reason)
 
