@@ -313,6 +313,16 @@ class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class CompensationConfig(_Strict):
+    """Partner compensation: without this table it is off and nothing else changes."""
+
+    terms: str = Field(min_length=1)  # the agreement terms file, relative to the config file
+
+    def terms_path(self, base_dir: Path) -> Path:
+        path = Path(self.terms).expanduser()
+        return path if path.is_absolute() else base_dir / path
+
+
 class Config(_Strict):
     ledger: LedgerConfig = LedgerConfig()
     attribution: AttributionConfig = AttributionConfig()
@@ -323,6 +333,7 @@ class Config(_Strict):
     logging: LoggingConfig = LoggingConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     alerts: AlertsConfig = AlertsConfig(webhook_secret=None)
+    compensation: CompensationConfig | None = None
 
     # Set by load_config; not part of the file.
     source: Path | None = Field(default=None, exclude=True)

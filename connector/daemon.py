@@ -21,6 +21,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -28,6 +29,7 @@ from apscheduler.triggers.cron import CronTrigger
 from refsync.adapters.errors import AuthError, CrmError, RateLimited, TransientError
 from refsync.connector import sdnotify
 from refsync.connector.alerting import announce
+from refsync.connector.compensate import compensate
 from refsync.connector.crms import answered_again, ensure_ready, failed_round, readiness
 from refsync.connector.expire import expire_referrals
 from refsync.connector.http import HttpServer, HttpSettings
@@ -145,8 +147,14 @@ class Daemon:
                 self.repeats.error(f"poll:{name}", "poll failed; will retry on the next round", str(exc), crm=name,
                                    code=exc.code)
                 self._failed(target, exc)
+        run_counts: dict[str, Any] = {"per_crm": per_crm}
+        if self.settings.terms is not None and not self.stopping.is_set():
+            # won, reopened and changed deals the poll recorded get their commissions now (on the leader)
+            paid = compensate(self.ledger, self.settings.terms)
+            run_counts["commissions"] = {"created": paid.created, "held": paid.held, "adjusted": paid.adjusted,
+                                         "voided": paid.voided, "clawbacks": paid.clawbacks}
         with self.ledger.transaction() as txn:
-            txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
+            txn.finish_run(run_id, "failed" if errors else "ok", run_counts, "; ".join(errors) or None)
 
     def _failed(self, target: CrmTarget, exc: CrmError) -> None:
         """Count a round the CRM did not answer or refused our credentials (a rate limit or a

@@ -144,6 +144,9 @@ def _prepare(op: dict[str, Any], ledger: Ledger, settings: DeliverySettings) -> 
     if op["kind"] == "notify" and (not settings.enabled or op["payload"].get("status") not in settings.statuses):
         delivery.skipped = f"status {op['payload'].get('status')} is not in [notifications] statuses"
         return delivery
+    if op["kind"] == "commission_notice" and not settings.enabled:
+        delivery.skipped = "[notifications] enabled = false"
+        return delivery
     try:
         url, secret = _target(op, ledger, settings)
         problem = url_problem(url, settings.allow_private_targets)

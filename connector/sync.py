@@ -13,6 +13,8 @@ from typing import Any
 
 from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited
 from refsync.connector.alerting import Sink, announce, build_sinks
+from refsync.connector.commission import TermsBook
+from refsync.connector.compensate import compensate
 from refsync.connector.config import Config
 from refsync.connector.crms import ensure_ready
 from refsync.connector.expire import expire_referrals
@@ -22,6 +24,7 @@ from refsync.connector.poll import PollCounts, poll_target
 from refsync.connector.push import CrmTarget, PushCounts, note_drift, push_round
 from refsync.connector.reconcile import ReconcileSettings, reconcile
 from refsync.connector.rollout import roll_out
+from refsync.connector.terms import load_terms
 from refsync.state.ledger import Ledger
 from refsync.state.outbox import enqueue_pushes
 from refsync.state.workers import process_worker_id
@@ -49,6 +52,7 @@ class CycleSettings:
     sinks: list[Sink] | None = None
     storm_threshold: int = 50
     reconcile: ReconcileSettings | None = None
+    terms: TermsBook | None = None  # compensation ([compensation] in the config)
 
 
 def settings_from_config(config: Config, *, with_reconcile: bool = False) -> CycleSettings:
@@ -67,7 +71,8 @@ def settings_from_config(config: Config, *, with_reconcile: bool = False) -> Cyc
         expire_after_days=config.attribution.expire_after_days, policy_version=config.attribution.version(),
         delivery=delivery, sinks=build_sinks(alerts.webhook_url is not None, alerts.format),
         storm_threshold=alerts.storm_threshold,
-        reconcile=ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days) if with_reconcile else None)
+        reconcile=ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days) if with_reconcile else None,
+        terms=load_terms(config.compensation.terms_path(base)) if config.compensation else None)
 
 
 @dataclass
@@ -190,10 +195,13 @@ def _paused(ledger: Ledger, target: CrmTarget, report: CycleReport) -> bool:
 
 def _after_poll(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings, owner: str,
                 report: CycleReport) -> None:
-    """Expiry, reconcile, alert sinks and webhook deliveries, each when configured."""
+    """Expiry, reconcile, compensation, alert sinks and webhook deliveries, each when configured."""
     if settings.expire_after_days is not None:
         report.after["expired"] = expire_referrals(ledger, settings.expire_after_days,
                                                    settings.policy_version).expired
+    if settings.terms is not None:
+        paid = compensate(ledger, settings.terms)
+        report.after["commissions"] = {k: v for k, v in asdict(paid).items() if k != "skipped"}
     if settings.reconcile is not None:
         result = reconcile(ledger, targets, settings.reconcile)
         report.after["reconcile"] = {k: v for k, v in result.counts().items() if k != "errors"}

@@ -83,3 +83,37 @@ def _table_type(annotation: Any) -> Any:
         if (isinstance(arg, type) and issubclass(arg, BaseModel)) or get_origin(arg) is dict:
             return arg
     return annotation
+
+
+def _header_keys(line: str) -> tuple[list[str], bool] | None:
+    """The dotted keys of a ``[table]`` or ``[[array.of.tables]]`` header line, and whether it is an array."""
+    match = re.match(r"^\s*(\[\[?)\s*(.*?)\s*(\]\]?)\s*(#.*)?$", line)
+    if match is None:
+        return None
+    keys = [part.strip().strip("\"'") for part in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", match.group(2))]
+    return keys, match.group(1) == "[["
+
+
+def line_in_table(text: str, table: tuple[str, ...], occurrence: int = 0, key: str | None = None) -> int | None:
+    """Line of ``key`` inside the ``occurrence``-th ``[table]`` / ``[[table]]`` (quoted names too), or of
+    the header itself; falls back to the first header of ``table``, then to :func:`line_of`."""
+    lines = text.splitlines()
+    seen = -1
+    for number, line in enumerate(lines):
+        found = _header_keys(line)
+        if found is None or found[0] != list(table):
+            continue
+        seen += 1
+        if seen != occurrence:
+            continue
+        if key is not None:
+            pattern = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*[=.]")
+            for offset in range(number + 1, len(lines)):
+                if _header_keys(lines[offset]) is not None and lines[offset].lstrip().startswith("["):
+                    break
+                if pattern.match(lines[offset]):
+                    return offset + 1
+        return number + 1
+    if occurrence:
+        return line_in_table(text, table, 0, key)
+    return line_of(text, (*table, key) if key else table)

@@ -331,3 +331,66 @@ class CrmState(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Commission(Base):
+    """A commission entry: what a referral's won deal earned under one terms version, through its
+    lifecycle (pending/held -> approved/rejected -> paid, or void), or a clawback (negative) after payment.
+    ``seq`` numbers a referral's entries, so two replicas can never both add the same one."""
+
+    __tablename__ = "commissions"
+    __table_args__ = (
+        UniqueConstraint("referral_id", "seq"),
+        Index("ix_commissions_partner_status", "partner_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # commission, clawback
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)  # minor units of currency; negative for a clawback
+    currency: Mapped[str] = mapped_column(String(3))
+    terms_version: Mapped[str | None] = mapped_column(String(128))
+    deal_amount_minor: Mapped[int | None] = mapped_column(BigInteger)  # the outcome it was computed from
+    deal_currency: Mapped[str | None] = mapped_column(String(3))
+    closed_on: Mapped[date | None] = mapped_column(Date)
+    won_at: Mapped[datetime | None]
+    # the referral's outcome (status|amount|currency|close date) this entry was last brought in line with
+    facts: Mapped[str | None] = mapped_column(String(96))
+    payable_after: Mapped[datetime | None]
+    holds: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # [{code, detail}]
+    notes: Mapped[str | None] = mapped_column(String(255))  # capped_per_deal, ... from the computation
+    reason: Mapped[str | None] = mapped_column(Text)  # why the last change (rejection, void, release)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None]
+    paid_reference: Mapped[str | None] = mapped_column(String(255))  # payout, or the payout a clawback netted in
+    paid_by: Mapped[str | None] = mapped_column(String(128))
+    paid_at: Mapped[datetime | None]
+    payout_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"), index=True)  # batched for payment
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    partner: Mapped[Partner] = relationship(lazy="joined")
+
+
+class Payout(Base):
+    """A payout batch: one partner's approved commissions in one currency, past their hold by the end
+    of a period, minus the clawbacks it nets; ``open`` until finance marks it paid (or cancels it)."""
+
+    __tablename__ = "payouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    period: Mapped[str] = mapped_column(String(7))  # YYYY-MM
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open, paid, cancelled
+    reference: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paid_by: Mapped[str | None] = mapped_column(String(128))
+    paid_at: Mapped[datetime | None]
+
+    partner: Mapped[Partner] = relationship(lazy="joined")

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 
 from refsync.state.alert_states import Silence, active_silences, quiet, reopened, silenced_until, state_of
 from refsync.state.ledger import Ledger
-from refsync.state.models import Alert, AuditEvent, Partner, Referral, SyncOp
+from refsync.state.models import Alert, AuditEvent, Commission, Partner, Referral, SyncOp
+from refsync.state.money import as_decimal_text
+from refsync.state.views import iso
 
 WEBHOOK = "webhook"  # the crm value of every webhook op
 
@@ -204,6 +206,27 @@ def enqueue_status_notice(session: Session, referral: Referral, from_status: str
     return bool(added)
 
 
+def enqueue_commission_notice(session: Session, entry: Commission, event: str, now: datetime) -> bool:
+    """Queue the partner's notice that a commission was approved or paid, in the same transaction as
+    the change (nothing when the partner has no webhook URL). The body says what, never why."""
+    partner = session.get(Partner, entry.partner_id)
+    if partner is None or not partner.webhook_url:
+        return False
+    stamp = entry.paid_reference if event == "paid" else iso(entry.decided_at)
+    key = f"commission:{entry.id}:{event}:{stamp}"
+    body = {
+        "event": f"commission.{event}",
+        "id": key,
+        "partner": partner.code,
+        "commission": {"id": entry.id, "referral_id": entry.referral_id,
+                       "amount": as_decimal_text(entry.amount_minor, entry.currency), "currency": entry.currency,
+                       "status": entry.status, "terms_version": entry.terms_version,
+                       "payable_after": iso(entry.payable_after), "paid_reference": entry.paid_reference},
+    }
+    return bool(_add_op(session, "commission_notice", key, now, {"target": "partner", "partner": partner.code,
+                                                                 "event": event, "body": body}, entry.referral_id))
+
+
 def partner_webhook(ledger: Ledger, code: str) -> tuple[str | None, str | None] | None:
     """(webhook_url, secret reference) of a partner; None when the partner does not exist."""
     with ledger.transaction() as txn:
@@ -265,7 +288,8 @@ def land_deliveries(ledger: Ledger, owner: str, deliveries: Sequence[Delivery]) 
                               last_error_message=(d.error_message or d.skipped or "")[:2000])
             result = txn.session.execute(update(SyncOp).where(and_(SyncOp.id == d.op_id, SyncOp.lease_owner == owner))
                                          .values(**values))
-            if getattr(result, "rowcount", 1) == 0 or d.referral_id is None or d.kind != "notify":
+            if getattr(result, "rowcount", 1) == 0 or d.referral_id is None or d.kind not in ("notify",
+                                                                                             "commission_notice"):
                 continue
             if d.skipped:
                 kind, reason = "notification_skipped", "not_configured"

@@ -14,7 +14,17 @@ import click
 
 from refsync import __version__
 from refsync.connector import logs
-from refsync.connector.cli import alerts, ledger, ledger_admin, mappings, partners, referrals, reports, sync
+from refsync.connector.cli import (
+    alerts,
+    commissions,
+    ledger,
+    ledger_admin,
+    mappings,
+    partners,
+    referrals,
+    reports,
+    sync,
+)
 from refsync.connector.cli.base import Context, RefsyncGroup, accept_common_options
 
 
@@ -34,7 +44,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referrals.referrals, partners.partners,
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
                  reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd,
-                 ledger_admin.ledger):
+                 ledger_admin.ledger, commissions.commissions, commissions.payouts, commissions.terms):
     cli.add_command(_command)
 for _command in cli.commands.values():
     accept_common_options(_command)

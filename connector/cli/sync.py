@@ -40,6 +40,8 @@ def sync(obj: Context, once: bool, dry_run: bool, with_reconcile: bool, as_json:
     with obj.worker(ledger):
         report = run_cycle(ledger, targets, settings)
     counts = report.counts()
+    if "commissions" in report.after:
+        counts["commissions"] = report.after["commissions"]  # with [compensation]: what this cycle did
     if as_json:
         print_json({**counts, "errors": report.errors})
     else:
