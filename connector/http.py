@@ -1,5 +1,6 @@
 """The daemon's HTTP surface: ``/healthz``, ``/readyz``, ``/metrics``, the authenticated intake and
-its OpenAPI description (``/openapi.json``).
+its OpenAPI description (``/openapi.json``), and, registered into the same app from
+:mod:`connector.web`, the partner portal (``/portal``) and the program dashboard (``/dashboard``).
 
 A Starlette app (:func:`create_app`) served by uvicorn with h11 from a background thread of ``refsync
 run``. Why not the stdlib server it replaces: it had a listen backlog of 5, a thread per connection
@@ -46,7 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -55,6 +56,7 @@ from refsync.connector.imports import ImportReport, RowOutcome, import_rows
 from refsync.connector.intake import COLUMNS, NewReferral, RowProblem, validate_row
 from refsync.connector.logs import get_logger
 from refsync.connector.metrics import Metrics
+from refsync.connector.web import WebSettings, is_web_path
 from refsync.errors import ConfigError, LedgerError
 from refsync.state import db
 from refsync.state.ledger import Ledger
@@ -84,6 +86,7 @@ class HttpSettings:
     listen: str
     intake_token: str | None
     policy: Policy
+    web: WebSettings | None = None  # the partner portal and the program dashboard (connector/web)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -428,7 +431,9 @@ class _Counted:
                 endpoint = path if path in (*GET_ROUTES, INTAKE) else "other"
                 self.metrics.requests.labels(endpoint, str(status)).inc()
                 client = scope.get("client")
-                log.debug("http request", method=scope["method"], path=path, status=status,
+                # A one-time link's token is a secret: its path is never logged.
+                shown = "/welcome/{token}" if path.startswith("/welcome/") else path
+                log.debug("http request", method=scope["method"], path=shown, status=status,
                           client=client[0] if client else None)
             await send(message)
 
@@ -483,12 +488,20 @@ def create_app(server: HttpServer) -> ASGIApp:
         # Starlette's 404 (no route) and 405 (wrong method) become the JSON answers of the contract.
         if isinstance(exc, HTTPException) and exc.status_code not in (404, 405):
             return _json(exc.status_code, {"error": exc.detail})
+        if server.settings.web is not None and is_web_path(request.url.path):
+            from refsync.connector.web.routes import page_not_found
+
+            return page_not_found()
         return _not_here(request.url.path, token is not None)
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
     if token:
         routes.append(Route(INTAKE, intake, methods=["POST"]))
+    if server.settings.web is not None:
+        from refsync.connector.web.routes import web_routes
+
+        routes.extend(web_routes(server.ledger, server.settings.web))
     app = Starlette(routes=routes, exception_handlers={HTTPException: refused})
     return _Counted(app, server.metrics)
 
