@@ -9,10 +9,10 @@ from html import escape
 
 from markupsafe import Markup
 
-BAR_HEIGHT = 22
+BAR_HEIGHT = 24
 GAP = 8
-LABEL_WIDTH = 150
-WIDTH = 560
+LABEL_WIDTH = 120
+WIDTH = 400
 COLOURS = ("#1d4f91", "#2e6fba", "#4a8bd0", "#0b6e4f", "#8a2b2b")  # contrast >= 4.5:1 against white text
 
 
@@ -26,19 +26,19 @@ def bars(title: str, items: Sequence[tuple[str, float]], fmt: Callable[[float], 
         return Markup(f'<p class="empty">{escape(title)}: nothing in this period.</p>')  # noqa: S704 - escaped
     top = max(value for _, value in items) or 1
     height = len(items) * (BAR_HEIGHT + GAP) + GAP
-    room = WIDTH - LABEL_WIDTH - 90
+    room = WIDTH - LABEL_WIDTH - 80
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-labelledby="c-{id(items)}">',
              f'<title id="c-{id(items)}">{escape(title)}</title>']
     for index, (label, value) in enumerate(items):
         y = GAP + index * (BAR_HEIGHT + GAP)
         width = max(1.0, room * (value / top)) if value else 0
         colour = COLOURS[index % len(COLOURS)]
-        short = label if len(label) <= 22 else label[:21] + "…"
+        short = label if len(label) <= 16 else label[:15] + "…"
         parts.append(
             f'<g><title>{escape(label)}: {escape(fmt(value))}</title>'
-            f'<text x="{LABEL_WIDTH - 6}" y="{y + 15}" text-anchor="end" class="label">{escape(short)}</text>'
+            f'<text x="{LABEL_WIDTH - 6}" y="{y + 17}" text-anchor="end" class="label">{escape(short)}</text>'
             f'<rect x="{LABEL_WIDTH}" y="{y}" width="{width:.1f}" height="{BAR_HEIGHT}" fill="{colour}" rx="2"/>'
-            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + 15}" class="value">{escape(fmt(value))}</text></g>')
+            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + 17}" class="value">{escape(fmt(value))}</text></g>')
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped above
 
@@ -48,7 +48,7 @@ def columns(title: str, items: Sequence[tuple[str, float]]) -> Markup:
     if not items:
         return Markup(f'<p class="empty">{escape(title)}: nothing in this period.</p>')  # noqa: S704 - escaped
     top = max(value for _, value in items) or 1
-    step = max(24, min(60, WIDTH // max(1, len(items))))
+    step = max(30, min(70, (WIDTH - 20) // max(1, len(items))))
     width = max(WIDTH, step * len(items) + 20)
     chart_height, base = 160, 180
     parts = [f'<svg class="chart" viewBox="0 0 {width} 210" role="img" aria-labelledby="c-{id(items)}">',
