@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session as OrmSession
 
 from refsync.errors import InputError
-from refsync.state.ledger import Ledger, LedgerTxn
+from refsync.state.ledger import Ledger
 from refsync.state.models import Partner, SignInAttempt, WebLink, WebSession, WebUser
 
 KINDS = ("partner", "staff")
@@ -56,8 +57,8 @@ def _user(row: WebUser, partner_code: str | None) -> User:
     return User(row.id, row.kind, row.email, row.role, row.partner_id, partner_code, row.password_hash)
 
 
-def _partner_code(txn: LedgerTxn, partner_id: int | None) -> str | None:
-    return txn.session.scalar(select(Partner.code).where(Partner.id == partner_id)) if partner_id else None
+def _partner_code(session: OrmSession, partner_id: int | None) -> str | None:
+    return session.scalar(select(Partner.code).where(Partner.id == partner_id)) if partner_id else None
 
 
 def invite(ledger: Ledger, kind: str, email: str, role: str, valid_for: timedelta, *,
@@ -84,8 +85,9 @@ def invite(ledger: Ledger, kind: str, email: str, role: str, valid_for: timedelt
             txn.session.add(user)
             txn.session.flush()
         elif user.partner_id != partner_id:
-            raise InputError(f"{email} is already a user of partner {_partner_code(txn, user.partner_id)}; a partner "
-                             "user belongs to one partner (invite another address)")
+            owner = _partner_code(txn.session, user.partner_id)
+            raise InputError(f"{email} is already a user of partner {owner}; a partner user belongs to one partner "
+                             "(invite another address)")
         else:
             user.role = role
         txn.session.execute(update(WebLink).where(WebLink.user_id == user.id, WebLink.used_at.is_(None))
@@ -101,12 +103,12 @@ def invite(ledger: Ledger, kind: str, email: str, role: str, valid_for: timedelt
 def link_user(ledger: Ledger, token: str) -> User | None:
     """The user a one-time link is for, while the link is unused and unexpired."""
     now = ledger.clock()
-    with ledger.transaction() as txn:
-        row = txn.session.execute(select(WebUser, WebLink.expires_at).join(WebLink, WebLink.user_id == WebUser.id)
-                                  .where(WebLink.token_hash == token_hash(token), WebLink.used_at.is_(None))).first()
+    with ledger.reading() as session:
+        row = session.execute(select(WebUser, WebLink.expires_at).join(WebLink, WebLink.user_id == WebUser.id)
+                              .where(WebLink.token_hash == token_hash(token), WebLink.used_at.is_(None))).first()
         if row is None or row[1] <= now:
             return None
-        return _user(row[0], _partner_code(txn, row[0].partner_id))
+        return _user(row[0], _partner_code(session, row[0].partner_id))
 
 
 def use_link(ledger: Ledger, token: str, password_hash: str, session_token: str, csrf_token: str,
@@ -128,25 +130,25 @@ def use_link(ledger: Ledger, token: str, password_hash: str, session_token: str,
         txn.session.add(WebSession(token_hash=token_hash(session_token), user_id=user.id, csrf_token=csrf_token,
                                    created_at=now, expires_at=now + session_for, last_seen_at=now))
         txn.add_audit(None, "sign_in", "password_set", f"web:{user.kind}", detail={"email": user.email, "ip": ip})
-        return _user(user, _partner_code(txn, user.partner_id))
+        return _user(user, _partner_code(txn.session, user.partner_id))
 
 
 def user_for_sign_in(ledger: Ledger, kind: str, email: str) -> User | None:
     """The user of this kind and email, with its password hash; None when there is none."""
-    with ledger.transaction() as txn:
-        user = txn.session.scalar(select(WebUser).where(WebUser.kind == kind, WebUser.email == email.strip().lower()))
-        return _user(user, _partner_code(txn, user.partner_id)) if user else None
+    with ledger.reading() as session:
+        user = session.scalar(select(WebUser).where(WebUser.kind == kind, WebUser.email == email.strip().lower()))
+        return _user(user, _partner_code(session, user.partner_id)) if user else None
 
 
 def recent_failures(ledger: Ledger, kind: str, email: str, ip: str, window: timedelta) -> int:
     """Failed sign-ins of this email from this address within ``window``, since the last success."""
     since = ledger.clock() - window
     email = email.strip().lower()
-    with ledger.transaction() as txn:
+    with ledger.reading() as session:
         key = (SignInAttempt.kind == kind, SignInAttempt.email == email, SignInAttempt.ip == ip)
-        last_ok = txn.session.scalar(select(func.max(SignInAttempt.at)).where(*key, SignInAttempt.succeeded.is_(True)))
+        last_ok = session.scalar(select(func.max(SignInAttempt.at)).where(*key, SignInAttempt.succeeded.is_(True)))
         start = max(since, last_ok) if last_ok else since
-        return int(txn.session.scalar(select(func.count()).select_from(SignInAttempt).where(
+        return int(session.scalar(select(func.count()).select_from(SignInAttempt).where(
             *key, SignInAttempt.succeeded.is_(False), SignInAttempt.at >= start)) or 0)
 
 
@@ -165,6 +167,7 @@ def record_sign_in(ledger: Ledger, kind: str, email: str, ip: str, outcome: str,
             assert user_id is not None and session_token and csrf_token and session_for
             if replaces:
                 txn.session.execute(delete(WebSession).where(WebSession.token_hash == token_hash(replaces)))
+            txn.session.execute(delete(WebSession).where(WebSession.user_id == user_id, WebSession.expires_at <= now))
             txn.session.add(WebSession(token_hash=token_hash(session_token), user_id=user_id, csrf_token=csrf_token,
                                        created_at=now, expires_at=now + session_for, last_seen_at=now))
         txn.add_audit(None, "sign_in", outcome, f"web:{kind}", detail={"email": email, "ip": ip})
@@ -173,13 +176,13 @@ def record_sign_in(ledger: Ledger, kind: str, email: str, ip: str, outcome: str,
 def session(ledger: Ledger, token: str) -> Session | None:
     """The signed-in user of a session token, while the session lasts."""
     now = ledger.clock()
-    with ledger.transaction() as txn:
-        row = txn.session.execute(select(WebSession, WebUser).join(WebUser, WebUser.id == WebSession.user_id)
-                                  .where(WebSession.token_hash == token_hash(token))).first()
+    with ledger.reading() as session:
+        row = session.execute(select(WebSession, WebUser).join(WebUser, WebUser.id == WebSession.user_id)
+                              .where(WebSession.token_hash == token_hash(token))).first()
         if row is None or row[0].expires_at <= now:
             return None
         web_session, user = row
-        return Session(_user(user, _partner_code(txn, user.partner_id)), web_session.csrf_token,
+        return Session(_user(user, _partner_code(session, user.partner_id)), web_session.csrf_token,
                        web_session.expires_at)
 
 
@@ -195,8 +198,8 @@ def end_session(ledger: Ledger, token: str, user: User, *, everywhere: bool = Fa
 
 def users(ledger: Ledger) -> list[dict[str, Any]]:
     """Every web user (no secret: whether a password is set, not its hash)."""
-    with ledger.transaction() as txn:
-        rows = txn.session.execute(select(WebUser, Partner.code).outerjoin(Partner, Partner.id == WebUser.partner_id)
+    with ledger.reading() as session:
+        rows = session.execute(select(WebUser, Partner.code).outerjoin(Partner, Partner.id == WebUser.partner_id)
                                    .order_by(WebUser.kind, WebUser.email))
         return [{"kind": u.kind, "email": u.email, "role": u.role, "partner": code,
                  "password_set": u.password_hash is not None, "created_at": u.created_at.isoformat()}

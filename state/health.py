@@ -39,15 +39,15 @@ def crm_health(ledger: Ledger, crms: Sequence[str]) -> list[CrmHealth]:
     """Each CRM's sync health; ``crms`` are the configured ones (a CRM only the outbox knows, such
     as the webhook deliveries, is left out)."""
     found = {name: CrmHealth(name) for name in crms}
-    with ledger.transaction() as txn:
-        for crm, state, count in txn.session.execute(
+    with ledger.reading() as session:
+        for crm, state, count in session.execute(
                 select(SyncOp.crm, SyncOp.state, func.count()).where(SyncOp.crm.in_(list(crms)))
                 .group_by(SyncOp.crm, SyncOp.state)):
             if state in ("pending", "failed", "in_flight"):
                 found[crm].backlog += int(count)
             elif state == "dead":
                 found[crm].dead += int(count)
-        runs = txn.session.scalars(select(JobRun).where(JobRun.job.in_(set(PUSH_JOBS + POLL_JOBS)))
+        runs = session.scalars(select(JobRun).where(JobRun.job.in_(set(PUSH_JOBS + POLL_JOBS)))
                                    .order_by(JobRun.id.desc()).limit(RUNS_LOOKED_AT))
         for run in runs:
             per_crm = (run.counts or {}).get("per_crm") or {}
@@ -66,8 +66,8 @@ def crm_health(ledger: Ledger, crms: Sequence[str]) -> list[CrmHealth]:
 def open_alerts_by_kind(ledger: Ledger, examples: int = 3) -> dict[str, dict[str, Any]]:
     """Open alerts grouped by kind: how many, and the newest few (message, referral, when)."""
     grouped: dict[str, dict[str, Any]] = {}
-    with ledger.transaction() as txn:
-        for alert in txn.session.scalars(select(Alert).where(Alert.resolved_at.is_(None))
+    with ledger.reading() as session:
+        for alert in session.scalars(select(Alert).where(Alert.resolved_at.is_(None))
                                          .order_by(Alert.last_seen.desc(), Alert.id.desc())):
             entry = grouped.setdefault(alert.kind, {"count": 0, "examples": []})
             entry["count"] += 1

@@ -52,8 +52,8 @@ def _view(r: Referral, steps: Sequence[Step] = ()) -> PartnerReferral:
 
 
 def counts_by_status(ledger: Ledger, partner_id: int) -> dict[str, int]:
-    with ledger.transaction() as txn:
-        return {status: int(n) for status, n in txn.session.execute(
+    with ledger.reading() as session:
+        return {status: int(n) for status, n in session.execute(
             select(Referral.status, func.count()).where(Referral.partner_id == partner_id)
             .group_by(Referral.status))}
 
@@ -73,9 +73,9 @@ def referrals(ledger: Ledger, partner_id: int, *, status: str | None = None, sin
         pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         where.append(or_(*(func.lower(column).like(pattern, escape="\\") for column in (
             Referral.prospect_email, Referral.prospect_company, Referral.prospect_name))))
-    with ledger.transaction() as txn:
-        total = int(txn.session.scalar(select(func.count()).select_from(Referral).where(*where)) or 0)
-        rows = txn.session.scalars(select(Referral).where(*where)
+    with ledger.reading() as session:
+        total = int(session.scalar(select(func.count()).select_from(Referral).where(*where)) or 0)
+        rows = session.scalars(select(Referral).where(*where)
                                    .order_by(Referral.submitted_at.desc(), Referral.id.desc())
                                    .limit(limit).offset(offset))
         return [_view(r) for r in rows], total
@@ -83,12 +83,11 @@ def referrals(ledger: Ledger, partner_id: int, *, status: str | None = None, sin
 
 def referral(ledger: Ledger, partner_id: int, referral_id: str) -> PartnerReferral | None:
     """One of the partner's referrals with its status steps; None for any other id."""
-    with ledger.transaction() as txn:
-        found = txn.session.scalar(select(Referral).where(Referral.id == referral_id,
-                                                          Referral.partner_id == partner_id))
+    with ledger.reading() as session:
+        found = session.scalar(select(Referral).where(Referral.id == referral_id, Referral.partner_id == partner_id))
         if found is None:
             return None
-        steps = [Step(t.to_status, t.at, t.source, t.from_status) for t in txn.session.scalars(
+        steps = [Step(t.to_status, t.at, t.source, t.from_status) for t in session.scalars(
             select(StatusTransition).where(StatusTransition.referral_id == found.id).order_by(StatusTransition.id))]
         return _view(found, steps)
 
@@ -97,6 +96,6 @@ def owned(ledger: Ledger, partner_id: int, referral_ids: Sequence[str]) -> dict[
     """Which of these referrals are the partner's, by id (a submission's answer names only those)."""
     if not referral_ids:
         return {}
-    with ledger.transaction() as txn:
-        return {r.id: _view(r) for r in txn.session.scalars(select(Referral).where(
+    with ledger.reading() as session:
+        return {r.id: _view(r) for r in session.scalars(select(Referral).where(
             Referral.id.in_(list(referral_ids)), Referral.partner_id == partner_id))}
