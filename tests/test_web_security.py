@@ -332,3 +332,35 @@ def test_dashboard_shows_the_report_numbers_and_open_alerts_with_what_to_do(
     cells = f'<td data-col="referrals">{acme_line["referrals"]}</td>'
     assert f'<th scope="row" data-col="partner">acme</th> {cells}' in page
     assert "<svg" in page and "Funnel: referrals, accepted, qualified, won" in page
+
+
+def test_refsync_run_serves_the_portal_beside_the_json_endpoints(sqlite_url: str, tmp_path: Path) -> None:
+    import signal
+
+    from tests.test_http import start_daemon
+
+    daemon, port = start_daemon(sqlite_url, tmp_path)
+    try:
+        ledger = Ledger.open(sqlite_url)
+        link = invite(ledger, "partner", "ana@acme.example", partner="acme")
+        ledger.close()
+        client = Browserless(f"http://127.0.0.1:{port}")
+        page = client.get("/portal/sign-in")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no script
+        assert client.get("/portal").headers["location"] == "/portal/sign-in"
+        assert client.accept_invitation(link).status_code == 303
+        assert "Referrals of acme" in client.get("/portal").text
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/intake").status_code == 405 and "POST only" in client.get("/intake").json()["error"]
+        missing = client.get("/nothing")
+        assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+        client.close()
+        daemon.send_signal(signal.SIGTERM)
+        _out, rest = daemon.communicate(timeout=30)
+        assert daemon.returncode == 0, rest
+        assert link not in rest and PASSWORD not in rest
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
