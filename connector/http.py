@@ -411,6 +411,11 @@ async def _body(request: Request) -> bytes | Response | None:
     return b"".join(chunks)
 
 
+def _shown(path: str) -> str:
+    """A request path as it may be logged: a one-time link's token is a secret, never logged."""
+    return "/welcome/{token}" if path.startswith("/welcome/") else path
+
+
 class _Counted:
     """Counts every answer in ``refsync_http_requests_total`` and logs one debug line for it (probes
     and scrapes would flood info), never its headers or query string."""
@@ -431,9 +436,7 @@ class _Counted:
                 endpoint = path if path in (*GET_ROUTES, INTAKE) else "other"
                 self.metrics.requests.labels(endpoint, str(status)).inc()
                 client = scope.get("client")
-                # A one-time link's token is a secret: its path is never logged.
-                shown = "/welcome/{token}" if path.startswith("/welcome/") else path
-                log.debug("http request", method=scope["method"], path=shown, status=status,
+                log.debug("http request", method=scope["method"], path=_shown(path), status=status,
                           client=client[0] if client else None)
             await send(message)
 
@@ -502,7 +505,16 @@ def create_app(server: HttpServer) -> ASGIApp:
         from refsync.connector.web.routes import web_routes
 
         routes.extend(web_routes(server.ledger, server.settings.web))
-    app = Starlette(routes=routes, exception_handlers={HTTPException: refused})
+    async def ledger_unavailable(request: Request, exc: Exception) -> Response:
+        # A page whose ledger read or write failed (connection lost, locked): 503, say so, log it.
+        log.error("http request failed: the ledger is unavailable", path=_shown(request.url.path), error=str(exc))
+        if server.settings.web is not None and is_web_path(request.url.path):
+            from refsync.connector.web.pages import unavailable
+
+            return unavailable()
+        return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the ledger is unavailable; retry later"})
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: refused, LedgerError: ledger_unavailable})
     return _Counted(app, server.metrics)
 
 

@@ -364,3 +364,14 @@ def test_refsync_run_serves_the_portal_beside_the_json_endpoints(sqlite_url: str
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+@SQLITE_ONLY
+def test_a_page_answers_503_when_the_ledger_is_gone(ledger: Ledger, server: HttpServer, ledger_url: str) -> None:
+    client = partner_signed_in(ledger, server, "acme", "ana@acme.example")
+    path = Path(ledger_url.removeprefix("sqlite:///"))
+    ledger.engine.dispose()
+    path.rename(path.with_name("moved.db"))  # the next connection opens an empty file: no tables
+    answer = client.get("/portal")
+    assert answer.status_code == 503 and "Try again in a moment" in answer.text
+    assert client.get("/healthz").status_code == 200

@@ -71,3 +71,9 @@ def not_found(**context: Any) -> HTMLResponse:
 
 def forbidden(message: str, **context: Any) -> HTMLResponse:
     return render("error.html", HTTPStatus.FORBIDDEN, title="Refused", message=message, **context)
+
+
+def unavailable() -> HTMLResponse:
+    return render("error.html", HTTPStatus.SERVICE_UNAVAILABLE, title="Try again in a moment",
+                  message="The referral ledger is not available right now. Nothing you sent was lost half-way: "
+                          "reload the page in a moment and repeat what you did if it did not appear.")
