@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo portal test lint bench clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "refsync needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -30,6 +30,12 @@ install: $(DEV)
 
 demo: $(RUNTIME)
 	$(VENV)/bin/refsync demo
+
+# The demo, then the partner portal and the program dashboard of its ledger until Ctrl-C
+# (their URLs and demo credentials are printed; PORTAL_LISTEN=host:port to serve elsewhere).
+PORTAL_LISTEN ?= 127.0.0.1:8787
+portal: $(RUNTIME)
+	$(VENV)/bin/refsync demo --portal --listen $(PORTAL_LISTEN)
 
 test: $(DEV)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)

@@ -306,6 +306,20 @@ OUTGOING_WEBHOOKS = (("alerts", "webhook_url"),)  # config keys refsync POSTs to
 class HttpConfig(_Strict):
     listen: str = "127.0.0.1:8787"
     intake_token: Secret
+    # The address people reach the portal at, when it is not http://<listen> (behind a proxy, TLS):
+    # invitation links start with it, and an https one makes the session cookie Secure.
+    public_url: str | None = None
+    session_hours: float = Field(default=12, gt=0, le=24 * 30)  # a web session lasts this long, then sign in again
+    invite_days: float = Field(default=7, gt=0, le=90)  # a one-time link works this long
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be the portal's base URL, e.g. \"https://partners.example.com\" (no query)")
+        return value.rstrip("/")
 
 
 class LoggingConfig(_Strict):

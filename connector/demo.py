@@ -19,7 +19,9 @@ from __future__ import annotations
 import shlex
 import shutil
 import sys
+import threading
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -91,7 +93,47 @@ def _links(config: Path) -> dict[str, dict[str, str]]:
     return found
 
 
-def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
+DEMO_PASSWORD = "refsync-demo-password"  # noqa: S105 - the demo's printed, throwaway credentials
+
+
+def serve_portal(config: Path, listen: str, stop: threading.Event | None = None) -> None:
+    """Serve the portal and the dashboard of the demo's ledger on ``listen`` until Ctrl-C (or
+    ``stop``), after printing their addresses and a demo partner's and manager's credentials."""
+    from refsync.connector.config import load_config
+    from refsync.connector.http import HttpServer, HttpSettings
+    from refsync.connector.web import settings_from_config
+    from refsync.connector.web.auth import hash_password
+    from refsync.state import access
+    from refsync.state.ledger import Ledger
+
+    loaded = load_config(config)
+    loaded = loaded.model_copy(update={"http": loaded.http.model_copy(update={"listen": listen})})
+    ledger = Ledger.open(loaded.ledger_url())
+    users = (("partner", "dana@acme-partners.example", "partner", "acme-partners"),
+             ("staff", "manager@refsync.example", "admin", None))
+    for kind, email, role, partner in users:
+        _user, token = access.invite(ledger, kind, email, role, timedelta(hours=1), partner_code=partner)
+        access.use_link(ledger, token, hash_password(DEMO_PASSWORD), access.new_token(), access.new_token(),
+                        timedelta(minutes=1), "demo")
+    server = HttpServer(ledger, HttpSettings(listen, None, loaded.attribution.policy(),
+                                             web=settings_from_config(loaded)), lambda: True)
+    server.start()
+    host, port = server.address
+    base = f"http://{host}:{port}"
+    click.secho("\n== The partner portal and the program dashboard", bold=True)
+    click.echo(f"Partner portal:    {base}/portal     sign in as {users[0][1]} / {DEMO_PASSWORD}")
+    click.echo(f"Program dashboard: {base}/dashboard  sign in as {users[1][1]} / {DEMO_PASSWORD}")
+    click.echo("Serving until Ctrl-C.")
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        click.echo("\nstopped")
+    finally:
+        server.stop()
+        ledger.close()
+
+
+def run_demo(directory: Path, sample: Path = SAMPLE, portal_listen: str | None = None) -> int:
     from refsync.adapters.sandbox.run import start_sandbox
 
     directory = directory.resolve()
@@ -138,6 +180,8 @@ def run_demo(directory: Path, sample: Path = SAMPLE) -> int:
                    "again, restored by refsync.")
         click.secho("\n== Summary", bold=True)
         click.echo(summary(config, example="portal-1001"))
+        if portal_listen is not None:
+            serve_portal(config, portal_listen)
         return 0
     finally:
         sandbox.stop()

@@ -1,5 +1,6 @@
 """The daemon's HTTP surface: ``/healthz``, ``/readyz``, ``/metrics``, the authenticated intake and
-its OpenAPI description (``/openapi.json``).
+its OpenAPI description (``/openapi.json``), and, registered into the same app from
+:mod:`connector.web`, the partner portal (``/portal``) and the program dashboard (``/dashboard``).
 
 A Starlette app (:func:`create_app`) served by uvicorn with h11 from a background thread of ``refsync
 run``. Why not the stdlib server it replaces: it had a listen backlog of 5, a thread per connection
@@ -47,7 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refsync.connector.attribution import Policy
@@ -63,6 +64,7 @@ from refsync.connector.intake import (
 )
 from refsync.connector.logs import get_logger
 from refsync.connector.metrics import Metrics
+from refsync.connector.web import WebSettings, is_web_path
 from refsync.errors import ConfigError, LedgerError
 from refsync.state import db
 from refsync.state.ledger import Ledger
@@ -90,6 +92,7 @@ class HttpSettings:
     listen: str
     intake_token: str | None
     policy: Policy
+    web: WebSettings | None = None  # the partner portal and the program dashboard (connector/web)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -385,6 +388,11 @@ async def _body(request: Request) -> bytes | Response | None:
     return b"".join(chunks)
 
 
+def _shown(path: str) -> str:
+    """A request path as it may be logged: a one-time link's token is a secret, never logged."""
+    return "/welcome/{token}" if path.startswith("/welcome/") else path
+
+
 class _Counted:
     """Counts every answer in ``refsync_http_requests_total`` and logs one debug line for it (probes
     and scrapes would flood info), never its headers or query string."""
@@ -405,7 +413,7 @@ class _Counted:
                 endpoint = path if path in (*GET_ROUTES, INTAKE) else "other"
                 self.metrics.requests.labels(endpoint, str(status)).inc()
                 client = scope.get("client")
-                log.debug("http request", method=scope["method"], path=path, status=status,
+                log.debug("http request", method=scope["method"], path=_shown(path), status=status,
                           client=client[0] if client else None)
             await send(message)
 
@@ -460,13 +468,30 @@ def create_app(server: HttpServer) -> ASGIApp:
         # Starlette's 404 (no route) and 405 (wrong method) become the JSON answers of the contract.
         if isinstance(exc, HTTPException) and exc.status_code not in (404, 405):
             return _json(exc.status_code, {"error": exc.detail})
+        if server.settings.web is not None and is_web_path(request.url.path):
+            from refsync.connector.web.routes import page_not_found
+
+            return page_not_found()
         return _not_here(request.url.path, token is not None)
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
     if token:
         routes.append(Route(INTAKE, intake, methods=["POST"]))
-    app = Starlette(routes=routes, exception_handlers={HTTPException: refused})
+    if server.settings.web is not None:
+        from refsync.connector.web.routes import web_routes
+
+        routes.extend(web_routes(server.ledger, server.settings.web))
+    async def ledger_unavailable(request: Request, exc: Exception) -> Response:
+        # A page whose ledger read or write failed (connection lost, locked): 503, say so, log it.
+        log.error("http request failed: the ledger is unavailable", path=_shown(request.url.path), error=str(exc))
+        if server.settings.web is not None and is_web_path(request.url.path):
+            from refsync.connector.web.pages import unavailable
+
+            return unavailable()
+        return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the ledger is unavailable; retry later"})
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: refused, LedgerError: ledger_unavailable})
     return _Counted(app, server.metrics)
 
 

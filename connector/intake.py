@@ -131,8 +131,9 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8-sig", errors="surrogateescape")
 
 
-def read_csv(text: str) -> ParsedFile:
-    """Rows of a CSV text keyed by the known columns, with the line each starts on."""
+def read_csv(text: str, partner_given: bool = False) -> ParsedFile:
+    """Rows of a CSV text keyed by the known columns, with the line each starts on.
+    ``partner_given``: the caller fills the partner (the portal), so the column may be absent."""
     problems: list[RowProblem] = []
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -155,7 +156,7 @@ def read_csv(text: str) -> ParsedFile:
             RowProblem(1, name, "unknown column, ignored; the columns are " + ", ".join(COLUMNS), "note")
         )
     seen = set(names)
-    if "partner" not in seen and "link" not in seen:
+    if "partner" not in seen and "link" not in seen and not partner_given:
         problems.append(RowProblem(1, None, "the header has no 'partner' (or 'link') column; add it"))
     if "prospect_email" not in seen and "prospect_company" not in seen:
         problems.append(

@@ -7,7 +7,7 @@ inside :meth:`Ledger.transaction`, whose :class:`LedgerTxn` offers named operati
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -178,6 +178,11 @@ class Ledger:
                 yield session
         except OperationalError as exc:
             raise LedgerError(f"cannot read the ledger: {exc.orig}") from exc
+
+    def reading(self) -> AbstractContextManager[Session]:
+        """A session for reads only: on SQLite it never takes the write lock (web pages read on
+        every request while the daemon writes)."""
+        return self._read()
 
     def refresh_statistics(self) -> None:
         """Let PostgreSQL's planner see a table that grew fast (a large import): with the stats of

@@ -394,3 +394,64 @@ class Payout(Base):
     paid_at: Mapped[datetime | None]
 
     partner: Mapped[Partner] = relationship(lazy="joined")
+
+
+# -- web access: partner portal and program dashboard (connector/web) -----------------------------
+
+
+class WebUser(Base):
+    """Someone who signs in to the web pages: a partner user (sees only ``partner_id``'s referrals)
+    or a staff user (the program dashboard; role ``admin`` or ``viewer``). The same email may be
+    both, as two separate users: partner and staff sign-in never share a session."""
+
+    __tablename__ = "web_users"
+    __table_args__ = (UniqueConstraint("kind", "email"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # partner, staff
+    email: Mapped[str] = mapped_column(String(320))  # lower-cased
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partners.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # partner, admin, viewer
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None until the link is used
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_set_at: Mapped[datetime | None]
+
+
+class WebLink(Base):
+    """A one-time link that sets a user's password (an invitation). Only its SHA-256 is stored."""
+
+    __tablename__ = "web_links"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is stored, so a copy
+    of the ledger signs nobody in. ``csrf_token`` is the per-session token every form carries."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SignInAttempt(Base):
+    """One sign-in attempt, kept for the per email and address rate limit."""
+
+    __tablename__ = "sign_in_attempts"
+    __table_args__ = (Index("ix_sign_in_attempts_key", "kind", "email", "ip", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str] = mapped_column(String(320))
+    ip: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    succeeded: Mapped[bool] = mapped_column(Boolean)

@@ -24,6 +24,7 @@ from refsync.connector.cli import (
     referrals,
     reports,
     sync,
+    users,
 )
 from refsync.connector.cli.base import Context, RefsyncGroup, accept_common_options
 
@@ -44,8 +45,10 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referrals.referrals, partners.partners,
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
                  reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd,
-                 ledger_admin.ledger, commissions.commissions, commissions.payouts, commissions.terms):
+                 ledger_admin.ledger, commissions.commissions, commissions.payouts, commissions.terms,
+                 users.users):
     cli.add_command(_command)
+partners.partners.add_command(users.partner_invite)  # `refsync partners invite CODE EMAIL`
 for _command in cli.commands.values():
     accept_common_options(_command)
 

@@ -166,9 +166,11 @@ def stuck_grace(push_interval_seconds: int) -> timedelta:
 @click.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=".demo",
               show_default=True, help="Where the demo keeps its config and ledger.")
+@click.option("--portal", is_flag=True, help="Then serve the partner portal and the dashboard until Ctrl-C.")
+@click.option("--listen", default="127.0.0.1:8787", show_default=True, help="Where --portal serves them.")
 @handles_errors
-def demo(directory: Path) -> None:
+def demo(directory: Path, portal: bool, listen: str) -> None:
     """Run the whole story against an embedded SQLite ledger (and the sandbox CRMs)."""
     from refsync.connector.demo import run_demo
 
-    sys.exit(run_demo(directory))
+    sys.exit(run_demo(directory, portal_listen=listen if portal else None))

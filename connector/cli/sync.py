@@ -101,7 +101,10 @@ def run(obj: Context) -> None:
     # An intake token that does not resolve (variable unset, file missing) stops the start-up too:
     # an intake silently left off would lose the referrals sent to it.
     token = http.intake_token.resolve("http.intake_token", obj.config.base_dir) if http.intake_token else None
-    http_settings = HttpSettings(http.listen, token, obj.config.attribution.policy())
+    from refsync.connector.web import settings_from_config as web_settings
+
+    http_settings = HttpSettings(http.listen, token, obj.config.attribution.policy(),
+                                 web=web_settings(obj.config))  # the partner portal and program dashboard
     with obj.worker(ledger):  # registered and beating until the scheduler stopped (connector/worker.py)
         Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds,
                daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days),
