@@ -52,3 +52,28 @@ def remembered_everywhere(ledger: Ledger, key: str) -> dict[str, tuple[dict[str,
     with ledger.transaction() as txn:
         rows = txn.session.scalars(select(CrmState).where(CrmState.key == key))
         return {row.crm: (dict(row.value), row.updated_at) for row in rows}
+
+
+LAST_COUNTS = "last_counts:"  # + job: what the last run of that job that did something did on this CRM
+
+
+def did_something(values: dict[str, Any]) -> bool:
+    """Whether a run's counts for one CRM hold any non-zero number (an empty round holds none)."""
+    return any(isinstance(v, int | float) and not isinstance(v, bool) and v for v in values.values())
+
+
+def remember_counts(ledger: Ledger, job: str, per_crm: dict[str, dict[str, Any]]) -> None:
+    """Keep each CRM's counts of this run of ``job`` when they are not all zero, so the metrics show
+    the last round that did something rather than 0 after every empty round."""
+    for crm, values in per_crm.items():
+        if did_something(values):
+            remember(ledger, crm, LAST_COUNTS + job, dict(values))
+
+
+def last_counts(ledger: Ledger) -> dict[str, dict[str, dict[str, Any]]]:
+    """By job, then CRM: the counts :func:`remember_counts` kept."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    with ledger.transaction() as txn:
+        for row in txn.session.scalars(select(CrmState).where(CrmState.key.startswith(LAST_COUNTS, autoescape=True))):
+            found.setdefault(row.key[len(LAST_COUNTS):], {})[row.crm] = dict(row.value)
+    return found

@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 
 from refsync.connector import logs
-from refsync.connector.cli import alerts, ledger, mappings, partners, referrals, reports, sync
+from refsync.connector.cli import alerts, ledger, mappings, partners, referrals, reports, retention, sync
 from refsync.connector.cli.base import Context
 
 
@@ -30,7 +30,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referrals.referrals, partners.partners,
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
-                 reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd):
+                 reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd,
+                 retention.prune):
     cli.add_command(_command)
 
 
