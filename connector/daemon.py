@@ -186,12 +186,12 @@ class Daemon:
         """Take or renew the poller lease: whether this replica leads now. Every job only the leader
         runs asks first, and the ``lease`` job asks every :attr:`lease_every` seconds, so a leader
         keeps it and a successor is found that often. Taking and losing it are logged once each."""
-        try:
-            held = self.ledger.hold_lease(POLLER_LEASE, self.owner, self.lease)
-        except LedgerError as exc:  # unknown: skip the leader's work this time, and try again
-            log.warning("could not take or renew the poller lease", worker=self.owner, error=str(exc))
-            return False
-        with self._leading_lock:
+        with self._leading_lock:  # one try at a time: two jobs racing to insert the lease row would disagree
+            try:
+                held = self.ledger.hold_lease(POLLER_LEASE, self.owner, self.lease)
+            except LedgerError as exc:  # unknown: skip the leader's work this time, and try again
+                log.warning("could not take or renew the poller lease", worker=self.owner, error=str(exc))
+                return False
             changed, self.leading = held != self.leading, held
         if changed and held:
             log.info("took the poller lease", worker=self.owner, lease_seconds=self.lease.total_seconds())
