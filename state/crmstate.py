@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from refsync.state.ledger import Ledger
 from refsync.state.models import CrmState
@@ -32,14 +33,20 @@ def remembered_many(ledger: Ledger, crm: str, keys: Sequence[str]) -> dict[str, 
 
 
 def remember(ledger: Ledger, crm: str, key: str, value: dict[str, Any], at: datetime | None = None) -> None:
-    """Store ``value`` under ``key`` (replacing what was there)."""
+    """Store ``value`` under ``key`` (replacing what was there). Replicas starting together store the
+    same schemas at once: the one that inserts second updates instead of failing."""
     now = at or ledger.clock()
     with ledger.transaction() as txn:
         row = txn.session.get(CrmState, (crm, key))
-        if row is None:
-            txn.session.add(CrmState(crm=crm, key=key, value=value, updated_at=now))
-        else:
+        if row is not None:
             row.value, row.updated_at = value, now
+            return
+        try:
+            with txn.session.begin_nested():
+                txn.session.add(CrmState(crm=crm, key=key, value=value, updated_at=now))
+        except IntegrityError:
+            txn.session.execute(update(CrmState).where(CrmState.crm == crm, CrmState.key == key)
+                                .values(value=value, updated_at=now))
 
 
 def forget(ledger: Ledger, crm: str, key: str) -> None:

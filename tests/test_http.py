@@ -284,11 +284,13 @@ def start_daemon(sqlite_url: str, tmp_path: Path, level: str = "info", *, extra:
                               env={**os.environ, "T_INTAKE_TOKEN": TOKEN, **(env or {})},
                               stderr=subprocess.PIPE, text=True)
     assert daemon.stderr is not None
+    said = []
     for line in daemon.stderr:
         if line.startswith("{") and json.loads(line)["event"] == "http listening":
             return daemon, int(json.loads(line)["port"])
+        said.append(line)
     daemon.kill()
-    raise AssertionError("the daemon never said where it listens")
+    raise AssertionError("the daemon never said where it listens:\n" + "".join(said[-20:]))
 
 
 def test_refsync_run_serves_http_and_stops_cleanly_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
