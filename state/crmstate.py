@@ -65,8 +65,10 @@ LAST_COUNTS = "last_counts:"  # + job: what the last run of that job that did so
 
 
 def did_something(values: dict[str, Any]) -> bool:
-    """Whether a run's counts for one CRM hold any non-zero number (an empty round holds none)."""
-    return any(isinstance(v, int | float) and not isinstance(v, bool) and v for v in values.values())
+    """Whether a run's counts for one CRM hold any non-zero number besides its API calls (a poll that
+    found nothing still made calls: it is an empty round all the same)."""
+    return any(isinstance(v, int | float) and not isinstance(v, bool) and v
+               for k, v in values.items() if k != "calls")
 
 
 def remember_counts(ledger: Ledger, job: str, per_crm: dict[str, dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from refsync.state.crmstate import did_something
 from refsync.state.ledger import Ledger
 from refsync.state.models import CrmLink
 from tests.test_daemon import env_for, sandbox_info  # noqa: F401 - a fixture, used by name
@@ -82,3 +83,9 @@ def test_counters_grow_across_rounds_and_an_empty_round_resets_nothing(
             daemon.process.kill()
             daemon.process.wait()
         ledger.close()
+
+
+def test_a_round_whose_only_count_is_its_api_calls_is_empty() -> None:
+    assert not did_something({"changes": 0, "transitions": 0, "repairs": 0, "calls": 4})
+    assert did_something({"changes": 2, "transitions": 0, "repairs": 0, "calls": 4})
+    assert not did_something({"pushed": 0, "failed": 0, "dead": 0, "calls": 0})
