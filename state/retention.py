@@ -13,6 +13,7 @@ what stops ``outbox.enqueue_pushes`` from planning that push again) and the last
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,11 @@ from refsync.state.notifications import WEBHOOK
 from refsync.state.outbox import push_key
 
 BATCH = 500  # rows per transaction: a few milliseconds of lock on either database
+# Seconds between two batches on SQLite, whose one write lock a prune taking it again at once would
+# keep from a waiting writer: SQLite's busy handler looks again only every 100 ms once it has waited
+# a while (sqlite3 source, ``sqliteDefaultBusyCallback``: delays 1, 2, 5, ... 50, 100 ms). PostgreSQL
+# locks rows, and no writer of new work waits for the deleted ones.
+SQLITE_PAUSE = 0.12
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,12 @@ class Cutoffs:
 
 def prune(ledger: Ledger, cutoffs: Cutoffs, *, dry_run: bool = False, batch: int = BATCH) -> dict[str, int]:
     """Delete (or with ``dry_run`` only count) what ``cutoffs`` lets go; how many of each kind."""
+    pause = SQLITE_PAUSE if ledger.engine.dialect.name == "sqlite" and not dry_run else 0.0
     return {
-        "done_ops": _prune_ops(ledger, cutoffs.done_ops, webhooks=False, dry_run=dry_run, batch=batch),
+        "done_ops": _prune_ops(ledger, cutoffs.done_ops, webhooks=False, dry_run=dry_run, batch=batch, pause=pause),
         "delivered_notifications": _prune_ops(ledger, cutoffs.delivered_notifications, webhooks=True,
-                                              dry_run=dry_run, batch=batch),
-        "job_runs": _prune_runs(ledger, cutoffs.job_runs, dry_run=dry_run, batch=batch),
+                                              dry_run=dry_run, batch=batch, pause=pause),
+        "job_runs": _prune_runs(ledger, cutoffs.job_runs, dry_run=dry_run, batch=batch, pause=pause),
     }
 
 
@@ -57,7 +64,8 @@ def _current_pushes(session: Session, rows: Sequence[tuple[int, str, str, str | 
             if referral_id in revisions and key == push_key(crm, referral_id, revisions[referral_id])}
 
 
-def _prune_ops(ledger: Ledger, before: datetime | None, *, webhooks: bool, dry_run: bool, batch: int) -> int:
+def _prune_ops(ledger: Ledger, before: datetime | None, *, webhooks: bool, dry_run: bool, batch: int,
+               pause: float) -> int:
     if before is None:
         return 0
     finished = func.coalesce(SyncOp.done_at, SyncOp.updated_at)
@@ -79,9 +87,10 @@ def _prune_ops(ledger: Ledger, before: datetime | None, *, webhooks: bool, dry_r
                 txn.session.execute(delete(SyncOp).where(SyncOp.id.in_(ids), SyncOp.state == "done")
                                     .execution_options(synchronize_session=False))
             total += len(ids)
+        time.sleep(pause)
 
 
-def _prune_runs(ledger: Ledger, before: datetime | None, *, dry_run: bool, batch: int) -> int:
+def _prune_runs(ledger: Ledger, before: datetime | None, *, dry_run: bool, batch: int, pause: float) -> int:
     if before is None:
         return 0
     with ledger.transaction() as txn:
@@ -99,3 +108,4 @@ def _prune_runs(ledger: Ledger, before: datetime | None, *, dry_run: bool, batch
                 txn.session.execute(delete(JobRun).where(JobRun.id.in_(ids))
                                     .execution_options(synchronize_session=False))
             total += len(ids)
+        time.sleep(pause)
