@@ -5,9 +5,9 @@ replica holding the ``poller`` lease (the leader) polls, expires, reconciles and
 advance once. Every replica tries the lease every ``min(heartbeat_seconds, lease_seconds / 3)``: the
 leader renews it, and another takes it at once from a leader that left or died on this host, after
 ``worker_timeout_seconds`` from one that went silent elsewhere, and after ``lease_seconds`` at the
-latest (state/ledger.hold_lease, state/workers.py). Taking and losing it are info log lines. SIGTERM and SIGINT stop the
-scheduler after the running job's round: claimed ops are either landed or, at worst, taken back
-by the next claimer as soon as this worker has left (connector/worker.py). The jobs run in
+latest (state/ledger.hold_lease, state/workers.py). Taking and losing it are info log lines.
+SIGTERM and SIGINT stop the scheduler after the running job's round: claimed ops are either landed
+or, at worst, taken back by the next claimer as soon as this worker has left (connector/worker.py). The jobs run in
 scheduler threads at the same time: push, poll and reconcile serialise per CRM on the target's
 lock (CrmTarget.lock); webhook and alert deliveries run on a thread of their own that neither a
 CRM's job nor a stop waits for. The HTTP surface (health, readiness, metrics, intake) is served from a
@@ -198,7 +198,7 @@ class Daemon:
         elif changed:
             try:
                 leader = self.ledger.lease_holder()["worker"]
-            except LedgerError:
+            except LedgerError:  # the line still says that we lost it; who has it shows in `refsync status`
                 leader = None
             log.info("lost the poller lease", worker=self.owner, leader=leader)
         return held
