@@ -208,6 +208,8 @@ class DaemonConfig(_Strict):
     poll_interval_seconds: int = Field(default=300, ge=1)
     reconcile_cron: str = "0 3 * * *"
     batch_size: int = Field(default=200, ge=1, le=10000)
+    # The longest a claim outlives a worker that cannot be judged dead: an op claimed under a lease is
+    # due again after this, and the poller lease (the leader) passes on after this (README "Several replicas").
     lease_seconds: int = Field(default=300, ge=10)
     max_attempts: int = Field(default=8, ge=1)
     # Describes and stage lists are cached in the ledger and read again after this long (at once
@@ -322,6 +324,15 @@ class HttpConfig(_Strict):
         return value.rstrip("/")
 
 
+class RetentionConfig(_Strict):
+    """How many days finished work is kept before the daemon (or `refsync prune`) deletes it; 0 keeps
+    it forever. Audit events and status transitions are always kept."""
+
+    done_ops_days: int = Field(default=30, ge=0, le=36500)
+    job_runs_days: int = Field(default=90, ge=0, le=36500)
+    delivered_notifications_days: int = Field(default=30, ge=0, le=36500)
+
+
 class LoggingConfig(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -348,6 +359,7 @@ class Config(_Strict):
     notifications: NotificationsConfig = NotificationsConfig()
     alerts: AlertsConfig = AlertsConfig(webhook_secret=None)
     compensation: CompensationConfig | None = None
+    retention: RetentionConfig = RetentionConfig()
 
     # Set by load_config; not part of the file.
     source: Path | None = Field(default=None, exclude=True)

@@ -1,9 +1,13 @@
 """`refsync run`: the daemon. APScheduler 3.x runs the push and poll jobs on their intervals.
 
 Every replica pushes (ops are claimed under leases, so replicas never share an op); only the
-replica holding the ``poller`` lease polls, so cursors advance once. SIGTERM and SIGINT stop the
-scheduler after the running job's round: claimed ops are either landed or, at worst, taken back
-by the next claimer as soon as this worker has left (connector/worker.py). The jobs run in
+replica holding the ``poller`` lease (the leader) polls, expires, reconciles and prunes, so cursors
+advance once. Every replica tries the lease every ``min(heartbeat_seconds, lease_seconds / 3)``: the
+leader renews it, and another takes it at once from a leader that left or died on this host, after
+``worker_timeout_seconds`` from one that went silent elsewhere, and after ``lease_seconds`` at the
+latest (state/ledger.hold_lease, state/workers.py). Taking and losing it are info log lines.
+SIGTERM and SIGINT stop the scheduler after the running job's round: claimed ops are either landed
+or, at worst, taken back by the next claimer as soon as this worker has left (connector/worker.py). The jobs run in
 scheduler threads at the same time: push, poll and reconcile serialise per CRM on the target's
 lock (CrmTarget.lock); webhook and alert deliveries run on a thread of their own that neither a
 CRM's job nor a stop waits for. The HTTP surface (health, readiness, metrics, intake) is served from a
@@ -30,21 +34,24 @@ from refsync.adapters.errors import AuthError, CrmError, RateLimited, TransientE
 from refsync.connector import sdnotify
 from refsync.connector.alerting import announce
 from refsync.connector.compensate import compensate
+from refsync.connector.config import RetentionConfig
 from refsync.connector.crms import answered_again, ensure_ready, failed_round, readiness
 from refsync.connector.expire import expire_referrals
 from refsync.connector.http import HttpServer, HttpSettings
 from refsync.connector.logs import RepeatedErrors, get_logger
+from refsync.connector.metrics import Metrics
 from refsync.connector.notify import deliver_all
 from refsync.connector.push import CrmTarget, each_locked
 from refsync.connector.reconcile import ReconcileSettings, reconcile
 from refsync.connector.reload import MappingWatch
+from refsync.connector.retention import keeps_everything, prune_ledger
 from refsync.connector.sync import CycleSettings, poll_with_drift, push_all, worker_id
 from refsync.errors import LedgerError, RefsyncError
-from refsync.state.ledger import Ledger
+from refsync.state.crmstate import remember_counts
+from refsync.state.ledger import POLLER_LEASE, Ledger
 from refsync.state.outbox import enqueue_pushes
 
 log = get_logger("refsync.daemon")
-POLLER_LEASE = "poller"
 NOTIFY_STOP_WAIT = 3.0  # seconds a stop waits for a running webhook/alert round before leaving it
 MAPPING_WATCH_SECONDS = 1.0  # how often the mapping files' mtime and size are looked at
 REPEAT_LOG_SECONDS = 600.0  # an error repeated every round is logged again (with its count) this often
@@ -53,13 +60,20 @@ REPEAT_LOG_SECONDS = 600.0  # an error repeated every round is logged again (wit
 class Daemon:
     def __init__(self, ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSettings,
                  push_interval: int, poll_interval: int, reconcile_cron: str | None = None,
-                 reconcile_settings: ReconcileSettings | None = None, http: HttpSettings | None = None) -> None:
+                 reconcile_settings: ReconcileSettings | None = None, http: HttpSettings | None = None,
+                 heartbeat_seconds: float = 5.0, retention: RetentionConfig | None = None) -> None:
         self.ledger = ledger
         self.targets = targets
         self.settings = settings
         self.push_interval = push_interval
         self.poll_interval = poll_interval
         self.owner = worker_id()
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self.lease_every = min(heartbeat_seconds, settings.lease_seconds / 3)  # how often the lease is tried
+        self.leading = False  # whether this replica held the poller lease at its last try
+        self._leading_lock = threading.Lock()
+        self.retention = retention
+        self.metrics = Metrics(ledger, self.owner, list(targets))
         self.reconcile_cron = reconcile_cron
         self.reconcile_settings = reconcile_settings or ReconcileSettings()
         self.stopping = threading.Event()
@@ -72,7 +86,7 @@ class Daemon:
         self.answered: set[str] = set()
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         # No server when [http] listen = "": the operator turned the HTTP surface off.
-        self.http = HttpServer(ledger, http, self._scheduling, lambda: readiness(self.targets)) \
+        self.http = HttpServer(ledger, http, self._scheduling, lambda: readiness(self.targets), self.metrics) \
             if http is not None and http.listen else None
 
     def _scheduling(self) -> bool:
@@ -96,6 +110,7 @@ class Daemon:
                 counts = push_all(self.ledger, target, self.settings, self.owner)
                 per_crm[name] = {"pushed": counts.pushed, "failed": counts.failed, "dead": counts.dead,
                                  "calls": counts.calls}
+                self.metrics.count_push(name, counts)
                 errors += counts.errors
                 self.repeats.clear(f"push:{name}", "push", crm=name)
                 if counts.pushed:
@@ -110,10 +125,10 @@ class Daemon:
                 self._failed(target, exc)
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", {"per_crm": per_crm}, "; ".join(errors) or None)
+        remember_counts(self.ledger, "push", per_crm)
 
     def poll_job(self) -> None:
-        lease = timedelta(seconds=max(self.poll_interval * 3, 60))
-        if not self.ledger.hold_lease(POLLER_LEASE, self.owner, lease):
+        if not self._lead():
             log.debug("another replica polls", owner=self.owner)
             return
         per_crm: dict[str, dict[str, int]] = {}
@@ -135,6 +150,7 @@ class Daemon:
                 counts = poll_with_drift(self.ledger, target)
                 per_crm[name] = {"changes": counts.changes, "transitions": counts.transitions,
                                  "repairs": counts.repairs, "calls": counts.calls}
+                self.metrics.count_poll(name, counts)
                 log.info("poll", crm=name, changes=counts.changes, transitions=counts.transitions,
                          repairs=counts.repairs, api_calls=counts.calls)
                 self.repeats.clear(f"poll:{name}", "poll", crm=name)
@@ -155,6 +171,7 @@ class Daemon:
                                          "voided": paid.voided, "clawbacks": paid.clawbacks}
         with self.ledger.transaction() as txn:
             txn.finish_run(run_id, "failed" if errors else "ok", run_counts, "; ".join(errors) or None)
+        remember_counts(self.ledger, "poll", per_crm)
 
     def _failed(self, target: CrmTarget, exc: CrmError) -> None:
         """Count a round the CRM did not answer or refused our credentials (a rate limit or a
@@ -186,6 +203,7 @@ class Daemon:
                 announce(self.ledger, self.settings.sinks, self.settings.storm_threshold)
             if self.settings.delivery is not None:
                 counts = deliver_all(self.ledger, self.owner, self.settings.delivery)
+                self.metrics.count_webhooks(counts)
                 if counts.delivered or counts.failed or counts.dead:
                     log.info("webhooks", delivered=counts.delivered, failed=counts.failed, dead=counts.dead)
             self.repeats.clear("notify", "webhook round")
@@ -212,17 +230,46 @@ class Daemon:
             log.warning("a webhook or alert delivery is still running; stopping without it",
                         waited_seconds=NOTIFY_STOP_WAIT)
 
-    def _leader(self) -> bool:
-        lease = timedelta(seconds=max(self.poll_interval * 3, 60))
-        return self.ledger.hold_lease(POLLER_LEASE, self.owner, lease)
+    def _lead(self) -> bool:
+        """Take or renew the poller lease: whether this replica leads now. Every job only the leader
+        runs asks first, and the ``lease`` job asks every :attr:`lease_every` seconds, so a leader
+        keeps it and a successor is found that often. Taking and losing it are logged once each."""
+        with self._leading_lock:  # one try at a time: two jobs racing to insert the lease row would disagree
+            try:
+                held = self.ledger.hold_lease(POLLER_LEASE, self.owner, self.lease)
+            except LedgerError as exc:  # unknown: skip the leader's work this time, and try again
+                log.warning("could not take or renew the poller lease", worker=self.owner, error=str(exc))
+                return False
+            changed, self.leading = held != self.leading, held
+        if changed and held:
+            log.info("took the poller lease", worker=self.owner, lease_seconds=self.lease.total_seconds())
+        elif changed:
+            try:
+                leader = self.ledger.lease_holder()["worker"]
+            except LedgerError:  # the line still says that we lost it; who has it shows in `refsync status`
+                leader = None
+            log.info("lost the poller lease", worker=self.owner, leader=leader)
+        return held
+
+    def lease_job(self) -> None:
+        self._lead()
 
     def expire_job(self) -> None:
-        if self.settings.expire_after_days is None or not self._leader():
+        if self.settings.expire_after_days is None or not self._lead():
             return
         expire_referrals(self.ledger, self.settings.expire_after_days, self.settings.policy_version)
 
+    def prune_job(self) -> None:
+        """Delete finished work older than ``[retention]`` allows (the leader, once a day)."""
+        if self.retention is None or keeps_everything(self.retention) or not self._lead():
+            return
+        try:
+            prune_ledger(self.ledger, self.retention)
+        except LedgerError as exc:
+            log.error("prune failed; will retry tomorrow", error=str(exc))
+
     def reconcile_job(self) -> None:
-        if not self._leader():
+        if not self._lead():
             return
         with ExitStack() as held:  # reconcile reads every CRM: it holds each one's lock, in one order
             for name in sorted(self.targets):
@@ -287,7 +334,11 @@ class Daemon:
                                id="poll", next_run_time=self.ledger.clock())
         self.scheduler.add_job(self._notify_detached, "interval", seconds=self.push_interval, id="notify",
                                next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self._guarded("lease", self.lease_job), "interval", seconds=self.lease_every, id="lease",
+                               next_run_time=self.ledger.clock())
         self.scheduler.add_job(self._guarded("expire", self.expire_job), "interval", hours=24, id="expire",
+                               next_run_time=self.ledger.clock())
+        self.scheduler.add_job(self._guarded("prune", self.prune_job), "interval", hours=24, id="prune",
                                next_run_time=self.ledger.clock())
         if self.reconcile_cron:
             self.scheduler.add_job(self._guarded("reconcile", self.reconcile_job),
@@ -297,7 +348,7 @@ class Daemon:
         try:
             self.scheduler.start()
             log.info("refsync running", owner=self.owner, crms=list(self.targets), push_every=self.push_interval,
-                     poll_every=self.poll_interval,
+                     poll_every=self.poll_interval, lease_seconds=self.lease.total_seconds(),
                      waiting={n: t.not_ready for n, t in self.targets.items() if not t.ready})
             sdnotify.notify("READY=1")  # systemd Type=notify: serving, jobs scheduled
             self.watch_mappings()  # until a stop
@@ -308,4 +359,6 @@ class Daemon:
             if self.http is not None:
                 self.http.stop()
         self.ledger.release_lease(POLLER_LEASE, self.owner)
+        if self.leading:
+            log.info("released the poller lease", worker=self.owner)
         log.info("refsync stopped", owner=self.owner)

@@ -136,12 +136,12 @@ class HttpServer:
     """The HTTP endpoints of one daemon, bound by :meth:`start` and served from a thread."""
 
     def __init__(self, ledger: Ledger, settings: HttpSettings, scheduler_running: Callable[[], bool],
-                 crms: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
+                 crms: Callable[[], dict[str, dict[str, Any]]] | None = None, metrics: Metrics | None = None) -> None:
         self.ledger = ledger
         self.settings = settings
         self.scheduler_running = scheduler_running
         self.crms = crms  # each CRM's readiness (connector/crms.readiness)
-        self.metrics = Metrics(ledger)
+        self.metrics = metrics or Metrics(ledger)  # the daemon's, with its counters and worker id
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
         self._thread: threading.Thread | None = None

@@ -25,6 +25,7 @@ from refsync.connector.push import CrmTarget, PushCounts, note_drift, push_round
 from refsync.connector.reconcile import ReconcileSettings, reconcile
 from refsync.connector.rollout import roll_out
 from refsync.connector.terms import load_terms
+from refsync.state.crmstate import remember_counts
 from refsync.state.ledger import Ledger
 from refsync.state.outbox import enqueue_pushes
 from refsync.state.workers import process_worker_id
@@ -180,6 +181,7 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
     with ledger.transaction() as txn:
         txn.finish_run(run_id, "failed" if report.errors else "ok", report.counts(),
                        "; ".join(report.errors) or None)
+    remember_counts(ledger, "sync", report.counts()["per_crm"])
     log.info("sync cycle finished", **{k: v for k, v in report.counts().items() if k != "per_crm"})
     return report
 

@@ -36,6 +36,7 @@ from refsync.state.workers import Liveness
 
 Clock = Callable[[], datetime]
 log = structlog.get_logger("refsync.ledger")
+POLLER_LEASE = "poller"  # the lease of the replica that polls, expires, reconciles and prunes (the leader)
 
 
 class LedgerTxn:
@@ -304,6 +305,16 @@ class Ledger:
             log.warning("lease taken over" if expired else "lease taken back from a dead worker", lease=name,
                         dead_worker=holder, owner=owner)
         return True
+
+    def lease_holder(self, name: str = POLLER_LEASE) -> dict[str, str | None]:
+        """Who holds the named lease and until when (``{"worker", "until"}``, both None when nobody
+        does: never taken, released at a clean stop, or run out)."""
+        now = self.clock()
+        with self._read() as session:
+            lease = session.get(Lease, name)
+            if lease is None or lease.expires_at < now:
+                return {"worker": None, "until": None}
+            return {"worker": lease.owner, "until": lease.expires_at.isoformat()}
 
     def release_lease(self, name: str, owner: str) -> None:
         with self.transaction() as txn:

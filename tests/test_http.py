@@ -272,20 +272,25 @@ def test_the_intake_token_is_redacted_and_never_logged(ledger: Ledger, tmp_path:
 # -- the daemon ---------------------------------------------------------------------------------
 
 
-def start_daemon(sqlite_url: str, tmp_path: Path, level: str = "info") -> tuple[subprocess.Popen[str], int]:
+def start_daemon(sqlite_url: str, tmp_path: Path, level: str = "info", *, extra: str = "",
+                 env: dict[str, str] | None = None, name: str = "refsync.toml") -> tuple[subprocess.Popen[str], int]:
     """A real `refsync run` with HTTP on a free port and the intake token set, and that port
-    (read from its JSON "http listening" log line)."""
-    config = tmp_path / "refsync.toml"
+    (read from its JSON "http listening" log line). ``extra``: more config tables ([daemon],
+    [crm.*], ...); ``env``: more environment; ``name``: the config file's name (one per replica)."""
+    config = tmp_path / name
     config.write_text(f'[ledger]\nurl = "{sqlite_url}"\n[http]\nlisten = "127.0.0.1:0"\n'
-                      f'intake_token = "env:T_INTAKE_TOKEN"\n[logging]\nformat = "json"\nlevel = "{level}"\n')
-    daemon = subprocess.Popen([REFSYNC, "--config", str(config), "run"], env={**os.environ, "T_INTAKE_TOKEN": TOKEN},
+                      f'intake_token = "env:T_INTAKE_TOKEN"\n[logging]\nformat = "json"\nlevel = "{level}"\n{extra}')
+    daemon = subprocess.Popen([REFSYNC, "--config", str(config), "run"],
+                              env={**os.environ, "T_INTAKE_TOKEN": TOKEN, **(env or {})},
                               stderr=subprocess.PIPE, text=True)
     assert daemon.stderr is not None
+    said = []
     for line in daemon.stderr:
         if line.startswith("{") and json.loads(line)["event"] == "http listening":
             return daemon, int(json.loads(line)["port"])
+        said.append(line)
     daemon.kill()
-    raise AssertionError("the daemon never said where it listens")
+    raise AssertionError("the daemon never said where it listens:\n" + "".join(said[-20:]))
 
 
 def test_refsync_run_serves_http_and_stops_cleanly_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:

@@ -249,3 +249,28 @@ def test_push_and_poll_of_one_crm_take_turns() -> None:
         other.join()
         assert not target.free, name  # held by this loop body: another job waits for it
     assert all(t.lock.acquire(timeout=0.05) for t in targets.values())  # released once the loop moved on
+
+
+def test_the_replica_that_takes_or_loses_the_poller_lease_says_so(here: Ledger, clock: FakeClock) -> None:
+    from structlog.testing import capture_logs
+
+    from refsync.connector.daemon import Daemon
+    from refsync.connector.sync import CycleSettings
+
+    first, second = (Daemon(here, {}, CycleSettings(lease_seconds=60), push_interval=1, poll_interval=1)
+                     for _ in range(2))
+    first.owner, second.owner = "replica-a", "replica-b"
+    for owner in (first.owner, second.owner):
+        workers.register(here, owner, host="elsewhere", pid=1)
+    with capture_logs() as logs:
+        assert first._lead() and first._lead()  # took it once, then renews quietly
+        assert not second._lead()
+        assert here.lease_holder() == {"worker": "replica-a", "until": (clock.now + timedelta(seconds=60)).isoformat()}
+        clock.advance(seconds=61)  # replica-a is alive (it beats) but stopped renewing: the lease runs out
+        for owner in (first.owner, second.owner):
+            workers.beat(here, owner)
+        assert second._lead() and not first._lead()
+    said = [(e["event"], e["worker"], e.get("leader")) for e in logs if "poller lease" in e["event"]]
+    assert said == [("took the poller lease", "replica-a", None), ("took the poller lease", "replica-b", None),
+                    ("lost the poller lease", "replica-a", "replica-b")]
+    assert here.lease_holder()["worker"] == "replica-b"

@@ -23,6 +23,7 @@ from refsync.connector.cli import (
     partners,
     referrals,
     reports,
+    retention,
     sync,
     users,
 )
@@ -46,7 +47,7 @@ for _command in (ledger.init, ledger.import_, ledger.status, ledger.demo, referr
                  sync.sync, sync.run, sync.ops, sync.retry, sync.runs, sync.sandbox, mappings.mappings, alerts.alerts,
                  reports.reconcile_cmd, reports.expire_cmd, reports.notify_cmd, reports.report_cmd,
                  ledger_admin.ledger, commissions.commissions, commissions.payouts, commissions.terms,
-                 users.users):
+                 users.users, retention.prune):
     cli.add_command(_command)
 partners.partners.add_command(users.partner_invite)  # `refsync partners invite CODE EMAIL`
 for _command in cli.commands.values():

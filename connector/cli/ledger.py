@@ -105,8 +105,8 @@ def import_(obj: Context, file: Path, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 def status(obj: Context, as_json: bool) -> None:
-    """Ops by state, stuck ops, workers, poll cursors, the last run of each job and each CRM's
-    readiness. Exits 1 while ops are dead or stuck (in flight under a dead worker or past their
+    """Ops by state, stuck ops, workers, the leader, poll cursors, the last run of each job and each
+    CRM's readiness. Exits 1 while ops are dead or stuck (in flight under a dead worker or past their
     lease, or failed and overdue for their next attempt by more than the grace, see
     :func:`stuck_grace`), or while a CRM is not ready."""
     from refsync.connector.crms import remembered_readiness
@@ -116,6 +116,7 @@ def status(obj: Context, as_json: bool) -> None:
     view = {**ledger.status(), "crms": remembered_readiness(ledger)}
     view["stuck"] = stuck_ops(ledger, stuck_grace(obj.config.daemon.push_interval_seconds))
     view["workers"] = workers_view(ledger)
+    view["leader"] = ledger.lease_holder()  # the replica that polls, expires, reconciles and prunes
     waiting = {name: c for name, c in view["crms"].items() if not c["ready"]}
     problems = bool(view["ops"].get("dead") or any(view["stuck"].values()) or waiting)
     if as_json:
@@ -126,6 +127,10 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo("ops: " + ", ".join(f"{k}={v}" for k, v in view["ops"].items()))
     click.echo("stuck: " + ", ".join(f"{k}={v}" for k, v in view["stuck"].items()))
     click.echo("referrals: " + (", ".join(f"{k}={v}" for k, v in sorted(view["referrals"].items())) or "none"))
+    leader = view["leader"]
+    click.echo(f"leader: {leader['worker']} (poller lease until {leader['until']})" if leader["worker"]
+               else "leader: none (no replica holds the poller lease: `refsync run` is not running, or one takes it "
+                    "within seconds)")
     print_table("cursors", ["crm", "object", "position"],
            [[c["crm"], c["object"], c["position"]] for c in view["cursors"]])
     print_table("last runs", ["job", "started", "finished", "status", "counts"],

@@ -108,7 +108,7 @@ def run(obj: Context) -> None:
     with obj.worker(ledger):  # registered and beating until the scheduler stopped (connector/worker.py)
         Daemon(ledger, targets, settings, daemon.push_interval_seconds, daemon.poll_interval_seconds,
                daemon.reconcile_cron or None, ReconcileSettings(alerts.stale_after_days, alerts.won_lookback_days),
-               http=http_settings).run()
+               http=http_settings, heartbeat_seconds=daemon.heartbeat_seconds, retention=obj.config.retention).run()
 
 
 @click.command()
