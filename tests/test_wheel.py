@@ -116,7 +116,7 @@ def test_the_wheel_installs_alone_and_runs_the_demo_from_inside_the_package(tmp_
     assert re.fullmatch(r"refsync \d+\.\d+\.\d+", version), version
     assert version == "refsync " + wheel.name.split("-")[1]
     assert Path(out["import"].strip()).is_relative_to(site_packages)
-    assert "7 referrals" in out["demo"] and "Done." in out["demo"], out["demo"][-2000:]
+    assert "== Summary" in out["demo"] and "7 referrals (" in out["demo"], out["demo"][-2000:]
     assert (work / "demo" / "refsync.toml").is_file()
     assert (work / "refsync.toml").read_text() == (site_packages / "refsync" / "config.example.toml").read_text()
     assert str(site_packages / "refsync" / "mappings") in out["example"]
