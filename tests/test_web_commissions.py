@@ -90,10 +90,10 @@ def text(html: str) -> str:
 
 
 def cell(html: str, row: str, col: str) -> str:
-    """The text of column ``col`` in the table row marked ``row`` (``data-currency="USD"`` ...)."""
-    found = re.search(rf'<tr {row}>(.*?)</tr>', html, re.S)
+    """The text of field ``col`` in the table row or list item marked ``row`` (``data-currency="USD"``)."""
+    found = re.search(rf'<(tr|li) {row}>(.*?)</\1>', html, re.S)
     assert found, row
-    value = re.search(rf'data-col="{col}">(.*?)</td>', found.group(1), re.S)
+    value = re.search(rf'data-col="{col}">(.*?)</(td|dd)>', found.group(2), re.S)
     assert value, (row, col)
     return text(value.group(1)).strip()
 
