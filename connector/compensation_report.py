@@ -35,20 +35,32 @@ def earned(rows: Iterable[dict[str, Any]], period: str) -> list[dict[str, Any]]:
         closed = date.fromisoformat(row["closed_on"] or row["created_at"][:10])
         bucket = sums.setdefault((row["partner"], period_label(closed, period), row["currency"]),
                                  dict.fromkeys(EARNED_COLUMNS, 0))
-        amount, status = row["amount_minor"], row["status"]
-        bucket["entries"] += 1
-        if row["kind"] == "clawback":
-            bucket["clawed_back"] += amount
-            continue
-        if status not in ("void", "rejected"):
-            bucket["earned"] += amount
-        if status in ("pending", "held"):
-            bucket["pending"] += amount
-        elif status in ("approved", "paid"):
-            bucket[status] += amount
+        _tally(bucket, row["kind"], row["status"], row["amount_minor"])
     return [{"partner": partner, "period": label, "currency": currency, "entries": b["entries"],
              **{k: as_decimal_text(b[k], currency) for k in EARNED_COLUMNS[1:]}}
             for (partner, label, currency), b in sorted(sums.items())]
+
+
+def _tally(bucket: dict[str, int], kind: str, status: str, amount: int) -> None:
+    bucket["entries"] += 1
+    if kind == "clawback":
+        bucket["clawed_back"] += amount
+        return
+    if status not in ("void", "rejected"):
+        bucket["earned"] += amount
+    if status in ("pending", "held"):
+        bucket["pending"] += amount
+    elif status in ("approved", "paid"):
+        bucket[status] += amount
+
+
+def per_currency(entries: Iterable[tuple[str, str, int, str]]) -> dict[str, dict[str, int]]:
+    """Entries ``(kind, status, amount_minor, currency)`` summed per currency over all periods, in
+    minor units, with the columns of :func:`earned` (what a partner's portal shows as its totals)."""
+    sums: dict[str, dict[str, int]] = {}
+    for kind, status, amount, currency in entries:
+        _tally(sums.setdefault(currency, dict.fromkeys(EARNED_COLUMNS, 0)), kind, status, amount)
+    return dict(sorted(sums.items()))
 
 
 def win_rates(history: Iterable[ReportRow]) -> tuple[dict[str, Decimal], Decimal]:

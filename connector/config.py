@@ -348,6 +348,35 @@ class CompensationConfig(_Strict):
         return path if path.is_absolute() else base_dir / path
 
 
+class SmtpConfig(_Strict):
+    """An SMTP server through which `partners invite` and `users add` also email the one-time link."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True  # upgrade the connection with STARTTLS before anything is sent (587)
+    username: str | None = None
+    password: Secret
+    sender: str = Field(alias="from", min_length=3)  # the From address of the emails
+    ca_bundle: str | None = None  # a CA file for a server with a private certificate
+    timeout_seconds: float = Field(default=15, gt=0, le=300)
+
+    @field_validator("sender")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.match(r"^[^@\s<>]+@[^@\s<>]+$", value.strip()):
+            raise ValueError("must be an email address, e.g. \"partners@example.com\"")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _login_pair(self) -> SmtpConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together: set both to sign in to the server, or neither")
+        if self.password is not None and not self.starttls:
+            raise ValueError("starttls = false would send the password unencrypted; keep starttls = true "
+                             "(or leave out username and password for a server that needs no sign-in)")
+        return self
+
+
 class Config(_Strict):
     ledger: LedgerConfig = LedgerConfig()
     attribution: AttributionConfig = AttributionConfig()
@@ -359,6 +388,7 @@ class Config(_Strict):
     notifications: NotificationsConfig = NotificationsConfig()
     alerts: AlertsConfig = AlertsConfig(webhook_secret=None)
     compensation: CompensationConfig | None = None
+    smtp: SmtpConfig | None = None
     retention: RetentionConfig = RetentionConfig()
 
     # Set by load_config; not part of the file.
@@ -400,7 +430,7 @@ class Config(_Strict):
     def secrets(self) -> list[str]:
         """Every secret value this config references and can resolve: fed to the log redactor."""
         found: list[str] = []
-        for crm in (self.crm.salesforce, self.crm.hubspot, self.http, self.alerts):
+        for crm in (self.crm.salesforce, self.crm.hubspot, self.http, self.alerts, self.smtp):
             if crm is None:
                 continue
             for name in type(crm).model_fields:

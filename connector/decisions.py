@@ -33,6 +33,13 @@ class Decided:
     holder_status: str | None
     alerts_resolved: int
 
+    def sentence(self) -> str:
+        """What was done, as `refsync referrals decide` and the dashboard say it."""
+        if self.credited:
+            taken = f"; {self.holder_id} lost it ({self.holder_status})" if self.holder_id else ""
+            return f"referral {self.referral_id} now holds credit{taken}"
+        return f"referral {self.referral_id} stays without credit ({self.status})"
+
 
 def accept_loss(ledger: Ledger, alert_id: int, by: str, note: str | None) -> int:
     """Accept that the CRM record of an ``orphaned_link`` alert is gone: its links become ``lost``

@@ -204,6 +204,10 @@ class Outcomes:
     done: list[int]
     refused: list[str]  # one line per refused id: what and why
 
+    def lines(self, action: str, by: str) -> list[str]:
+        """What was done, one line per id, as `refsync commissions ACTION` prints it."""
+        return [f"{commission_id}: {action} done by {by}" for commission_id in self.done]
+
 
 def _locked(txn: LedgerTxn, ids: Sequence[int]) -> dict[int, Commission]:
     rows = txn.session.scalars(select(Commission).where(Commission.id.in_(ids)).order_by(Commission.id)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from refsync.state.ledger import Ledger
-from refsync.state.models import Alert, JobRun, SyncOp
+from refsync.state.models import Alert, JobRun, Partner, Referral, SyncOp
 
 # Which job runs push and which poll: the daemon runs them apart, `sync --once` does both.
 PUSH_JOBS = ("push", "sync")
@@ -75,6 +75,28 @@ def open_alerts_by_kind(ledger: Ledger, examples: int = 3) -> dict[str, dict[str
                 entry["examples"].append({"message": alert.message, "referral_id": alert.referral_id,
                                           "crm": alert.crm, "last_seen": alert.last_seen})
     return dict(sorted(grouped.items(), key=lambda item: -item[1]["count"]))
+
+
+def duplicates_to_decide(ledger: Ledger, limit: int = 100) -> list[dict[str, Any]]:
+    """Open ``duplicate_referral`` alerts, oldest first, with the flagged referral and the one holding
+    credit (partner, prospect, submitted): what a person needs to decide who gets the credit."""
+    found: list[dict[str, Any]] = []
+    with ledger.reading() as session:
+        rows = session.execute(select(Alert, Referral, Partner.code).join(Referral, Alert.referral_id == Referral.id)
+                               .join(Partner, Referral.partner_id == Partner.id)
+                               .where(Alert.kind == "duplicate_referral", Alert.resolved_at.is_(None))
+                               .order_by(Alert.first_seen, Alert.id).limit(limit))
+        for alert, referral, code in rows:
+            holder = session.execute(select(Referral, Partner.code).join(Partner, Referral.partner_id == Partner.id)
+                                     .where(Referral.id == referral.duplicate_of)).first() \
+                if referral.duplicate_of else None
+            found.append({
+                "alert_id": alert.id, "referral_id": referral.id, "partner": code, "status": referral.status,
+                "prospect": referral.prospect_email or referral.prospect_company or referral.prospect_name,
+                "submitted_at": referral.submitted_at, "first_seen": alert.first_seen,
+                "holder_id": holder[0].id if holder else None, "holder_partner": holder[1] if holder else None,
+                "holder_submitted_at": holder[0].submitted_at if holder else None})
+    return found
 
 
 def referrals_per_month(rows: Sequence[datetime]) -> list[tuple[str, int]]:

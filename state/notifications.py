@@ -152,8 +152,8 @@ def duplicate_alert(referral_id: str, partner: str, prospect: str | None, holder
     return AlertSpec(
         "duplicate_referral", f"duplicate_referral:{referral_id}",
         f"Referral {referral_id} from {partner} is a second referral of {prospect} (credit is held by {holder}); "
-        f"decide it with `refsync referrals decide {referral_id} --credit` or `--decline` (or in the partner "
-        "portal), the credited one keeps credit meanwhile.", referral_id=referral_id)
+        f"decide it with `refsync referrals decide {referral_id} --credit` or `--decline` (or on the "
+        "program dashboard), the credited one keeps credit meanwhile.", referral_id=referral_id)
 
 
 def mark_announced(ledger: Ledger, alert_ids: Sequence[int], ops: Sequence[tuple[str, dict[str, Any]]]) -> int:

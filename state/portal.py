@@ -14,7 +14,7 @@ from decimal import Decimal
 from sqlalchemy import ColumnElement, func, or_, select
 
 from refsync.state.ledger import Ledger
-from refsync.state.models import Referral, StatusTransition
+from refsync.state.models import Commission, Referral, StatusTransition
 
 PAGE = 50
 
@@ -43,6 +43,23 @@ class PartnerReferral:
     outcome_currency: str | None
     outcome_close_date: date | None
     steps: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class PartnerCommission:
+    """What a partner may know of one of its commission entries: no hold reasons, no approver,
+    no free-text reason (those can name internal checks or other partners)."""
+
+    id: int
+    referral_id: str
+    kind: str  # commission, clawback
+    status: str  # pending, held, approved, rejected, paid, void, clawback
+    amount_minor: int
+    currency: str
+    payable_after: datetime | None
+    paid_reference: str | None  # the payout that paid it (or, for a clawback, that deducted it)
+    paid_at: datetime | None
+    created_at: datetime
 
 
 def _view(r: Referral, steps: Sequence[Step] = ()) -> PartnerReferral:
@@ -99,3 +116,15 @@ def owned(ledger: Ledger, partner_id: int, referral_ids: Sequence[str]) -> dict[
     with ledger.reading() as session:
         return {r.id: _view(r) for r in session.scalars(select(Referral).where(
             Referral.id.in_(list(referral_ids)), Referral.partner_id == partner_id))}
+
+
+def commissions(ledger: Ledger, partner_id: int, referral_id: str | None = None) -> list[PartnerCommission]:
+    """The partner's commission and clawback entries (of one of its referrals, if given), oldest first."""
+    query = select(Commission).join(Referral, Commission.referral_id == Referral.id).where(
+        Commission.partner_id == partner_id, Referral.partner_id == partner_id)
+    if referral_id is not None:
+        query = query.where(Commission.referral_id == referral_id)
+    with ledger.reading() as session:
+        return [PartnerCommission(c.id, c.referral_id, c.kind, c.status, c.amount_minor, c.currency, c.payable_after,
+                                  c.paid_reference, c.paid_at, c.created_at)
+                for c in session.scalars(query.order_by(Commission.id))]

@@ -269,3 +269,52 @@ def test_manager_signs_in_and_the_dashboard_shows_the_numbers_of_refsync_report(
     page.set_viewport_size(PHONE)
     _shoot(page, shots, "dashboard-phone")
     context.close()
+
+
+def test_admin_approves_a_commission_on_the_dashboard_and_the_partner_sees_it_approved(
+        world: World, browser: Any, shots: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from refsync.connector.compensate import compensate
+    from refsync.connector.terms import parse_terms
+    from refsync.state.commissions import commission_rows
+    from tests.test_commissions_ledger import referral, set_deal
+
+    # A won deal of fir-partners (what the poll records) and its commission, as the daemon computes it.
+    rid = referral(world.ledger, tmp_path, partner="fir-partners", email="kim@proseware.example",
+                   submitted="2026-10-01T09:00:00Z", name="fir")
+    set_deal(world.ledger, rid, "won", amount="12000.00", currency="USD")
+    compensate(world.ledger, parse_terms('[[program]]\neffective_from = 2026-01-01\ncurrency = "USD"\n'
+                                         'percent = 10\nhold_days = 30\n'))
+    [entry] = [r for r in commission_rows(world.ledger) if r["referral_id"] == rid]
+    cid = entry["id"]
+
+    partner = browser.new_context(viewport=PHONE)
+    portal = partner.new_page()
+    _set_password(portal, world.cli("partners", "invite", "fir-partners", "kim@fir.example").splitlines()[-1])
+    portal.goto(f"{world.base}/portal/referrals/{rid}")
+    row = portal.locator(f'[data-commission="{cid}"]')
+    expect(row.locator('[data-col="status"]')).to_have_text("Pending")
+    expect(row.locator('[data-col="amount"]')).to_have_text("1,200.00 USD")
+
+    staff = browser.new_context(viewport={"width": 1280, "height": 900})
+    dashboard = staff.new_page()
+    _set_password(dashboard, world.cli("users", "add", "ada@corp.example", "--role", "admin").splitlines()[-1])
+    expect(dashboard).to_have_url(f"{world.base}/dashboard")
+    line = dashboard.locator(f'#commissions-table [data-commission="{cid}"]')
+    expect(line.locator('[data-col="amount"]')).to_have_text("1,200.00 USD")
+    line.get_by_role("button", name="Approve").click()
+    expect(dashboard.locator("#flash")).to_have_text(f"{cid}: approve done by ada@corp.example")
+    expect(dashboard.locator(f'#commissions-table [data-commission="{cid}"]')).to_have_count(0)
+    _shoot(dashboard, shots, "dashboard-commission-approved-desktop")
+
+    portal.reload()
+    expect(row.locator('[data-col="status"]')).to_have_text("Approved")
+    expect(row).to_contain_text("Approved; it is paid with")
+    _shoot(portal, shots, "portal-commission-approved-phone")
+    portal.goto(f"{world.base}/portal")
+    expect(portal.locator('#commission-totals [data-currency="USD"] [data-col="approved"]')).to_have_text(
+        "1,200.00 USD")
+    assert "ada@corp.example" not in portal.content()  # the approver's name is staff business
+    staff.close()
+    partner.close()

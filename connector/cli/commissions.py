@@ -74,8 +74,8 @@ def _decide(obj: Context, action: str, ids: tuple[int, ...], by: str, reason: st
         if result.refused:
             sys.exit(EXIT_PROBLEMS)
         return
-    for commission_id in result.done:
-        click.echo(f"{commission_id}: {action} done by {by}")
+    for line in result.lines(action, by):
+        click.echo(line)
     for line in result.refused:
         click.echo(f"refsync: refused: {line}", err=True)
     if result.refused:

@@ -101,8 +101,4 @@ def referrals_decide(obj: Context, referral_id: str, choice: str | None, by: str
                     "status": decided.status, "credit_taken_from": decided.holder_id,
                     "credit_taken_from_status": decided.holder_status, "alerts_resolved": decided.alerts_resolved})
         return
-    if decided.credited:
-        taken = (f"; {decided.holder_id} lost it ({decided.holder_status})" if decided.holder_id else "")
-        click.echo(f"referral {referral_id} now holds credit{taken}")
-    else:
-        click.echo(f"referral {referral_id} stays without credit ({decided.status})")
+    click.echo(decided.sentence())

@@ -1,7 +1,8 @@
 """Who signs in to the web pages: `refsync partners invite CODE EMAIL` (a partner user) and
 `refsync users add EMAIL --role admin|viewer` (program staff), each printing a one-time link.
 
-Contract: the link is the LAST line of the output; with ``--json`` the output is ``{"url": ...}``.
+Contract: the link is the LAST line of the output; with ``--json`` the output is ``{"url": ...}``
+(plus ``"emailed": true|false`` when ``[smtp]`` is configured: the link is then also emailed).
 The link sets the user's password and signs them in; it works once, for ``[http] invite_days``.
 Inviting an existing user again prints a new link (how a forgotten password is reset) and makes
 the earlier unused links useless.
@@ -9,11 +10,12 @@ the earlier unused links useless.
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 import click
 
-from refsync.connector.cli.base import Context, handles_errors, print_json, print_table
+from refsync.connector.cli.base import EXIT_PROBLEMS, Context, handles_errors, print_json, print_table
 from refsync.errors import InputError
 
 
@@ -36,14 +38,31 @@ def _link(obj: Context, token: str) -> str:
     return f"{base_url(http.listen, http.public_url)}/welcome/{token}"
 
 
-def _print(obj: Context, lines: list[str], token: str, as_json: bool) -> None:
+def _print(obj: Context, lines: list[str], token: str, as_json: bool, mail: tuple[str, str, list[str]]) -> None:
+    """Print the link last; with ``[smtp]``, also email it (``mail``: to, subject, the email's lines).
+    An email that fails leaves the printed link valid and makes the exit code 1."""
     url = _link(obj, token)
+    smtp = obj.config.smtp
+    problem = None
+    if smtp is not None:
+        from refsync.connector.mail import MailNotSent, link_message, send
+
+        to, subject, body = mail
+        try:
+            send(smtp, obj.config.base_dir, link_message(smtp.sender, to, subject, body, url))
+        except MailNotSent as exc:
+            problem = str(exc)
     if as_json:
-        print_json({"url": url})
-        return
-    for line in lines:
-        click.echo(line)
-    click.echo(url)
+        print_json({"url": url} if smtp is None else {"url": url, "emailed": problem is None})
+    else:
+        for line in lines:
+            click.echo(line)
+        if smtp is not None and problem is None:
+            click.echo(f"Emailed to {mail[0]} through {smtp.host}:{smtp.port}; the link is also here:")
+        click.echo(url)
+    if problem:
+        click.echo(f"refsync: the link was not emailed: {problem}; send the printed link yourself", err=True)
+        sys.exit(EXIT_PROBLEMS)
 
 
 @click.command("invite")
@@ -62,7 +81,9 @@ def partner_invite(obj: Context, code: str, email: str, create: bool, as_json: b
                          partner_code=code, create_partner=create)
     _print(obj, [f"{user.email} may now sign in to the partner portal of {code}.",
                  f"Send them this one-time link (it works once, for {days:g} days; it sets their password):"],
-           token, as_json)
+           token, as_json, (user.email, "Your link to the partner portal", [
+               f"You are invited to the partner portal of {code}, where you follow your referrals and refer "
+               "new prospects.", f"Open this link to choose your password; it works once, for {days:g} days:"]))
 
 
 @click.group()
@@ -85,7 +106,9 @@ def users_add(obj: Context, email: str, role: str, as_json: bool) -> None:
     user, token = invite(obj.ledger(), "staff", _email(email), role, timedelta(days=days))
     _print(obj, [f"{user.email} ({role}) may now sign in to the program dashboard.",
                  f"Send them this one-time link (it works once, for {days:g} days; it sets their password):"],
-           token, as_json)
+           token, as_json, (user.email, "Your link to the program dashboard", [
+               f"You are invited to the referral program dashboard as {role}.",
+               f"Open this link to choose your password; it works once, for {days:g} days:"]))
 
 
 @users.command("list")

@@ -5,19 +5,22 @@ over :func:`state.reports.report_rows`, the very code of ``refsync report``, so 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from refsync.connector.compensation_report import per_currency
 from refsync.connector.crms import remembered_readiness
 from refsync.connector.report import build
 from refsync.connector.web import WebSettings
+from refsync.connector.web.actions import FLASH_COOKIE, clear_flash, commission_view, read_flash
 from refsync.connector.web.auth import Gate, context
 from refsync.connector.web.charts import bars, columns
 from refsync.connector.web.pages import money, render
-from refsync.state.health import crm_health, open_alerts_by_kind, referrals_per_month
+from refsync.state.access import Session
+from refsync.state.commissions import commission_rows
+from refsync.state.health import crm_health, duplicates_to_decide, open_alerts_by_kind, referrals_per_month
 from refsync.state.reports import report_rows
 
 # What to do about each kind of alert (the README's table "Reconcile and alerts", for ops).
@@ -57,10 +60,10 @@ class Dashboard:
         self.settings = settings
         self.ledger = gate.ledger
 
-    async def home(self, request: Request, session: Any) -> Response:
+    async def home(self, request: Request, session: Session) -> Response:
         return await run_in_threadpool(self._home, request, session)
 
-    def _home(self, request: Request, session: Any) -> Response:
+    def _home(self, request: Request, session: Session) -> Response:
         start_text, end_text = request.query_params.get("from") or "", request.query_params.get("to") or ""
         start, start_problem = _date(start_text)
         end, end_problem = _date(end_text)
@@ -83,7 +86,16 @@ class Dashboard:
                                                         for currency, amount in line["won_revenue"].items()][:15],
                             money),
         }
-        return render("dashboard.html", **context(
+        # what waits for a person: flagged duplicates, and commissions pending or held (with the holds' reasons)
+        to_approve = sorted((commission_view(r) for status in ("pending", "held")
+                             for r in commission_rows(self.ledger, status=status)), key=lambda r: r["id"])
+        waiting = per_currency((r["kind"], r["status"], r["amount_minor"], r["currency"]) for r in to_approve)
+        response = render("dashboard.html", **context(
             session, health=health, readiness=readiness, budgets=self.settings.budgets, alerts=alerts, advice=ADVICE,
             by_partner=by_partner, by_channel=by_channel, charts=charts, start=start_text if start else "",
-            end=end_text if end else "", problems=problems))
+            end=end_text if end else "", problems=problems, flash=read_flash(request, session),
+            duplicates=duplicates_to_decide(self.ledger), to_approve=to_approve, waiting=waiting,
+            can_act=session.user.role == "admin"))
+        if FLASH_COOKIE in request.cookies:
+            clear_flash(response, self.settings)  # shown once
+        return response

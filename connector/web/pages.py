@@ -13,6 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from refsync.connector.web.words import status_label
+from refsync.state.money import as_decimal_text
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -51,13 +52,18 @@ def money(value: float | Decimal | dict[str, float] | None) -> str:
     return f"{float(value):,.2f}"
 
 
+def minor(amount: int, currency: str) -> str:
+    """Minor units of a currency with its code, digits grouped: ``1,234.50 USD``, ``500 JPY``."""
+    return f"{Decimal(as_decimal_text(amount, currency)):,} {currency}"
+
+
 def percent(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.1f}%"
 
 
 _env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                    trim_blocks=True, lstrip_blocks=True)
-_env.filters.update(when=_when, day=_day, money=money, percent=percent, status=status_label)
+_env.filters.update(when=_when, day=_day, money=money, minor=minor, percent=percent, status=status_label)
 
 
 def render(template: str, status: int = HTTPStatus.OK, **context: Any) -> HTMLResponse:

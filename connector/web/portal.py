@@ -14,11 +14,12 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
+from refsync.connector.compensation_report import per_currency
 from refsync.connector.web import WebSettings
 from refsync.connector.web.auth import Gate, context, forbidden, read_form, too_large
 from refsync.connector.web.pages import not_found, render
 from refsync.connector.web.submit import submit, submit_csv
-from refsync.connector.web.words import LABELS, standing, step_sentence
+from refsync.connector.web.words import LABELS, commission_label, commission_sentence, standing, step_sentence
 from refsync.state import portal
 from refsync.state.access import Session
 from refsync.state.models import OPEN_STATUSES, STATUSES
@@ -26,10 +27,6 @@ from refsync.state.models import OPEN_STATUSES, STATUSES
 MAX_UPLOAD = 1024 * 1024  # bytes of a CSV upload, like one intake request
 FORM_FIELDS = ("prospect_email", "prospect_company", "prospect_name", "campaign")
 
-# COMMISSIONS (issue 13): once state/commissions.py exists, the overview and each referral's page
-# show what the partner earned, pending and paid, read through it here and passed to the templates
-# as ``commissions`` (the templates already have the marked place). Nothing is shown until then.
-COMMISSIONS: None = None
 
 
 def _date(value: str | None) -> tuple[datetime | None, str | None]:
@@ -63,6 +60,9 @@ class Portal:
         search = (query.get("q") or "").strip()[:200] or None
         page = int(query["page"]) if query.get("page", "").isdigit() and 0 < int(query["page"]) < 10_000 else 1
         counts = portal.counts_by_status(self.ledger, partner_id)
+        # per currency, never summed across currencies; held ones count as pending ("under review")
+        totals = per_currency((c.kind, c.status, c.amount_minor, c.currency)
+                              for c in portal.commissions(self.ledger, partner_id))
         rows, total = portal.referrals(self.ledger, partner_id, status=status, since=since,
                                        until=until + timedelta(days=1) if until else None, search=search,
                                        offset=(page - 1) * portal.PAGE)
@@ -75,7 +75,7 @@ class Portal:
             rows=rows, total=total, filters=filters, page=page, pages=pages,
             prev_url="?" + urlencode({**filters, "page": page - 1}) if page > 1 else None,
             next_url="?" + urlencode({**filters, "page": page + 1}) if page < pages else None,
-            problems=[p for p in (since_problem, until_problem) if p], commissions=COMMISSIONS))
+            problems=[p for p in (since_problem, until_problem) if p], commission_totals=totals))
 
     async def referral(self, request: Request, session: Session) -> Response:
         return await run_in_threadpool(self._referral, request, session)
@@ -87,8 +87,11 @@ class Portal:
         if found is None:
             return not_found(user=session.user, csrf=session.csrf_token)
         steps = [(step.at, step_sentence(step, self.settings.expire_after_days)) for step in found.steps]
+        now = self.ledger.clock()
+        commissions = [(entry, commission_label(entry), commission_sentence(entry, now))
+                       for entry in portal.commissions(self.ledger, session.user.partner_id, found.id)]
         return render("portal_referral.html", **context(session, referral=found, steps=steps, note=standing(found),
-                                                        commissions=COMMISSIONS))
+                                                        commissions=commissions))
 
     async def submit_page(self, request: Request, session: Session) -> Response:
         return render("portal_submit.html", **context(session, values={}, submission=None))

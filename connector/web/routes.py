@@ -8,6 +8,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from refsync.connector.web import WebSettings
+from refsync.connector.web.actions import Actions
 from refsync.connector.web.auth import Gate, require, sign_in_routes
 from refsync.connector.web.dashboard import Dashboard
 from refsync.connector.web.pages import STATIC, not_found, redirect
@@ -22,6 +23,7 @@ def web_routes(ledger: Ledger, settings: WebSettings) -> list[BaseRoute]:
     auth = sign_in_routes(gate)
     partners = Portal(gate, settings)
     staff = Dashboard(gate, settings)
+    admin = Actions(gate, settings)
 
     async def root(request: Request) -> Response:
         return redirect("/portal")
@@ -43,6 +45,8 @@ def web_routes(ledger: Ledger, settings: WebSettings) -> list[BaseRoute]:
         Route("/dashboard/sign-out", auth["sign_out"], methods=["POST"]),
         Route("/dashboard/sign-out-everywhere", auth["sign_out"], methods=["POST"]),
         Route("/dashboard", require(gate, "staff", staff.home), methods=["GET"]),
+        Route("/dashboard/duplicates/decide", require(gate, "staff", admin.duplicate), methods=["POST"]),
+        Route("/dashboard/commissions/decide", require(gate, "staff", admin.commission), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
