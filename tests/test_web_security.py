@@ -292,9 +292,11 @@ def test_cli_prints_the_one_time_link_as_its_last_line_and_as_json(ledger_url: s
     config.write_text(f'[ledger]\nurl = "{ledger_url}"\n[http]\nlisten = "0.0.0.0:8787"\n')
     runner = CliRunner()
     result = runner.invoke(cli, ["--config", str(config), "partners", "invite", "acme", "ana@acme.example"])
-    assert result.exit_code == 2 and "no partner with code acme" in result.output
+    # A partner with no referral yet is created, with a note on stderr; the link stays stdout's last line.
+    assert result.exit_code == 0 and "partner acme had no referral in the ledger yet; created it" in result.stderr
+    assert re.fullmatch(r"http://127\.0\.0\.1:8787/welcome/[A-Za-z0-9_-]{43}", result.stdout.splitlines()[-1])
     result = runner.invoke(cli, ["--config", str(config), "partners", "invite", "acme", "Ana@Acme.example", "--create"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "created it" not in result.stderr, result.output
     assert re.fullmatch(r"http://127\.0\.0\.1:8787/welcome/[A-Za-z0-9_-]{43}", result.output.splitlines()[-1])
     config.write_text(f'[ledger]\nurl = "{ledger_url}"\n[http]\nlisten = "127.0.0.1:8787"\n'
                       'public_url = "https://partners.example.com/"\n')

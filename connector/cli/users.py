@@ -68,7 +68,7 @@ def _print(obj: Context, lines: list[str], token: str, as_json: bool, mail: tupl
 @click.command("invite")
 @click.argument("code")
 @click.argument("email")
-@click.option("--create", is_flag=True, help="Create the partner when the code is new.")
+@click.option("--create", is_flag=True, help="The code is meant to be new: create the partner without a warning.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"url": ...} only.')
 @click.pass_obj
 @handles_errors
@@ -77,8 +77,14 @@ def partner_invite(obj: Context, code: str, email: str, create: bool, as_json: b
     from refsync.state.access import invite
 
     days = obj.config.http.invite_days
-    user, token = invite(obj.ledger(), "partner", _email(email), "partner", timedelta(days=days),
-                         partner_code=code, create_partner=create)
+    ledger = obj.ledger()
+    if not create and code not in {p["code"] for p in ledger.partners()}:
+        # A program often invites a partner before its first referral: the partner is created, and a
+        # mistyped code is flagged (stderr, so the link stays the last line of stdout).
+        click.echo(f"refsync: note: partner {code} had no referral in the ledger yet; created it (if that is a typo, "
+                   "`refsync partners list` shows the known codes)", err=True)
+    user, token = invite(ledger, "partner", _email(email), "partner", timedelta(days=days),
+                         partner_code=code, create_partner=True)
     _print(obj, [f"{user.email} may now sign in to the partner portal of {code}.",
                  f"Send them this one-time link (it works once, for {days:g} days; it sets their password):"],
            token, as_json, (user.email, "Your link to the partner portal", [
