@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -228,8 +229,15 @@ def parse_terms(text: str, source: Path | None = None) -> TermsBook:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: not valid TOML: {exc}; fix the syntax at that line (a table written "
-                          "twice must be [[partner.\"CODE\"]] to be a new version)") from exc
+        # The contract lets an admin write a later [partner."CODE"] (or [program]) table as a new
+        # version; TOML itself refuses a table declared twice, so read every such table as an entry
+        # of [[...]] (same lines, so every error still names the right one).
+        versions = as_version_arrays(text)
+        try:
+            raw = tomllib.loads(versions)
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"{file}: not valid TOML: {exc}; fix the syntax at that line") from exc
+        text = versions
     try:
         parsed = TermsFile.model_validate(raw)
     except ValidationError as exc:
@@ -240,6 +248,16 @@ def parse_terms(text: str, source: Path | None = None) -> TermsBook:
             problems.append(f"{file}:{_line(text, loc) or '?'}: {path}: {_describe(error)}")
         raise ConfigError(problems) from None
     return _book(parsed, text, file)
+
+
+_VERSION_TABLE = re.compile(r"""^(\s*)\[\s*(program|partner\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+))\s*\]"""
+                            r"(\s*(?:#.*)?)$")
+
+
+def as_version_arrays(text: str) -> str:
+    """``text`` with every ``[program]`` and ``[partner."CODE"]`` header written ``[[...]]``, line for
+    line: each table is then one version, however many times a partner's table appears."""
+    return "\n".join(_VERSION_TABLE.sub(r"\1[[\2]]\3", line) for line in text.split("\n"))
 
 
 def load_terms(path: Path) -> TermsBook:

@@ -97,11 +97,26 @@ def test_two_versions_with_one_start_date_or_one_label_are_refused_with_the_line
 def test_a_program_table_without_terms_and_bad_toml_are_explained() -> None:
     assert problems('[program]\ndomains = ["x.example"]\n') == [
         "terms.toml:1: program: sets no terms; add currency, hold_days and percent, flat or tiers"]
-    [syntax] = problems('[partner.acme]\npercent = 1\n[partner.acme]\npercent = 2\n')
-    assert syntax.startswith("terms.toml: not valid TOML") and '[[partner."CODE"]]' in syntax
+    [syntax] = problems('[partner.acme]\npercent = 1\n[partner.acme\npercent = 2\n')
+    assert syntax.startswith("terms.toml: not valid TOML: ") and "(at line 3" in syntax
 
 
 def test_a_missing_terms_file_names_the_key_and_the_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_terms(tmp_path / "nope.toml")
     assert caught.value.problems[0].startswith("compensation.terms: cannot read terms file")
+
+
+def test_a_later_table_of_the_same_partner_is_a_new_version_as_the_contract_says() -> None:
+    # TOML refuses a table declared twice; the contract lets admins write a later [partner."CODE"].
+    text = ('[program]\ncurrency = "USD"\npercent = 10\nhold_days = 30\n\n'
+            '[partner."acme"]\ncurrency = "USD"\npercent = 8\nhold_days = 30\neffective_from = 2026-01-01\n\n'
+            '[partner."acme"]  # from July\ncurrency = "USD"\npercent = 12\nhold_days = 30\n'
+            'effective_from = 2026-07-01\n')
+    book = parse_terms(text)
+    assert [(t.effective_from, t.percent) for t in book.partners["acme"]] == [
+        (date(2026, 1, 1), Decimal("8")), (date(2026, 7, 1), Decimal("12"))]
+    with pytest.raises(ConfigError) as caught:
+        parse_terms(text.replace("percent = 12", 'percent = "x"'))
+    [problem] = caught.value.problems
+    assert problem.startswith("<terms>:14: partner.acme.percent: "), problem  # the second table's line
