@@ -131,6 +131,10 @@ def test_a_won_deal_becomes_a_pending_commission_through_sync_once_is_paid_and_c
     header = "partner,period,currency,entries,earned,pending,approved,paid,clawed_back"
     assert code == 0 and out.splitlines()[0] == header
     assert "bluebird,2026-Q4,USD,2,12750.00,0.00,0.00,12750.00,-12750.00" in out.splitlines()  # paid, clawed back
+    # `refsync report` carries the same compensation reports, with its --formats
+    assert refsync(config, "report", "--commissions", "--period", "quarter", "--format", "csv")[1] == out
+    forecast = refsync(config, "commissions", "report", "--forecast", "--json")
+    assert forecast[0] == 0 and refsync(config, "report", "--forecast", "--json")[1] == forecast[1]
 
 
 def test_terms_check_reports_every_problem_with_its_line_and_exit_2(config: Path, tmp_path: Path) -> None:

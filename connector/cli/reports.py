@@ -107,13 +107,26 @@ def notify_cmd(obj: Context, as_json: bool) -> None:
 @click.option("--partner", help="Only this partner code.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--commissions", "money", is_flag=True, help="Commissions instead: per partner, --period and currency, "
+              "earned, pending, approved, paid, clawed back (the same as `refsync commissions report`).")
+@click.option("--forecast", is_flag=True, help="The payout liability forecast instead: open pipeline x win rate "
+              "x terms (the same as `refsync commissions report --forecast`).")
+@click.option("--period", type=click.Choice(["month", "quarter", "year"]), default="month", show_default=True,
+              help="With --commissions: group by the period of the deal's close date.")
 @click.pass_obj
 @handles_errors
 def report_cmd(obj: Context, by: str, start: str | None, end: str | None, partner: str | None, fmt: str,
-               as_json: bool) -> None:
+               as_json: bool, money: bool, forecast: bool, period: str) -> None:
     """Referrals, funnel, conversion, pipeline, revenue and days to close per partner or channel.
     Amounts are per currency; the referrals of the ledger the report leaves out are counted by
-    reason, so the report adds up to `refsync referrals list`."""
+    reason, so the report adds up to `refsync referrals list`. With --commissions or --forecast:
+    the compensation reports."""
+    if money or forecast:
+        from refsync.connector.cli.commissions import commissions_report
+
+        click.get_current_context().invoke(commissions_report, period=period, partner=partner, forecast=forecast,
+                                           fmt=fmt, as_json=as_json)
+        return
     from refsync.connector.report import AMOUNTS, COUNTS, build, currencies, excluded_note, key_of_names, to_csv
     from refsync.state.reports import excluded_counts, report_rows
 
