@@ -11,7 +11,7 @@ Two scenarios, one JSON line each (``--clients 0`` or ``--slow 0`` skips one):
   whether the server still answers (p50/p99/max latency). Then the bench waits for the server to
   close the slow connections itself (its header deadline, --header-timeout seconds).
 
-The server (connector.http.HttpServer on a fresh SQLite ledger) runs in its own subprocess so its
+The server (connector.web.app.HttpServer on a fresh SQLite ledger) runs in its own subprocess so its
 threads and descriptors are its own (``--attach PORT:PID`` uses a running one: the load test does);
 they are sampled from /proc/PID/task and /proc/PID/fd every 50 ms (baseline before the clients,
 peak during). The bench raises its own soft descriptor limit
@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 SERVER = """
 import sys
-from refsync.connector import http_protocol, logs
+from refsync.connector import logs
+from refsync.connector.web import protocol as http_protocol
 from refsync.connector.attribution import Policy
-from refsync.connector.http import HttpServer, HttpSettings
+from refsync.connector.web.app import HttpServer, HttpSettings
 from refsync.state import db
 from refsync.state.ledger import Ledger
 logs.configure("json", "warning")

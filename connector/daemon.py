@@ -37,15 +37,15 @@ from refsync.connector.compensate import compensate
 from refsync.connector.config import RetentionConfig
 from refsync.connector.crms import answered_again, ensure_ready, failed_round, readiness
 from refsync.connector.expire import expire_referrals
-from refsync.connector.http import HttpServer, HttpSettings
 from refsync.connector.logs import RepeatedErrors, get_logger
-from refsync.connector.metrics import Metrics
 from refsync.connector.notify import deliver_all
 from refsync.connector.push import CrmTarget, each_locked
 from refsync.connector.reconcile import ReconcileSettings, reconcile
 from refsync.connector.reload import MappingWatch
 from refsync.connector.retention import keeps_everything, prune_ledger
 from refsync.connector.sync import CycleSettings, poll_with_drift, push_all, worker_id
+from refsync.connector.web.app import HttpServer, HttpSettings
+from refsync.connector.web.metrics import Metrics
 from refsync.errors import LedgerError, RefsyncError
 from refsync.state.crmstate import remember_counts
 from refsync.state.ledger import POLLER_LEASE, Ledger

@@ -100,8 +100,8 @@ def serve_portal(config: Path, listen: str, stop: threading.Event | None = None)
     """Serve the portal and the dashboard of the demo's ledger on ``listen`` until Ctrl-C (or
     ``stop``), after printing their addresses and a demo partner's and manager's credentials."""
     from refsync.connector.config import load_config
-    from refsync.connector.http import HttpServer, HttpSettings
     from refsync.connector.web import settings_from_config
+    from refsync.connector.web.app import HttpServer, HttpSettings
     from refsync.connector.web.auth import hash_password
     from refsync.state import access
     from refsync.state.ledger import Ledger

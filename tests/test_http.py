@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from refsync.connector import logs
 from refsync.connector.config import AttributionConfig, parse_config
-from refsync.connector.http import MAX_BODY, HttpServer, HttpSettings
+from refsync.connector.web.app import MAX_BODY, HttpServer, HttpSettings
 from refsync.state import db
 from refsync.state.ledger import Ledger
 from refsync.state.notifications import AlertSpec, sync_alerts

@@ -20,7 +20,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from refsync.connector import http, http_protocol
+from refsync.connector.web import app as http
+from refsync.connector.web import protocol as http_protocol
 from refsync.state.ledger import Ledger
 from tests.test_http import TOKEN, Running, referral, start, start_daemon
 

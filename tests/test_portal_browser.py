@@ -24,8 +24,8 @@ import pytest
 
 from refsync.adapters.sandbox.run import RunningSandbox
 from refsync.connector.config import load_config
-from refsync.connector.http import HttpServer, HttpSettings
 from refsync.connector.web import settings_from_config
+from refsync.connector.web.app import HttpServer, HttpSettings
 from refsync.shipped import shipped_path
 from refsync.state.ledger import Ledger
 from tests.conftest import FAST_RETRY, ROOT

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from refsync.connector import logs
-from refsync.connector.http import HttpServer
+from refsync.connector.web.app import HttpServer
 from refsync.connector.web.routes import web_routes
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, WebSession

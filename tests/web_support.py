@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from refsync.connector.attribution import Policy
-from refsync.connector.http import HttpServer, HttpSettings
 from refsync.connector.web import WebSettings
+from refsync.connector.web.app import HttpServer, HttpSettings
 from refsync.state import access
 from refsync.state.ledger import Ledger
 

@@ -115,7 +115,7 @@ def alerts_accept(obj: Context, alert_id: int, by: str, note: str | None, as_jso
 def alerts_silence(obj: Context, kind: str, record_id: str | None, crm: str | None, duration: str, by: str,
                    note: str | None, as_json: bool) -> None:
     """Keep matching alerts, open now or raised later, from paging until the time passes."""
-    from refsync.connector.metrics import ALERT_KINDS
+    from refsync.connector.web.metrics import ALERT_KINDS
     from refsync.errors import InputError
     from refsync.state.alert_states import silence
 

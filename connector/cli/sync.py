@@ -83,9 +83,9 @@ def _dry_run(ledger, targets, settings, as_json: bool) -> None:  # type: ignore[
 def run(obj: Context) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from refsync.connector.daemon import Daemon
-    from refsync.connector.http import HttpSettings, parse_listen
     from refsync.connector.reconcile import ReconcileSettings
     from refsync.connector.sync import settings_from_config
+    from refsync.connector.web.app import HttpSettings, parse_listen
 
     ledger = obj.ledger()  # refuses an unreachable or unmigrated ledger before anything starts
     daemon = obj.config.daemon

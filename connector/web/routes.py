@@ -1,4 +1,4 @@
-"""The web pages' routes, registered into the daemon's one Starlette app (:func:`connector.http.create_app`)."""
+"""The web pages' routes, registered into the daemon's one Starlette app (:func:`connector.web.app.create_app`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ The limits, all here: a listen backlog of :data:`BACKLOG`; at most :data:`MAX_CO
 connections (past it uvicorn answers 503, so the cap sits far above what a probe needs and below the
 descriptor limit: the scheduler's own connections always find a descriptor); request headers of at
 most :data:`MAX_HEADER_BYTES` (431 beyond), complete within ``HEADER_TIMEOUT`` seconds of the
-connection or of the previous answer (both in :mod:`connector.http_protocol`); an intake body of at
+connection or of the previous answer (both in :mod:`connector.web.protocol`); an intake body of at
 most :data:`MAX_BODY`, read within :data:`BODY_TIMEOUT`. Work that touches the ledger runs on
 Starlette's bounded thread pool (40 threads); ``/healthz`` runs on the event loop, so it answers
 while that pool is busy.
@@ -52,7 +52,6 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refsync.connector.attribution import Policy
-from refsync.connector.http_protocol import MAX_HEADER_BYTES, HttpProtocol
 from refsync.connector.imports import ImportReport, RowOutcome, import_rows
 from refsync.connector.intake import (
     COLUMNS,
@@ -63,8 +62,9 @@ from refsync.connector.intake import (
     validate_row,
 )
 from refsync.connector.logs import get_logger
-from refsync.connector.metrics import Metrics
 from refsync.connector.web import WebSettings, is_web_path
+from refsync.connector.web.metrics import Metrics
+from refsync.connector.web.protocol import MAX_HEADER_BYTES, HttpProtocol
 from refsync.errors import ConfigError, LedgerError
 from refsync.state import db
 from refsync.state.ledger import Ledger
