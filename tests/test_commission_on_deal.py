@@ -175,6 +175,10 @@ def test_a_hubspot_deal_in_another_currency_shows_the_status_and_leaves_the_amou
     held = [c for c in json.loads(refsync(config, "commissions", "list", "--json")[1]) if c["currency"] == "EUR"]
     assert [(c["status"], c["holds"][0]["code"]) for c in held] == [("held", "currency_mismatch")]
     assert not eur.get("refsync_commission_amount") and eur["refsync_commission_status"] == "held"
+    sandbox.hubspot.move_stage(deals["dana@northwind.example"], "Contract Sent")  # reopened before payment
+    assert refsync(config, "sync", "--once")[0] == 0
+    usd = sandbox.hubspot.get_record("deals", deals["dana@northwind.example"]) or {}
+    assert float(usd["refsync_commission_amount"]) == 0 and usd["refsync_commission_status"] == "void"
     assert refsync(config, "sync", "--once")[0] == 0
     assert overwrite_alerts(config) == []
 

@@ -166,12 +166,13 @@ class OrgSchema:
 
     def create_field(self, obj: str, name: str, kind: str, label: str = "") -> None:
         """A custom field: "text" is Text(255), "number" Currency(16, 2) (describe type ``currency``)."""
-        types = {"text": ("string", {}), "number": ("currency", {"precision": 18, "scale": 2})}
-        if kind not in types:
-            raise ValueError(f"kind {kind!r}: use one of {', '.join(types)}")
-        describe_type, extra = types[kind]
-        self.describes[obj]["fields"].append(self._full(_simple(
-            name, describe_type, label=label or name.removesuffix("__c").replace("_", " "), custom=True, **extra)))
+        if kind not in ("text", "number"):
+            raise ValueError(f"kind {kind!r}: use one of text, number")
+        field = _simple(name, "string" if kind == "text" else "currency", custom=True,
+                        label=label or name.removesuffix("__c").replace("_", " "))
+        if kind == "number":
+            field.update(precision=18, scale=2)
+        self.describes[obj]["fields"].append(self._full(field))
 
     def restore_field(self, obj: str, name: str) -> bool:
         field = self.removed.pop((obj, name.lower()), None)
