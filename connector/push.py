@@ -268,10 +268,10 @@ def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, A
            max_attempts: int) -> None:
     if result.ok:
         if result.record_id:
-            # the record written first: the audit event names it, and the poll guards what was pushed
-            # onto it (a converted lead's opportunity, not the contact linked before it)
+            # the first record written leads the links: the audit event names it, and the poll guards
+            # what was pushed onto it (a converted lead's opportunity, not the contact linked before it)
             link = (obj.name, result.record_id, obj.role)
-            if values:
+            if values and not work.outcome.written:
                 work.outcome.links.insert(0, link)
             else:
                 work.outcome.links.append(link)
