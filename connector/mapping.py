@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,12 +25,16 @@ from refsync.state.models import STATUSES
 
 ATTRIBUTES = (
     "id", "partner", "source", "medium", "campaign", "submitted_at", "prospect_email", "prospect_company",
-    "prospect_name", "external_id", "status", "referral_code",
+    "prospect_name", "external_id", "status", "referral_code", "commission_amount", "commission_status",
 )
+# What the ledger's commissions show on the deal (state/commissions.deal_values): deal fields only.
+COMMISSION_ATTRIBUTES = ("commission_amount", "commission_status")
 Rule = Literal["protect", "fill_blank", "create_only", "ignore"]
 SALESFORCE_PEOPLE = ("Lead", "Contact")  # where a Salesforce org keeps a person
 STRING_TYPES = {"string", "text", "textarea", "email", "enum", "picklist", "phone", "url"}
 TIME_TYPES = {"datetime", "date"}
+# Salesforce currency/double, HubSpot number: a decimal amount (an int or percent field would lose it)
+NUMBER_TYPES = {"currency", "double", "number"}
 
 
 class _Strict(BaseModel):
@@ -145,7 +150,7 @@ def load_mapping(path: Path) -> LoadedMapping:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    problems = _stage_problems(raw, path, text)
+    problems = _stage_problems(raw, path, text) + _commission_problems(raw, path, text)
     try:
         mapping = MappingFile.model_validate(raw)
     except ValidationError as exc:
@@ -175,8 +180,26 @@ def _stage_problems(raw: dict[str, Any], path: Path, text: str) -> list[str]:
             for label, status in labels.items() if isinstance(status, str) and status not in STATUSES]
 
 
+def _commission_problems(raw: dict[str, Any], path: Path, text: str) -> list[str]:
+    """Commission attributes mapped onto the lead table: a commission belongs to the deal."""
+    lead = raw.get("lead")
+    fields = lead.get("fields") if isinstance(lead, dict) else None
+    if not isinstance(fields, dict):
+        return []
+    return [f"{path}:{line_of(text, ('lead', 'fields', name)) or '?'}: lead.fields.{name}: "
+            f"{field['from']} is written onto the deal only; move it to [deal.fields]"
+            for name, field in fields.items()
+            if isinstance(field, dict) and field.get("from") in COMMISSION_ATTRIBUTES]
+
+
 def _needed_length(source: str) -> int:
-    return {"id": 26, "submitted_at": 29}.get(source, 1)
+    # "clawback" is the longest status word; an amount needs room for its digits and sign
+    return {"id": 26, "submitted_at": 29, "commission_status": 8, "commission_amount": 16}.get(source, 1)
+
+
+def maps_commission(mapping: MappingFile) -> bool:
+    """Whether the deal mapping writes a commission attribute (then pushes read the commissions)."""
+    return any(f.source in COMMISSION_ATTRIBUTES and f.rule != "ignore" for f in mapping.deal.fields.values())
 
 
 def check_against_schema(
@@ -209,8 +232,12 @@ def check_against_schema(
             if wants_time and kind not in TIME_TYPES | STRING_TYPES:
                 problems.append(f"{where}: {role}.fields.{name}: is a {described.type} field, "
                                 f"{field.source} needs a datetime, date or text field")
+            elif field.source == "commission_amount" and kind not in NUMBER_TYPES | STRING_TYPES:
+                problems.append(f"{where}: {role}.fields.{name}: is a {described.type} field; "
+                                f"{field.source} needs a number (currency, double) or text field")
             elif not wants_time and kind not in STRING_TYPES and not (kind in TIME_TYPES and
-                                                                       field.source == "submitted_at"):
+                                                                       field.source == "submitted_at") and not (
+                    field.source == "commission_amount"):
                 problems.append(f"{where}: {role}.fields.{name}: is a {described.type} field; "
                                 f"{field.source} needs a text field")
             if kind == "date" and field.source == "submitted_at" and field.transform.format != "date":
@@ -316,7 +343,13 @@ def field_values(
         if schema is not None and (described is None or (updating and not described.updateable)):
             continue
         length = described.length if described is not None else None
-        values[name] = format_value(referral.get(field.source), field, length)
+        value = format_value(referral.get(field.source), field, length)
+        if isinstance(value, Decimal):
+            # a number field takes a JSON number (exact: an amount of minor units has far fewer than
+            # 15 significant digits, and nothing is computed with it); a text field the decimal text
+            number = described is not None and described.type.lower() in NUMBER_TYPES
+            value = float(value) if number else str(value)
+        values[name] = value
     return values
 
 

@@ -24,8 +24,9 @@ from typing import Any
 from refsync.adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
 from refsync.connector.deal_claims import DealCandidate, choose_deal, qualifies
 from refsync.connector.logs import get_logger
-from refsync.connector.mapping import ObjectMap, field_values
+from refsync.connector.mapping import COMMISSION_ATTRIBUTES, ObjectMap, field_values
 from refsync.connector.push import CrmTarget, as_instant, as_moment, same_value
+from refsync.state.commissions import DEAL_ATTRIBUTES, deal_values
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
 from refsync.state.observe import Observation, cursor, observing, poll_memory
@@ -142,6 +143,9 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
             "prospect_email": referral.prospect_email, "prospect_company": referral.prospect_company,
             "prospect_name": referral.prospect_name, "external_id": referral.external_id,
             "status": referral.status, "referral_code": referral.referral_code}
+    commission = [n for n, f in obj.fields.items() if f.source in COMMISSION_ATTRIBUTES]
+    if commission:
+        view.update(deal_values(ob.session, [referral.id]).get(referral.id, dict.fromkeys(DEAL_ATTRIBUTES)))
     desired = field_values(obj, view, schema, rules=("protect",))
     window = timedelta(hours=mapping.restore_window_hours)
     changed = _overwritten(desired, record)
@@ -151,6 +155,12 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
             return  # deleted since: the deletion check reports it
         record = fresh
         changed = _overwritten(desired, record)
+    if set(changed) & set(commission) and not ob.revision_pushed(referral.id, referral.revision):
+        # A commission changed since refsync last wrote this record: its planned push writes the new
+        # amount and status; what the record holds now is refsync's own earlier write.
+        log.debug("commission fields differ while their push is planned; not restoring", referral_id=referral.id,
+                  crm=target.name, record_id=record.id, fields=[n for n in changed if n in commission])
+        changed = [n for n in changed if n not in commission]
     if not changed:
         return
     if ob.rolling_out(referral.id):

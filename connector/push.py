@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from refsync.adapters.base import (
@@ -30,7 +31,8 @@ from refsync.connector import retry
 from refsync.connector import schemas as schema_cache
 from refsync.connector.budget import BudgetLimits, exhausted
 from refsync.connector.logs import get_logger
-from refsync.connector.mapping import LoadedMapping, MappingFile, ObjectMap, field_values
+from refsync.connector.mapping import LoadedMapping, MappingFile, ObjectMap, field_values, maps_commission
+from refsync.state.commissions import add_deal_values
 from refsync.state.ledger import Ledger
 from refsync.state.observe import observing
 from refsync.state.outbox import OpOutcome, land_outcomes, preview_pushes, push_inputs
@@ -90,6 +92,11 @@ def same_value(ours: Any, theirs: Any) -> bool:
         return True
     if ours == theirs or str(ours) == str(theirs):
         return True
+    if isinstance(ours, float) and not _blank(theirs):  # an amount: 12750.0 against HubSpot's "12750"
+        try:
+            return Decimal(str(ours)) == Decimal(str(theirs))
+        except InvalidOperation:
+            return False
     a, b = as_instant(ours) or _as_day(ours), as_instant(theirs) or _as_day(theirs)
     if a is None and b is not None:
         a = _as_epoch_ms(ours)
@@ -261,7 +268,13 @@ def _apply(work: _Work, result: WriteResult, obj: ObjectMap, values: dict[str, A
            max_attempts: int) -> None:
     if result.ok:
         if result.record_id:
-            work.outcome.links.append((obj.name, result.record_id, obj.role))
+            # the first record written leads the links: the audit event names it, and the poll guards
+            # what was pushed onto it (a converted lead's opportunity, not the contact linked before it)
+            link = (obj.name, result.record_id, obj.role)
+            if values and not work.outcome.written:
+                work.outcome.links.insert(0, link)
+            else:
+                work.outcome.links.append(link)
         work.outcome.written.update(values)
         work.outcome.created = work.outcome.created or result.created
         return
@@ -621,6 +634,8 @@ def push_round(ledger: Ledger, target: CrmTarget, owner: str, *, limit: int, lea
     if not ops:
         return counts
     inputs = push_inputs(ledger, [op["referral_id"] for op in ops], target.name)
+    if maps_commission(target.mapping):  # the deal shows the referral's commission too
+        add_deal_values(ledger, inputs)
     works = one_work_per_referral(ops, inputs)
     # A referral that lost credit (a duplicate, or merged into another) writes nothing any more:
     # its queued ops end here, so they can never overwrite the credited referral's attribution.

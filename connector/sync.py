@@ -19,6 +19,7 @@ from refsync.connector.config import Config
 from refsync.connector.crms import ensure_ready
 from refsync.connector.expire import expire_referrals
 from refsync.connector.logs import get_logger
+from refsync.connector.mapping import maps_commission
 from refsync.connector.notify import DeliverySettings, deliver_all
 from refsync.connector.poll import PollCounts, poll_target
 from refsync.connector.push import CrmTarget, PushCounts, note_drift, push_round
@@ -204,6 +205,12 @@ def _after_poll(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSe
     if settings.terms is not None:
         paid = compensate(ledger, settings.terms)
         report.after["commissions"] = {k: v for k, v in asdict(paid).items() if k != "skipped"}
+        if paid.created or paid.held or paid.adjusted or paid.voided or paid.clawbacks:
+            # a deal mapping commission_amount / commission_status shows the change now, not a cycle later
+            for name, target in targets.items():
+                if name in report.push and maps_commission(target.mapping):
+                    report.planned[name] = report.planned.get(name, 0) + enqueue_pushes(ledger, name)
+                    report.push[name].add(push_all(ledger, target, settings, owner))
     if settings.reconcile is not None:
         result = reconcile(ledger, targets, settings.reconcile)
         report.after["reconcile"] = {k: v for k, v in result.counts().items() if k != "errors"}

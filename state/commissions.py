@@ -14,11 +14,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
 
 from refsync.errors import RefsyncError
 from refsync.state.ledger import Ledger, LedgerTxn
 from refsync.state.models import Commission, Partner, Referral
+from refsync.state.money import as_decimal_text
 from refsync.state.notifications import enqueue_commission_notice
 from refsync.state.views import iso
 
@@ -144,6 +146,7 @@ def add_entry(txn: LedgerTxn, referral: Referral, *, kind: str, status: str, amo
                        **values)
     txn.session.add(entry)
     txn.session.flush()
+    replan(txn, referral.id)
     event = "clawback_created" if kind == "clawback" else f"commission_{'held' if status == 'held' else 'created'}"
     _audit(txn, entry, event, reason, actor)
     return entry
@@ -155,6 +158,8 @@ def change(txn: LedgerTxn, entry: Commission, event: str, why: str, actor: str, 
     for key, value in values.items():
         setattr(entry, key, value)
     entry.updated_at = txn.clock()
+    if (entry.status, entry.amount_minor) != (before["status"], before["amount_minor"]):
+        replan(txn, entry.referral_id)
     _audit(txn, entry, event, why, actor, before)
     if event in ("commission_approved", "commission_paid"):
         enqueue_commission_notice(txn.session, entry, event.removeprefix("commission_"), entry.updated_at)
@@ -186,6 +191,60 @@ def note_not_due(txn: LedgerTxn, referral: Referral, reason: str, terms_version:
     txn.add_audit(referral.id, "commission_not_due", reason, actor, policy_version=terms_version,
                   detail={"reason": reason, "facts": facts})
     return True
+
+
+def replan(txn: LedgerTxn, referral_id: str) -> None:
+    """A commission's amount or status changed: a new revision of the referral, so the outbox plans
+    its push again (``enqueue_pushes``) and a deal mapping ``commission_amount`` / ``commission_status``
+    shows the change. A CRM whose mapping does not map them reads the record and writes nothing."""
+    txn.session.execute(update(Referral).where(Referral.id == referral_id)
+                        .values(revision=Referral.revision + 1).execution_options(synchronize_session=False))
+
+
+# -- what the CRM deal shows ----------------------------------------------------------------------
+
+DEAL_ATTRIBUTES = ("commission_amount", "commission_status")  # mapping `from` values (connector/mapping.py)
+
+
+def deal_values(session: Session, referral_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What a referral's CRM deal shows of its commissions, for referrals that have entries:
+    ``commission_status``, the status of its newest entry (a ledger word: pending, held, approved,
+    rejected, paid, void, clawback), and ``commission_amount``, the sum of its entries net of
+    clawbacks (void and rejected ones count 0) as a Decimal in the currency's minor digits, or None
+    (the field is left alone) when an entry is not in the deal's currency, or is held because the
+    terms do not pay in the deal's currency (no amount was computed)."""
+    found: dict[str, dict[str, Any]] = {}
+    ids = list(dict.fromkeys(referral_ids))
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(Commission.referral_id, Commission.status, Commission.amount_minor, Commission.currency,
+                   Commission.deal_currency, Commission.holds, Referral.outcome_currency)
+            .join(Referral, Referral.id == Commission.referral_id)
+            .where(Commission.referral_id.in_(ids[start:start + 500])).order_by(Commission.referral_id, Commission.seq))
+        grouped: dict[str, list[Any]] = {}
+        for row in rows:
+            grouped.setdefault(row.referral_id, []).append(row)
+        for referral_id, entries in grouped.items():
+            newest = entries[-1]
+            # a CRM without currencies: the deal is in the currency the commission computed it in
+            deal_currency = (newest.outcome_currency or newest.deal_currency or newest.currency).upper()
+            # held for a currency the terms do not pay in: its 0 is no amount, nothing is shown
+            same = all(e.currency.upper() == deal_currency for e in entries) and not any(
+                h.get("code") == "currency_mismatch" for e in entries if e.status not in ("void", "rejected")
+                for h in e.holds or ())
+            total = sum(e.amount_minor for e in entries if e.status not in ("void", "rejected"))
+            found[referral_id] = {
+                "commission_status": newest.status,
+                "commission_amount": Decimal(as_decimal_text(total, deal_currency)) if same else None}
+    return found
+
+
+def add_deal_values(ledger: Ledger, referrals: dict[str, dict[str, Any]]) -> None:
+    """Put :func:`deal_values` into these referrals' attribute dicts (what a push writes)."""
+    with ledger.transaction() as txn:
+        shown = deal_values(txn.session, list(referrals))
+    for referral_id, attributes in referrals.items():
+        attributes.update(shown.get(referral_id, dict.fromkeys(DEAL_ATTRIBUTES)))
 
 
 # -- what people do -----------------------------------------------------------------------------

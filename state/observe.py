@@ -258,6 +258,12 @@ class Observation:
             SyncOp.state.in_(("pending", "in_flight", "failed", "dead")),
             SyncOp.dedupe_key.like(f"push:{self.crm}:{referral_id}:mapping:%")).limit(1)) is not None
 
+    def revision_pushed(self, referral_id: str, revision: int) -> bool:
+        """Whether this referral's current revision has been pushed to this CRM: until then the
+        record may hold what refsync wrote before (a commission approved since), nobody's overwrite."""
+        return self.session.scalar(select(SyncOp.id).where(
+            SyncOp.dedupe_key == f"push:{self.crm}:{referral_id}:{revision}", SyncOp.state == "done")) is not None
+
     def was_pushed(self, referral_id: str, record_id: str) -> bool:
         """Whether refsync already wrote this referral's attribution onto this record."""
         if (referral_id, record_id) in self._pushed:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from refsync.state.commissions import DEAL_ATTRIBUTES, deal_values
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 from refsync.state.outbox import _chunks
@@ -51,6 +52,10 @@ def linked_referrals(ledger: Ledger, crm: str) -> list[dict[str, Any]]:
                 referral = found[values[0]] = {**dict(zip(ATTRIBUTES, values, strict=True)), "partner": partner,
                                                "links": []}
             referral["links"].append({"object": obj, "record_id": record_id})
+        # what the deal shows of the commissions: a mapping that starts writing it rewrites those deals
+        shown = deal_values(txn.session, list(found))
+    for referral_id, referral in found.items():
+        referral.update(shown.get(referral_id, dict.fromkeys(DEAL_ATTRIBUTES)))
     return list(found.values())
 
 

@@ -49,6 +49,12 @@ class SandboxAdmin(Protocol):
         """Put a field removed by :meth:`remove_field` back (its values stay blank)."""
         ...
 
+    def create_field(self, object_name: str, field: str, kind: str = "text", label: str = "") -> None:
+        """Create a custom field / property as an admin does in Setup or Settings: ``kind`` "text" (a
+        Salesforce Text(255), a HubSpot single-line text) or "number" (a Salesforce Currency(16, 2), a
+        HubSpot number). Gone again after :meth:`reset`."""
+        ...
+
     def set_faults(self, **rates: float) -> None:
         """Fault injection by probability: rate_limit, server_error, slow, drop, lock; retry_after=s."""
         ...

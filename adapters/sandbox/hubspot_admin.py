@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
                  "convert_lead", "move_stage", "remove_field", "restore_field", "set_faults", "hold_clock", "calls",
-                 "reset", "configure", "associate", "count_values", "system_touch")
+                 "reset", "configure", "associate", "count_values", "system_touch", "create_field")
 FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "retry_after", "slow_seconds", "seed")
 
 
@@ -149,6 +149,9 @@ class AdminMixin:
 
     def restore_field(self, object_name: str, field: str) -> None:
         self.store.restore_property(object_name, field)
+
+    def create_field(self, object_name: str, field: str, kind: str = "text", label: str = "") -> None:
+        self.store.create_property(object_name, field, kind, label)
 
     def set_faults(self, **rates: float) -> None:
         """Fault rates (0..1): rate_limit, server_error, slow, drop, lock; retry_after and slow_seconds in s;

@@ -341,6 +341,18 @@ class Store:
             for rec in self.records[obj].values():
                 rec.props.pop(name, None)
 
+    def create_property(self, obj: str, name: str, kind: str, label: str = "") -> None:
+        """A custom property made in Settings > Properties (POST /crm/v3/properties/{object}): "text"
+        is a single-line text (string/text), "number" a number (number/number)."""
+        types = {"text": ("string", "text"), "number": ("number", "number")}
+        if kind not in types:
+            raise ValueError(f"kind {kind!r}: use one of {', '.join(types)}")
+        with self.lock:
+            if name in self.object_props(obj):
+                raise KeyError(f"{obj}.{name} exists already")
+            self.properties[obj][name] = hs._prop(name, label or name.replace("_", " ").capitalize(), *types[kind],
+                                                  custom=True)
+
     def restore_property(self, obj: str, name: str) -> None:
         """Put a removed property back (HubSpot: restore a deleted property from the archive);
         its values stay blank."""

@@ -41,7 +41,7 @@ MAX_COLLECTION = 200
 _API = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)/(?P<rest>.*)$")
 ADMIN_METHODS = ("create_record", "get_record", "set_field", "change_owner", "delete_record", "merge",
                  "convert_lead", "move_stage", "remove_field", "restore_field", "set_faults", "hold_clock", "calls",
-                 "reset", "expire_sessions", "count_values")
+                 "reset", "expire_sessions", "count_values", "create_field")
 _FAULTS = ("rate_limit", "server_error", "slow", "drop", "lock", "lost_answer")
 
 
@@ -167,6 +167,9 @@ class SalesforceEmulator(Served):
 
     def restore_field(self, object_name: str, field: str) -> None:
         self.store.restore_field(object_name, field)
+
+    def create_field(self, object_name: str, field: str, kind: str = "text", label: str = "") -> None:
+        self.store.create_field(object_name, field, kind, label)
 
     def set_faults(self, **rates: float) -> None:
         """Probabilities (0..1) of ``rate_limit``, ``server_error``, ``slow``, ``drop``, ``lock`` per call

@@ -164,6 +164,16 @@ class OrgSchema:
         self.removed[(obj, name.lower())] = field
         return True
 
+    def create_field(self, obj: str, name: str, kind: str, label: str = "") -> None:
+        """A custom field: "text" is Text(255), "number" Currency(16, 2) (describe type ``currency``)."""
+        if kind not in ("text", "number"):
+            raise ValueError(f"kind {kind!r}: use one of text, number")
+        field = _simple(name, "string" if kind == "text" else "currency", custom=True,
+                        label=label or name.removesuffix("__c").replace("_", " "))
+        if kind == "number":
+            field.update(precision=18, scale=2)
+        self.describes[obj]["fields"].append(self._full(field))
+
     def restore_field(self, obj: str, name: str) -> bool:
         field = self.removed.pop((obj, name.lower()), None)
         if field is None:

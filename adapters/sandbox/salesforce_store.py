@@ -642,6 +642,16 @@ class OrgStore:
             for rec in self.records[obj].values():
                 rec.pop(canonical["name"], None)
 
+    def create_field(self, obj: str, field: str, kind: str, label: str = "") -> None:
+        """A custom field made in Setup (Object Manager > Fields & Relationships > New)."""
+        with self.lock:
+            obj = self.object_name(obj)
+            if not field.endswith("__c"):
+                raise ValueError(f"{field}: a custom field's API name ends in __c")
+            if self.schema.field(obj, field) is not None:
+                raise KeyError(f"{obj}.{field} exists already")
+            self.schema.create_field(obj, field, kind, label)
+
     def restore_field(self, obj: str, field: str) -> None:
         """Undelete a custom field (Setup, "Deleted Fields": kept 15 days); its values stay blank here."""
         with self.lock:
