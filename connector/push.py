@@ -92,7 +92,9 @@ def same_value(ours: Any, theirs: Any) -> bool:
         return True
     if ours == theirs or str(ours) == str(theirs):
         return True
-    if isinstance(ours, float) and not _blank(theirs):  # an amount: 12750.0 against HubSpot's "12750"
+    # An amount: 12750.0 against HubSpot's "12750" (v3 returns every property value as a string:
+    # SimplePublicObject.properties is additionalProperties {type: string}, crm-api/hubspot/Deals_r424_v3_deals.json).
+    if isinstance(ours, float) and not _blank(theirs):
         try:
             return Decimal(str(ours)) == Decimal(str(theirs))
         except InvalidOperation:
