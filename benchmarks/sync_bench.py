@@ -52,10 +52,12 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
     from refsync.connector.config import load_config
     from refsync.connector.crms import build_targets
     from refsync.connector.imports import import_file
+    from refsync.connector.runtime import tune_gc
     from refsync.connector.sync import CycleSettings, run_cycle
     from refsync.state import db
     from refsync.state.ledger import Ledger
 
+    tune_gc()  # as the `refsync` command does at start
     # The sandbox runs in its own process, so this process's CPU time and memory are refsync's alone.
     server = subprocess.Popen([str(Path(sys.executable).with_name("refsync")), "sandbox", "--dir", str(tmp / "sb")],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
