@@ -153,9 +153,12 @@ def _land_ops(session: Session, owner: str, outcomes: Sequence[OpOutcome], now: 
     groups: dict[tuple[Any, ...], list[int]] = {}
     values_of: dict[tuple[Any, ...], dict[str, Any]] = {}
     for outcome in outcomes:
-        values = _op_values(outcome, now)
-        key = tuple(sorted((k, str(v)) for k, v in values.items()))
-        values_of.setdefault(key, values)
+        # What _op_values reads of an outcome, so equal keys mean equal values (built once a key).
+        retry_at = outcome.next_attempt_at if outcome.state in ("failed", "released") else None
+        error = (outcome.error_class, outcome.error_code, outcome.error_message) if outcome.error_class else None
+        key = (outcome.state, retry_at, error)
+        if key not in values_of:
+            values_of[key] = _op_values(outcome, now)
         groups.setdefault(key, []).append(outcome.op_id)
     landed: set[int] = set()
     for key, ids in groups.items():
