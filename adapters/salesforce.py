@@ -34,6 +34,7 @@ from simple_salesforce.exceptions import (
     SalesforceError,
     SalesforceExpiredSession,
 )
+from simple_salesforce.format import quote_soql_value
 
 from refsync.adapters.base import (
     ApiBudget,
@@ -65,6 +66,7 @@ WRITE_HEADERS = {"Sforce-Auto-Assign": "FALSE"}
 SAVE_DUPLICATES_HEADERS = {**WRITE_HEADERS, "Sforce-Duplicate-Rule-Header": "allowSave=true"}
 MIN_API_VERSION = 46.0  # composite/sobjects/{Object}/{ExternalIdField} (collection upsert) exists from 46.0
 MAX_SOQL_URL = 12_000  # characters of URL-encoded SOQL per GET; Salesforce refuses URIs over 16,384
+_URL_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"  # what quote() keeps as is
 MERGEABLE = {"Lead", "Contact", "Account"}
 OWNED = {"Lead", "Contact", "Account", "Opportunity", "Case"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -239,6 +241,13 @@ class _HistoryWindow:
         return sorted(out, key=lambda r: r.at)
 
 
+def _url_len(text: str) -> int:
+    """``len(quote(text, safe=""))`` without building it (a find sizes every value it sends): each
+    UTF-8 byte outside the unreserved set becomes three characters."""
+    raw = text.encode()
+    return len(raw) + 2 * len(raw.translate(None, _URL_SAFE))
+
+
 class SalesforceAdapter:
     """CrmAdapter for Salesforce (REST API through simple-salesforce)."""
 
@@ -375,7 +384,7 @@ class SalesforceAdapter:
         chunk: list[str] = []
         size = prefix_len
         for value in values:
-            cost = len(quote(format_soql("{}", value), safe="")) + 3
+            cost = _url_len(quote_soql_value(value)) + 3
             if chunk and size + cost > MAX_SOQL_URL:
                 yield chunk
                 chunk, size = [], prefix_len

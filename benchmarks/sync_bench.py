@@ -52,10 +52,12 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
     from refsync.connector.config import load_config
     from refsync.connector.crms import build_targets
     from refsync.connector.imports import import_file
+    from refsync.connector.runtime import tune_gc
     from refsync.connector.sync import CycleSettings, run_cycle
     from refsync.state import db
     from refsync.state.ledger import Ledger
 
+    tune_gc()  # as the `refsync` command does at start
     # The sandbox runs in its own process, so this process's CPU time and memory are refsync's alone.
     server = subprocess.Popen([str(Path(sys.executable).with_name("refsync")), "sandbox", "--dir", str(tmp / "sb")],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -101,7 +103,7 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
         admin(sf_info, "set_faults", server_error=faults / 2, drop=faults / 2, seed=7)
         admin(hs_info, "set_faults", server_error=faults / 3, drop=faults / 3, rate_limit=faults / 3, retry_after=1,
               seed=7)
-    profiler = cProfile.Profile() if os.environ.get("SYNC_BENCH_PROFILE") else None
+    profiler = cProfile.Profile(time.process_time) if os.environ.get("SYNC_BENCH_PROFILE") else None  # CPU, not waits
     started, cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()

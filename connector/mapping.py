@@ -317,7 +317,8 @@ def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
         else:
             value = iso_utc(value.replace(microsecond=0))  # strftime('%Y') writes year 1 as '1'
 
-    value = field.transform.values.get(str(value), value)
+    if field.transform.values:
+        value = field.transform.values.get(str(value), value)
     # Text written only at creation is cut to the field's length (the describe's ``length``): the
     # CRM refuses a longer value (Salesforce STRING_TOO_LONG) and the record would never exist.
     cut = field.transform.truncate or field.rule == "create_only"

@@ -29,7 +29,7 @@ from refsync.connector.push import CrmTarget, as_instant, as_moment, same_value
 from refsync.state.commissions import DEAL_ATTRIBUTES, deal_values
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
-from refsync.state.observe import Observation, cursor, observing, poll_memory
+from refsync.state.observe import LinkView, Observation, ReferralView, cursor, observing, poll_memory
 
 log = get_logger("refsync.poll")
 OVERLAP = timedelta(minutes=2)
@@ -130,15 +130,16 @@ def _overwritten(desired: dict[str, Any], record: CrmRecord) -> list[str]:
             if value not in (None, "") and name in record.fields and not same_value(value, record.fields[name])]
 
 
-def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referral, record: CrmRecord,
-           counts: PollCounts, link: CrmLink | None = None) -> None:
+def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referral | ReferralView,
+           record: CrmRecord, counts: PollCounts, link: CrmLink | LinkView | None = None) -> None:
     """Restore protected fields someone else changed; stop fighting a writer that keeps at it.
 
     A snapshot older than refsync's last write to the record is never evidence of an overwrite:
     the record itself is read (batch read, not search) and judged instead."""
     mapping = target.mapping
     schema = target.schemas.get(obj.name)
-    view = {"id": referral.id, "partner": referral.partner.code, "source": referral.source,
+    partner = referral.partner_code if isinstance(referral, ReferralView) else referral.partner.code
+    view = {"id": referral.id, "partner": partner, "source": referral.source,
             "medium": referral.medium, "campaign": referral.campaign, "submitted_at": referral.submitted_at,
             "prospect_email": referral.prospect_email, "prospect_company": referral.prospect_company,
             "prospect_name": referral.prospect_name, "external_id": referral.external_id,
@@ -211,17 +212,20 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
     owner = str(record.fields.get(mapping.owner_field)) if mapping.owner_field and record.fields.get(
         mapping.owner_field) else record.owner_id
     for link in links:
-        referral = ob.referral(link.referral_id)
-        if referral is None or referral.merged_into:
+        seen = ob.referral_view(link.referral_id)
+        if seen is None or seen.merged_into:
             continue
         if owner and link.owner_id and owner != link.owner_id:
             counts.owner_changes += 1
-            ob.audit(referral.id, "owner_changed", "crm_owner_changed", actor=f"crm:{target.name}",
+            ob.audit(seen.id, "owner_changed", "crm_owner_changed", actor=f"crm:{target.name}",
                      obj=obj.name, record_id=record.id, detail={"from": link.owner_id, "to": owner})
         ob.seen(link, owner or link.owner_id)
-        if link.state == "active" and referral.credited and ob.was_pushed(referral.id, record.id):
-            _guard(ob, target, obj, referral, record, counts, link)
+        if link.state == "active" and seen.credited and ob.was_pushed(seen.id, record.id):
+            _guard(ob, target, obj, seen, record, counts, link)
         if obj is not mapping.deal:
+            continue
+        referral = ob.referral(seen.id)  # a deal's poll changes the referral: its ORM object (prefetched)
+        if referral is None:
             continue
         pipeline = book.pipeline_of(record)
         # every stage the deal passed through since the last poll, in order, at the time the CRM
@@ -460,7 +464,8 @@ def _observe_page(ledger: Ledger, target: CrmTarget, obj: ObjectMap, page: Chang
     for start in starts:
         batch = page.changes[start:start + OBSERVE_BATCH]
         with observing(ledger, target.name) as ob:
-            ob.prefetch(obj.name, [c.record_id for c in batch if c.kind is ChangeKind.UPDATED])
+            ob.prefetch(obj.name, [c.record_id for c in batch if c.kind is ChangeKind.UPDATED],
+                        editable=obj is target.mapping.deal)
             _observe_batch(ob, target, obj, batch, book, by_record, counts)
             ob.remember_handled(obj.name, {c.record_id: c.at for c in batch}, page.cursor, start,
                                 forget_before=page.cursor - OVERLAP - HANDLED_SLACK)

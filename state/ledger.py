@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ulid import ULID
@@ -365,13 +365,13 @@ class Ledger:
         if self.engine.dialect.name == "postgresql":
             due_ids = due_ids.with_for_update(skip_locked=True)
         # One UPDATE ... RETURNING: atomic on SQLite too, where a SELECT then UPDATE would race.
+        ops_table = cast(Table, SyncOp.__table__)  # a Core statement on the table: plain rows, no ORM pass
         claim = (
-            update(SyncOp)
-            .where(SyncOp.id.in_(due_ids.scalar_subquery()))
+            update(ops_table)
+            .where(ops_table.c.id.in_(due_ids.scalar_subquery()))
             .values(state="in_flight", lease_owner=owner, lease_expires_at=now + lease,
-                    attempts=SyncOp.attempts + 1, updated_at=now)
-            .returning(*OP_COLUMNS)  # plain rows: no ORM object per claimed op
-            .execution_options(synchronize_session=False)
+                    attempts=ops_table.c.attempts + 1, updated_at=now)
+            .returning(*(ops_table.c[column.key] for column in OP_COLUMNS))
         )
         with self.transaction() as txn:
             ops = sorted(txn.session.execute(claim), key=lambda op: (op.next_attempt_at, op.id))

@@ -18,7 +18,7 @@ from sqlalchemy.orm import load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from refsync.state.ledger import Ledger, LedgerTxn
-from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Referral, SyncOp
+from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Partner, Referral, SyncOp
 from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_alert
 
 # crm_state keys of a poll's memory of one object: the adapter's poll state, and the records the
@@ -33,6 +33,56 @@ OBSERVED_COLUMNS = (Referral.id, Referral.partner_id, Referral.referral_code, Re
                     Referral.prospect_company, Referral.prospect_name, Referral.source, Referral.medium,
                     Referral.campaign, Referral.submitted_at, Referral.status, Referral.status_changed_at,
                     Referral.credited, Referral.merged_into, Referral.external_id)
+
+
+@dataclass(slots=True)
+class ReferralView:
+    """What a poll reads of a referral it only looks at (a lead-like record's referral: the guard
+    and the owner check change nothing on it), from a plain row: building ORM objects for the
+    100,000 referrals of a large poll cost more than the rest of observing them."""
+
+    id: str
+    partner_code: str
+    referral_code: str | None
+    prospect_email: str | None
+    prospect_company: str | None
+    prospect_name: str | None
+    source: str | None
+    medium: str | None
+    campaign: str | None
+    submitted_at: datetime
+    status: str
+    status_changed_at: datetime
+    credited: bool
+    merged_into: str | None
+    external_id: str | None
+    revision: int  # the commission guard asks whether this revision was pushed
+
+
+VIEW_COLUMNS = (Referral.id, Partner.code, Referral.referral_code, Referral.prospect_email, Referral.prospect_company,
+                Referral.prospect_name, Referral.source, Referral.medium, Referral.campaign, Referral.submitted_at,
+                Referral.status, Referral.status_changed_at, Referral.credited, Referral.merged_into,
+                Referral.external_id, Referral.revision)
+
+
+@dataclass(slots=True)
+class LinkView:
+    """A prefetched link, from a plain row, for reading and :meth:`Observation.seen` alone; every
+    change to a link goes through the ORM objects of :meth:`Observation.links`."""
+
+    id: int
+    referral_id: str
+    object: str
+    record_id: str
+    role: str
+    state: str
+    owner_id: str | None
+    last_seen_at: datetime | None
+    last_written_at: datetime | None
+
+
+LINK_COLUMNS = (CrmLink.id, CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.role, CrmLink.state,
+                CrmLink.owner_id, CrmLink.last_seen_at, CrmLink.last_written_at)
 
 
 def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
@@ -77,27 +127,42 @@ class Observation:
         self.session = txn.session
         self.crm = crm
         self.now = txn.clock()
-        self._links: dict[tuple[str, str], list[CrmLink]] = {}
+        # Prefetched links as plain rows; a record whose links are read through the ORM
+        # (:meth:`links`, to change them) is dropped from here, so it is never read stale.
+        self._links: dict[tuple[str, str], list[LinkView]] = {}
         self._pushed: set[tuple[str, str]] = set()
         # Held here: the session's identity map is weak, so prefetched rows it alone held would be
-        # collected and read again one at a time.
+        # collected and read again one at a time. Once a referral is loaded as an ORM object (to be
+        # changed), its view gives way to it, so what is read afterwards includes the change.
         self._referrals: dict[str, Referral] = {}
-        self._seen: dict[int, str | None] = {}  # link id -> owner, written by land_sightings
+        self._views: dict[str, ReferralView] = {}
+        self._seen: dict[int, tuple[str | None, datetime]] = {}  # link id -> (owner, at), for land_sightings
 
-    def prefetch(self, obj: str, record_ids: Sequence[str]) -> None:
+    def prefetch(self, obj: str, record_ids: Sequence[str], *, editable: bool = True) -> None:
         """Load the links, referrals and push history of many records at once (a poll of 100,000
-        changes must not cost three queries per record)."""
+        changes must not cost three queries per record). ``editable``: the referrals are loaded as
+        ORM objects (a deal's poll moves statuses and outcomes); otherwise as :class:`ReferralView`
+        rows, which cost a fraction."""
         ids = list(dict.fromkeys(record_ids))
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            found = self.links(obj, chunk)
+            found: dict[str, list[LinkView]] = {}
+            for row in self.session.execute(select(*LINK_COLUMNS).where(
+                    CrmLink.crm == self.crm, CrmLink.object == obj, CrmLink.record_id.in_(chunk),
+                    CrmLink.state.in_(("active", "converted"))).order_by(CrmLink.id)):
+                found.setdefault(row.record_id, []).append(LinkView(*row))
             for record_id in chunk:
                 self._links[(obj, record_id)] = found.get(record_id, [])
             referral_ids = {lk.referral_id for links in found.values() for lk in links}
             if not referral_ids:
                 continue
-            self._referrals.update((r.id, r) for r in self.session.scalars(
-                select(Referral).options(load_only(*OBSERVED_COLUMNS)).where(Referral.id.in_(referral_ids))))
+            if editable:
+                self._referrals.update((r.id, r) for r in self.session.scalars(
+                    select(Referral).options(load_only(*OBSERVED_COLUMNS)).where(Referral.id.in_(referral_ids))))
+            else:
+                self._views.update((row[0], ReferralView(*tuple(row))) for row in self.session.execute(
+                    select(*VIEW_COLUMNS).join(Partner, Partner.id == Referral.partner_id)
+                    .where(Referral.id.in_(referral_ids))))
             # By referral id (indexed; audit_events has no index on record_id, and a scan of every
             # event per chunk cost more than the rest of the poll): was_pushed only ever asks about
             # a record's linked referrals, and asks the database about any pair not found here.
@@ -106,13 +171,16 @@ class Observation:
                 AuditEvent.record_id.in_(chunk)))
             self._pushed.update((str(r), str(rec)) for r, rec in pushed)
 
-    def seen(self, link: CrmLink, owner_id: str | None) -> None:
+    def seen(self, link: CrmLink | LinkView, owner_id: str | None) -> None:
         """The record of ``link`` was seen now, owned by ``owner_id``. Every link of a poll batch is
         seen: they are written together by :meth:`land_sightings` (one executemany), rather than as
-        one dirty ORM object each; the object reads the new values at once all the same."""
-        set_committed_value(link, "owner_id", owner_id)
-        set_committed_value(link, "last_seen_at", self.now)
-        self._seen[link.id] = owner_id
+        one dirty ORM object each; the link reads the new values at once all the same."""
+        if isinstance(link, CrmLink):
+            set_committed_value(link, "owner_id", owner_id)
+            set_committed_value(link, "last_seen_at", self.now)
+        else:
+            link.owner_id, link.last_seen_at = owner_id, self.now
+        self._seen[link.id] = (owner_id, self.now)
 
     def land_sightings(self) -> None:
         """Write what :meth:`seen` noted (``updated_at`` follows the column's own ``onupdate``)."""
@@ -120,12 +188,12 @@ class Observation:
             return
         table = cast(Table, CrmLink.__table__)
         self.session.execute(update(table).where(table.c.id == bindparam("b_id")),
-                             [{"b_id": link_id, "owner_id": owner, "last_seen_at": self.now}
-                              for link_id, owner in self._seen.items()])
+                             [{"b_id": link_id, "owner_id": owner, "last_seen_at": at}
+                              for link_id, (owner, at) in self._seen.items()])
         self._seen.clear()
 
-    def record_links(self, obj: str, record_id: str) -> list[CrmLink]:
-        """Links of one record, from the prefetch when there was one."""
+    def record_links(self, obj: str, record_id: str) -> list[CrmLink] | list[LinkView]:
+        """Links of one record, to read: from the prefetch when there was one."""
         cached = self._links.get((obj, record_id))
         return list(cached) if cached is not None else self.links(obj, [record_id]).get(record_id, [])
 
@@ -165,13 +233,19 @@ class Observation:
             row.value, row.updated_at = dict(state), self.now
 
     def links(self, obj: str, record_ids: Sequence[str]) -> dict[str, list[CrmLink]]:
-        """Active (and converted) links of these records, by record id."""
+        """Active (and converted) links of these records, by record id, as ORM objects to change."""
         found: dict[str, list[CrmLink]] = {}
         if not record_ids:
             return found
+        for record_id in record_ids:
+            self._links.pop((obj, record_id), None)
         for link in self.session.scalars(select(CrmLink).where(
                 CrmLink.crm == self.crm, CrmLink.object == obj, CrmLink.record_id.in_(list(record_ids)),
                 CrmLink.state.in_(("active", "converted")))):
+            if link.id in self._seen:  # seen in this batch through its prefetched row
+                owner_id, at = self._seen[link.id]
+                set_committed_value(link, "owner_id", owner_id)
+                set_committed_value(link, "last_seen_at", at)
             found.setdefault(link.record_id, []).append(link)
         return found
 
@@ -180,8 +254,22 @@ class Observation:
             CrmLink.crm == self.crm, CrmLink.referral_id.in_(list(referral_ids)), CrmLink.state == "active")))
 
     def referral(self, referral_id: str) -> Referral | None:
+        """The referral as an ORM object, to change (kept, so later reads in the batch see it)."""
         cached = self._referrals.get(referral_id)
-        return cached if cached is not None else self.session.get(Referral, referral_id)
+        if cached is not None:
+            return cached
+        found = self.session.get(Referral, referral_id)
+        if found is not None:
+            self._referrals[referral_id] = found
+            self._views.pop(referral_id, None)
+        return found
+
+    def referral_view(self, referral_id: str) -> Referral | ReferralView | None:
+        """The referral, to read: its ORM object once loaded, else its prefetched view."""
+        cached = self._referrals.get(referral_id)
+        if cached is not None:
+            return cached
+        return self._views.get(referral_id) or self.referral(referral_id)
 
     def link(self, referral_id: str, obj: str, record_id: str, role: str, owner_id: str | None = None) -> CrmLink:
         """The active link of a referral to a record, created when missing."""

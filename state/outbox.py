@@ -10,14 +10,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from typing import cast as typed
 
-from sqlalchemy import String, and_, cast, exists, insert, literal, select, update
+from sqlalchemy import String, Table, and_, cast, exists, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 
 CHUNK = 500  # ids per IN list: well under every driver's bound-parameter limit
+# The tables themselves, for landing: a statement on a Table runs as plain Core (one executemany,
+# no ORM bulk-persistence pass per row), which is most of what landing a batch used to cost. Column
+# defaults and ``onupdate`` are the table's own, so they apply all the same.
+_OPS = typed(Table, SyncOp.__table__)
+_LINKS = typed(Table, CrmLink.__table__)
+_EVENTS = typed(Table, AuditEvent.__table__)
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -132,7 +139,7 @@ def _op_values(outcome: OpOutcome, now: datetime) -> dict[str, Any]:
         values["next_attempt_at"] = outcome.next_attempt_at
     if outcome.state == "released":
         values["state"] = "pending"
-        values["attempts"] = SyncOp.attempts - 1  # never attempted: does not count
+        values["attempts"] = _OPS.c.attempts - 1  # never attempted: does not count
     if outcome.error_class:
         values.update(last_error_class=outcome.error_class, last_error_code=outcome.error_code,
                       last_error_message=(outcome.error_message or "")[:2000])
@@ -146,16 +153,19 @@ def _land_ops(session: Session, owner: str, outcomes: Sequence[OpOutcome], now: 
     groups: dict[tuple[Any, ...], list[int]] = {}
     values_of: dict[tuple[Any, ...], dict[str, Any]] = {}
     for outcome in outcomes:
-        values = _op_values(outcome, now)
-        key = tuple(sorted((k, str(v)) for k, v in values.items()))
-        values_of.setdefault(key, values)
+        # What _op_values reads of an outcome, so equal keys mean equal values (built once a key).
+        retry_at = outcome.next_attempt_at if outcome.state in ("failed", "released") else None
+        error = (outcome.error_class, outcome.error_code, outcome.error_message) if outcome.error_class else None
+        key = (outcome.state, retry_at, error)
+        if key not in values_of:
+            values_of[key] = _op_values(outcome, now)
         groups.setdefault(key, []).append(outcome.op_id)
     landed: set[int] = set()
     for key, ids in groups.items():
         for chunk in _chunks(ids):
-            landed.update(session.scalars(update(SyncOp).where(
-                SyncOp.id.in_(list(chunk)), SyncOp.lease_owner == owner).values(**values_of[key])
-                .returning(SyncOp.id)))
+            landed.update(session.scalars(update(_OPS).where(
+                _OPS.c.id.in_(list(chunk)), _OPS.c.lease_owner == owner).values(**values_of[key])
+                .returning(_OPS.c.id)))
     return landed
 
 
@@ -181,11 +191,11 @@ def _land_links(session: Session, crm: str, outcomes: Sequence[OpOutcome], now: 
             "created_at": now, "updated_at": now, "last_written_at": now if wrote else None}
            for (r, o, rec), (role, wrote) in wanted.items() if (r, o, rec) not in existing]
     if new:
-        session.execute(insert(CrmLink), new)
+        session.execute(insert(_LINKS), new)
     written = [existing[key] for key, (_role, wrote) in wanted.items() if wrote and key in existing]
     for chunk in _chunks(written):
-        session.execute(update(CrmLink).where(CrmLink.id.in_(list(chunk))).values(last_written_at=now,
-                                                                                   updated_at=now))
+        session.execute(update(_LINKS).where(_LINKS.c.id.in_(list(chunk))).values(last_written_at=now,
+                                                                                  updated_at=now))
 
 
 def _audit_rows(crm: str, outcomes: Sequence[OpOutcome], now: datetime) -> list[dict[str, Any]]:
@@ -221,7 +231,7 @@ def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOut
         _land_links(session, crm, mine, now)
         events = _audit_rows(crm, mine, now)
         if events:
-            session.execute(insert(AuditEvent), events)
+            session.execute(insert(_EVENTS), events)
 
 
 def op_states(ledger: Ledger, op_ids: Sequence[int]) -> dict[int, str]:

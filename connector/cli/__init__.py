@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 
 from refsync import __version__
-from refsync.connector import logs
+from refsync.connector import logs, runtime
 from refsync.connector.cli import (
     alerts,
     commissions,
@@ -55,6 +55,7 @@ for _command in cli.commands.values():
 
 
 def main() -> None:
+    runtime.tune_gc()
     cli(prog_name="refsync")
 
 
