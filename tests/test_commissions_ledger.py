@@ -75,6 +75,16 @@ def rows(ledger: Ledger, referral_id: str) -> list[dict[str, object]]:
     return [r for r in commission_rows(ledger) if r["referral_id"] == referral_id]
 
 
+def approved(ledger: Ledger, tmp_path: Path, **referral_kw: str) -> tuple[str, int]:
+    """A referral whose deal is won, with its commission computed and approved: (referral, commission)."""
+    rid = referral(ledger, tmp_path, **referral_kw)
+    set_deal(ledger, rid, "won")
+    compensate(ledger, TERMS)
+    cid = int(str(rows(ledger, rid)[0]["id"]))
+    decide(ledger, [cid], "approve", "Fiona", None)
+    return rid, cid
+
+
 def timeline(ledger: Ledger, referral_id: str) -> list[tuple[str, str, str | None]]:
     view = ledger.referral(referral_id)
     assert view is not None
@@ -122,11 +132,7 @@ def test_approve_then_pay_only_after_the_hold_and_never_twice(both: Ledger, cloc
 
 def test_an_amount_change_before_payment_adjusts_and_withdraws_the_approval(ledger: Ledger,
                                                                            tmp_path: Path) -> None:
-    rid = referral(ledger, tmp_path)
-    set_deal(ledger, rid, "won")
-    compensate(ledger, TERMS)
-    cid = int(str(rows(ledger, rid)[0]["id"]))
-    decide(ledger, [cid], "approve", "Fiona", None)
+    rid, cid = approved(ledger, tmp_path)
     set_deal(ledger, rid, "won", amount="15000.00")
     assert compensate(ledger, TERMS).adjusted == 1
     [row] = rows(ledger, rid)
@@ -151,11 +157,7 @@ def test_a_reopened_deal_voids_the_unpaid_commission_and_a_new_win_earns_again(l
 def test_a_deal_lost_after_payment_is_clawed_back_from_the_next_payout(both: Ledger, clock: FakeClock,
                                                                       tmp_path: Path) -> None:
     ledger = both
-    first = referral(ledger, tmp_path, name="a")
-    set_deal(ledger, first, "won")
-    compensate(ledger, TERMS)
-    cid = int(str(rows(ledger, first)[0]["id"]))
-    decide(ledger, [cid], "approve", "Fiona", None)
+    first, cid = approved(ledger, tmp_path, name="a")
     clock.advance(days=31)
     pay(ledger, [cid], "PAY-1", "Fiona")
     set_deal(ledger, first, "lost", amount=None, currency=None, close=None)
@@ -286,11 +288,7 @@ def test_a_terms_change_after_submission_leaves_the_commission_on_the_version_of
 def test_two_workers_paying_the_same_commission_at_once_pay_it_once(pg_url: str, tmp_path: Path) -> None:
     clock = FakeClock(datetime(2026, 11, 1, 12, tzinfo=UTC))
     ledger = Ledger.open(pg_url, clock=clock)
-    rid = referral(ledger, tmp_path)
-    set_deal(ledger, rid, "won")
-    compensate(ledger, TERMS)
-    cid = int(str(rows(ledger, rid)[0]["id"]))
-    decide(ledger, [cid], "approve", "Fiona", None)
+    rid, cid = approved(ledger, tmp_path)
     clock.advance(days=31)
     replicas = [Ledger.open(pg_url, clock=clock) for _ in range(2)]
     start = threading.Barrier(2)
@@ -381,11 +379,7 @@ def test_a_payment_committing_while_compensation_adjusts_is_seen_never_overwritt
 
     clock = FakeClock(datetime(2026, 11, 1, 12, tzinfo=UTC))
     ledger = Ledger.open(pg_url, clock=clock)
-    rid = referral(ledger, tmp_path)
-    set_deal(ledger, rid, "won")
-    compensate(ledger, TERMS)
-    cid = int(str(rows(ledger, rid)[0]["id"]))
-    decide(ledger, [cid], "approve", "Fiona", None)
+    rid, cid = approved(ledger, tmp_path)
     set_deal(ledger, rid, "won", amount="15000.00")  # the deal grows while finance pays the old amount
     other = create_engine(pg_url)
     with other.connect() as payer:
