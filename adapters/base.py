@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 FieldValues = dict[str, Any]
@@ -242,6 +242,9 @@ class CrmAdapter(Protocol):
     name: str
     max_batch: int  # records per write call (200 Salesforce, 100 HubSpot)
     page_records: int  # changes per page of change_pages (about: a page may end a little past it)
+    # How far before ``since`` change_pages looks on its own, for the CRM's own lag (HubSpot's
+    # search index trails writes); the caller's overlap comes on top of it.
+    lookback: timedelta
 
     def describe(self, object_name: str) -> ObjectSchema:
         """Fields of ``object_name`` for mapping validation."""
@@ -276,9 +279,16 @@ class CrmAdapter(Protocol):
 
     def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
                      handled: Mapping[str, datetime] | None = None,
-                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
+                     poll_state: Mapping[str, Any] | None = None,
+                     search_from: datetime | None = None) -> Iterator[ChangeSet]:
         """Everything that changed on ``object_name`` since ``since`` (the caller applies overlap),
         a page at a time (about ``page_records`` changes each), in ascending modification order.
+
+        ``search_from``: the caller has already seen every record whose current modification stamp
+        is before it (everything between ``since`` and it has settled on an earlier read): records
+        are listed from there only, while what is read about them (stage history, deletions) still
+        reaches back to ``since``. A poll right after activity then lists what is new, not again
+        everything it listed a moment ago (``connector.poll.PollWindow``).
 
         Paging follows the CRM's own query cursor or a keyset on (modified time, id), never an
         offset, so records that share one timestamp across a page boundary are neither lost nor

@@ -590,13 +590,15 @@ class HubSpotAdapter:
     # -- changes ---------------------------------------------------------------------------------
     def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
                      handled: Mapping[str, datetime] | None = None,
-                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
+                     poll_state: Mapping[str, Any] | None = None,
+                     search_from: datetime | None = None) -> Iterator[ChangeSet]:
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
-        lower = since - self.lookback
+        lower = since - self.lookback  # stage history and deletions reach back to here
+        listed_from = lower if search_from is None else max(lower, _moment(search_from) or lower)
         extra = DEAL_FIELDS if object_name == "deals" else ()
         props = self._props(fields, extra)
         cursor = since
-        answers = self._changed_since(object_name, _ms(lower), props, [*fields, *extra])
+        answers = self._changed_since(object_name, _ms(listed_from), props, [*fields, *extra])
         for records, _last in joined_pages(answers, self.page_records):
             cursor = max([cursor, *(r.modified_at for r in records if r.modified_at)])
             changes, stage_changes = self._page_changes(object_name, records, lower, handled)

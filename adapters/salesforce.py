@@ -255,6 +255,10 @@ class SalesforceAdapter:
     max_batch = 200
     query_batch_size = 2000  # records per query page asked of Salesforce (it may send fewer)
     page_records = 2000  # changes per page of change_pages: query pages are joined up to this
+    # No look-back of its own: SOQL reads the database, not a search index (SystemModstamp changes
+    # on every change, crm-api/salesforce/README.md); the caller's overlap covers a save committed
+    # a little after its stamp.
+    lookback = timedelta(0)
 
     def __init__(self, instance_url: str, *, session_id: str | None = None, username: str | None = None,
                  password: str | None = None, security_token: str | None = None, domain: str | None = None,
@@ -466,15 +470,17 @@ class SalesforceAdapter:
 
     def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
                      handled: Mapping[str, datetime] | None = None,
-                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
+                     poll_state: Mapping[str, Any] | None = None,
+                     search_from: datetime | None = None) -> Iterator[ChangeSet]:
         obj = _api_name(object_name)
         since = _aware(since)
+        listed_from = since if search_from is None else max(since, _aware(search_from))
         extra = ["IsDeleted", *(["MasterRecordId"] if obj in MERGEABLE else [])]
         if obj == "Lead":
             extra += ["IsConverted", *_CONVERTED.values()]
         select = list(dict.fromkeys([*self._base_fields(obj), *extra, *(_api_name(f) for f in fields)]))
         soql = format_soql("SELECT {:literal} FROM {:literal} WHERE SystemModstamp > {} "
-                           "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, since)
+                           "ORDER BY SystemModstamp ASC, Id ASC", ", ".join(select), obj, listed_from)
         history = _HistoryWindow(since)
         cursor = since
         skipped: set[str] = set()  # handled opportunities: their history rows were handled with them

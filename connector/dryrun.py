@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from refsync.adapters.base import (
@@ -62,10 +62,16 @@ class DryRunAdapter:
     def page_records(self) -> int:  # type: ignore[override]
         return self.inner.page_records
 
+    @property
+    def lookback(self) -> timedelta:  # type: ignore[override]
+        return self.inner.lookback
+
     def change_pages(self, object_name: str, since: datetime, fields: Sequence[str], *,
                      handled: Mapping[str, datetime] | None = None,
-                     poll_state: Mapping[str, Any] | None = None) -> Iterator[ChangeSet]:
-        return self.inner.change_pages(object_name, since, fields, handled=handled, poll_state=poll_state)
+                     poll_state: Mapping[str, Any] | None = None,
+                     search_from: datetime | None = None) -> Iterator[ChangeSet]:
+        return self.inner.change_pages(object_name, since, fields, handled=handled, poll_state=poll_state,
+                                       search_from=search_from)
 
     def stages(self, object_name: str) -> list[Stage]:
         return self.inner.stages(object_name)

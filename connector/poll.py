@@ -29,7 +29,7 @@ from refsync.connector.push import CrmTarget, as_instant, as_moment, same_value
 from refsync.state.commissions import DEAL_ATTRIBUTES, deal_values
 from refsync.state.ledger import Ledger
 from refsync.state.models import OPEN_STATUSES, STATUSES, CrmLink, Referral
-from refsync.state.observe import LinkView, Observation, ReferralView, cursor, observing, poll_memory
+from refsync.state.observe import LinkView, Observation, ReferralView, cursor, keep_poll_window, observing, poll_memory
 
 log = get_logger("refsync.poll")
 OVERLAP = timedelta(minutes=2)
@@ -40,6 +40,95 @@ OBSERVE_BATCH = 2000  # changes observed per ledger transaction
 HANDLED_SLACK = timedelta(minutes=10)
 FIRST_POLL_LOOKBACK = timedelta(days=30)
 EARLY = set(STATUSES[:4])  # submitted, accepted, contacted, qualified: before an opportunity exists
+
+
+@dataclass
+class PollWindow:
+    """Where a poll of one object lists changes from, so that a poll right after activity lists
+    only what is new, and the overlap window is listed again once, when it has settled.
+
+    A poll can miss a change stamped before the newest one it saw: HubSpot's search index trails
+    writes (crm-api/hubspot/README.md, "search is eventually consistent"), a Salesforce save can
+    commit a little after its stamp. Both are covered by re-listing from before the cursor (the
+    overlap, plus the adapter's own look-back). Re-listing on every poll costs a call per page of
+    everything changed in that window, on every poll until something newer comes along: 50
+    searches per HubSpot poll after 10,000 writes. Instead:
+
+    - ``settled``: every change stamped before it has been seen; a settling poll lists from here
+      (first the overlap and the adapter's look-back before the cursor, as polls always did);
+    - ``pending``: the newest stamp seen since, and ``seen_at``, when this host first saw it. Every
+      change stamped up to ``pending`` was made before ``seen_at``, so once ``lag`` has passed on
+      this host's clock (elapsed time: no comparison across clocks) it is visible, and one poll
+      from ``settled`` sees all of them: it settles, and ``settled`` moves up to ``pending``.
+    - Until then a poll lists from the cursor (what is new), its details (stage history,
+      deletions) still reaching back to ``settled``; ``latest`` keeps the newest stamp it saw and
+      when, so the settling poll also settles that one if it was seen ``lag`` ago.
+
+    With nothing pending, ``settled`` is the cursor itself: a quiet poll lists nothing twice, however
+    long it stays quiet (before, every poll listed the last window of activity again until
+    something newer came along). At most ``MAX_DEFERRED``
+    polls in a row wait for the lag to pass, so a clock that stands still cannot defer forever."""
+
+    settled: datetime
+    pending: datetime | None = None
+    seen_at: datetime | None = None
+    latest: datetime | None = None  # the newest stamp seen while waiting, and when it was first seen
+    latest_seen_at: datetime | None = None
+    deferred: int = 0
+
+    MAX_DEFERRED = 30
+
+    @classmethod
+    def load(cls, value: dict[str, Any], position: datetime | None, now: datetime, lag: timedelta) -> PollWindow:
+        if position is None:  # the first poll of this object
+            return cls(settled=now - FIRST_POLL_LOOKBACK)
+
+        def moment(key: str) -> datetime | None:
+            found = datetime.fromisoformat(value[key]) if value.get(key) else None
+            return min(found, now) if found is not None and key.endswith("seen_at") else found  # clock set back
+
+        try:
+            return cls(datetime.fromisoformat(value["settled"]), moment("pending"), moment("seen_at"),
+                       moment("latest"), moment("latest_seen_at"), int(value.get("deferred", 0)))
+        except (KeyError, TypeError, ValueError):  # none kept yet (an earlier version): the overlap, as before
+            return cls(settled=position - lag, pending=position, seen_at=now)
+
+    def plan(self, now: datetime, lag: timedelta) -> str:
+        """``settle``: list from ``settled``, ``pending`` is certain by now; ``relist``: list from
+        ``settled`` (nothing pending, or waited long enough in polls); ``defer``: from the cursor."""
+        if self.pending is None or self.seen_at is None:
+            return "relist"
+        if now - self.seen_at >= lag:
+            return "settle"
+        return "relist" if self.deferred >= self.MAX_DEFERRED else "defer"
+
+    def after(self, plan: str, position: datetime | None, now: datetime, lag: timedelta) -> PollWindow:
+        """The window once a poll has read every page; ``position`` is the cursor now (the newest
+        stamp seen so far)."""
+        if position is None:
+            return self
+        if position == self.latest and self.latest_seen_at is not None:
+            seen = self.latest_seen_at
+        elif position == self.pending and self.seen_at is not None:
+            seen = self.seen_at
+        else:
+            seen = now
+        if plan == "defer":
+            return PollWindow(self.settled, self.pending, self.seen_at, position, seen, self.deferred + 1)
+        # What any listing from ``settled`` makes as sure as the overlap always did (everything up
+        # to the overlap and look-back before the newest stamp), and a settling one everything up
+        # to ``pending``, and to the newest stamp if that too was seen ``lag`` ago.
+        settled = max(self.settled, position - lag)
+        if plan == "settle" and self.pending is not None:
+            settled = max(settled, self.pending, *([position] if now - seen >= lag else []))
+        elif self.pending is not None and self.seen_at is not None and self.pending > settled:
+            return PollWindow(settled, self.pending, self.seen_at, position, seen)  # still to settle
+        return PollWindow(settled, position, seen) if position > settled else PollWindow(settled)
+
+    def value(self) -> dict[str, Any]:
+        moments = {"settled": self.settled, "pending": self.pending, "seen_at": self.seen_at, "latest": self.latest,
+                   "latest_seen_at": self.latest_seen_at}
+        return {**{k: v.isoformat() if v else None for k, v in moments.items()}, "deferred": self.deferred}
 
 
 @dataclass
@@ -435,8 +524,9 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
         target.stages = target.adapter.stages(target.mapping.deal.name)
     book = StageBook(target, target.stages)
     mapping = target.mapping
+    lag = OVERLAP + target.adapter.lookback
     for obj in (mapping.lead, mapping.deal):
-        since = cursor(ledger, target.name, obj.name) or (ledger.clock() - FIRST_POLL_LOOKBACK)
+        position = cursor(ledger, target.name, obj.name)
         extra = [f for f in (mapping.owner_field, mapping.stage_field, mapping.pipeline_field, mapping.amount_field,
                              mapping.currency_field, mapping.close_date_field, mapping.lost_reason_field)
                  if f and (obj is mapping.deal or f == mapping.owner_field)]
@@ -444,17 +534,26 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
             extra += ["ContactId", "CreatedDate", "IsClosed"]
         fields = target.present(obj.name, [*obj.fields, *extra])
         # What earlier polls (of any process) handled in the overlap window is not read again in
-        # detail, re-handled or counted: a quiet poll costs one query or search per object.
+        # detail, re-handled or counted, and is listed again only once it has settled (PollWindow):
+        # a quiet poll costs one query or search per object, right after activity too.
         memory = poll_memory(ledger, target.name, obj.name)
-        for page in target.adapter.change_pages(obj.name, since - OVERLAP, fields, handled=memory.handled,
-                                                poll_state=memory.state):
-            _observe_page(ledger, target, obj, page, book, counts)
+        now = ledger.clock()
+        window = PollWindow.load(memory.window, position, now, lag)
+        plan = window.plan(now, lag)
+        # handled records are kept as far back as this window lists, and the usual slack past it
+        forget_before = window.settled - lag - HANDLED_SLACK
+        for page in target.adapter.change_pages(obj.name, window.settled, fields, handled=memory.handled,
+                                                poll_state=memory.state,
+                                                search_from=position if plan == "defer" else window.settled):
+            _observe_page(ledger, target, obj, page, book, counts, forget_before)
+            position = page.cursor if position is None else max(position, page.cursor)
+        keep_poll_window(ledger, target.name, obj.name, window.after(plan, position, now, lag).value())
     counts.calls = target.adapter.budget().total_calls - before
     return counts
 
 
 def _observe_page(ledger: Ledger, target: CrmTarget, obj: ObjectMap, page: ChangeSet, book: StageBook,
-                  counts: PollCounts) -> None:
+                  counts: PollCounts, forget_before: datetime) -> None:
     """One page of changes, in transactions of OBSERVE_BATCH; the cursor moves with the page's last
     transaction, so a poll stopped anywhere resumes after the last page it finished."""
     by_record: dict[str, list[StageChange]] = {}
@@ -468,7 +567,7 @@ def _observe_page(ledger: Ledger, target: CrmTarget, obj: ObjectMap, page: Chang
                         editable=obj is target.mapping.deal)
             _observe_batch(ob, target, obj, batch, book, by_record, counts)
             ob.remember_handled(obj.name, {c.record_id: c.at for c in batch}, page.cursor, start,
-                                forget_before=page.cursor - OVERLAP - HANDLED_SLACK)
+                                forget_before=min(forget_before, page.cursor - OVERLAP - HANDLED_SLACK))
             if start == starts[-1]:
                 ob.set_cursor(obj.name, page.cursor)
                 if page.poll_state is not None:

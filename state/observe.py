@@ -25,6 +25,7 @@ from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_
 # poll handled inside the overlap window, one row per observed batch, keyed by the batch's page
 # cursor (fixed-width UTC, so rows older than the window are one range delete).
 POLL_STATE = "poll_state:{obj}"
+POLL_WINDOW = "poll_window:{obj}"  # the engine's own: where the next poll lists from (connector.poll)
 HANDLED = "handled:{obj}:"
 STAMP = "%Y%m%dT%H%M%S.%fZ"
 # The referral columns a poll reads (the guard's view of the attribution, status, credit): loading
@@ -101,6 +102,7 @@ class PollMemory:
 
     handled: dict[str, datetime] = field(default_factory=dict)  # record id -> modification stamp handled
     state: dict[str, Any] = field(default_factory=dict)  # the adapter's poll state
+    window: dict[str, Any] = field(default_factory=dict)  # the engine's listing window
 
 
 def poll_memory(ledger: Ledger, crm: str, obj: str) -> PollMemory:
@@ -108,15 +110,30 @@ def poll_memory(ledger: Ledger, crm: str, obj: str) -> PollMemory:
     prefix = HANDLED.format(obj=obj)
     memory = PollMemory()
     with ledger.transaction() as txn:
-        ours = (CrmState.key == POLL_STATE.format(obj=obj)) | CrmState.key.startswith(prefix, autoescape=True)
+        window = POLL_WINDOW.format(obj=obj)
+        ours = CrmState.key.in_((POLL_STATE.format(obj=obj), window)) | CrmState.key.startswith(prefix,
+                                                                                                  autoescape=True)
         rows = txn.session.execute(
             select(CrmState.key, CrmState.value).where(CrmState.crm == crm, ours).order_by(CrmState.key))
         for key, value in rows:
             if key.startswith(prefix):
                 memory.handled.update((rid, datetime.fromisoformat(at)) for rid, at in value.items())
+            elif key == window:
+                memory.window = dict(value)
             else:
                 memory.state = dict(value)
     return memory
+
+
+def keep_poll_window(ledger: Ledger, crm: str, obj: str, value: Mapping[str, Any]) -> None:
+    """Where the next poll of ``obj`` lists from, kept once a poll has read all its pages."""
+    key = POLL_WINDOW.format(obj=obj)
+    with ledger.transaction() as txn:
+        row = txn.session.get(CrmState, (crm, key))
+        if row is None:
+            txn.session.add(CrmState(crm=crm, key=key, value=dict(value), updated_at=txn.clock()))
+        else:
+            row.value, row.updated_at = dict(value), txn.clock()
 
 
 class Observation:

@@ -5,6 +5,7 @@ not list HubSpot's archived records again. Over real HTTP, on SQLite and Postgre
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from refsync.connector.poll import poll_target
 from refsync.connector.push import CrmTarget
 from refsync.connector.sync import CycleSettings, run_cycle
 from refsync.state.ledger import Ledger
-from tests.conftest import targets_for
+from tests.conftest import FakeClock, targets_for
 
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
 SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
@@ -113,3 +114,67 @@ def test_a_change_inside_the_overlap_window_is_still_handled_after_a_restart(
     assert report.poll["salesforce"].changes == 1 and report.poll["hubspot"].changes == 0
     shown = ledger.referral(referral["id"])
     assert shown is not None and shown["status"] == "won" and shown["outcome"]["amount"] == 900
+
+
+def test_the_overlap_window_is_listed_again_once_when_it_settles_not_on_every_poll(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path, clock: FakeClock
+) -> None:
+    """After a burst of writes, polls right after list only what is new; the window is listed
+    again once, when HubSpot's index has had time to catch up, and never again after that.
+    (Pages of 2 here stand for HubSpot's 200: the window holds several pages of changes.)"""
+    _activity(ledger, crms, sandbox, tmp_path)
+    hubspot = crms["hubspot"].adapter
+    hubspot.search_page = 2  # type: ignore[attr-defined]
+    for referral in ledger.referrals():  # reps touch every record, one at a time
+        for link in referral["links"]:
+            if link["crm"] == "hubspot" and link["state"] == "active":
+                name = "firstname" if link["object"] == "contacts" else "dealname"
+                sandbox.hubspot.set_field(str(link["object"]), str(link["record_id"]), name, "touched")
+                time.sleep(0.002)
+    clock.advance(seconds=5)
+    assert poll_target(ledger, crms["hubspot"]).changes == 6
+    for _ in range(3):  # polls seconds apart, inside the window
+        clock.advance(seconds=20)
+        before = _calls(sandbox)
+        assert poll_target(ledger, crms["hubspot"]).changes == 0
+        assert _since(before, sandbox)["hubspot"] == {"search": 2}
+    clock.advance(minutes=5)  # the window has settled: listed once more, nothing in it handled again
+    before = _calls(sandbox)
+    settling = poll_target(ledger, crms["hubspot"])
+    assert settling.changes == 0 and _since(before, sandbox)["hubspot"]["search"] > 2
+    for _ in range(2):  # and from then on a quiet poll is one search per object, however long it stays quiet
+        clock.advance(minutes=10)
+        before = _calls(sandbox)
+        assert poll_target(ledger, crms["hubspot"]).changes == 0
+        assert _since(before, sandbox)["hubspot"] == {"search": 2}
+
+
+def test_a_change_indexed_late_is_handled_by_the_poll_that_settles_its_window(
+    ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path, clock: FakeClock
+) -> None:
+    """HubSpot's search can index a change after a later one (crm-api/hubspot/README.md: search is
+    eventually consistent). A poll right after lists only what is new, so it does not see the late
+    one yet; the poll that settles the window does, and the deal's stage move reaches the ledger."""
+    _activity(ledger, crms, sandbox, tmp_path)
+    hub = sandbox.hubspot
+    late, early = ledger.referrals()[:2]
+    deal_of = {r["id"]: next(str(lk["record_id"]) for lk in r["links"]
+                             if lk["crm"] == "hubspot" and lk["object"] == "deals" and lk["state"] == "active")
+               for r in (late, early)}
+    hub.configure(indexing_lag_ms=3000)
+    hub.move_stage(deal_of[late["id"]], "Closed Won", amount=1200)  # indexed three seconds from now
+    time.sleep(0.05)
+    hub.configure(indexing_lag_ms=1)
+    hub.set_field("deals", deal_of[early["id"]], "dealname", "renamed by a rep")  # later, indexed at once
+    time.sleep(0.05)
+    clock.advance(seconds=10)
+    assert poll_target(ledger, crms["hubspot"]).changes == 1  # the rename
+    time.sleep(3.1)
+    clock.advance(seconds=10)
+    assert poll_target(ledger, crms["hubspot"]).transitions == 0  # the stage move's stamp is behind the cursor
+    assert ledger.referral(late["id"])["status"] == "lost"  # type: ignore[index]
+    clock.advance(minutes=5)
+    settling = poll_target(ledger, crms["hubspot"])
+    assert settling.transitions == 1
+    shown = ledger.referral(late["id"])
+    assert shown is not None and shown["status"] == "won" and shown["outcome"]["amount"] == 1200
