@@ -1,0 +1,116 @@
+"""The poll window against a CRM whose listing trails its writes (HubSpot's search index:
+crm-api/hubspot/README.md, "search is eventually consistent"), as a property: whatever the writes,
+their indexing delays (up to the lag refsync allows for) and the times refsync polls at, once the
+CRM has been quiet for a while every record's last change has been handled, and a poll right after
+a burst lists only what is new.
+
+The CRM here is a model (a list of versions per record, each visible from its indexing time), so
+thousands of write and poll histories run in seconds; the real adapters and emulators are covered
+by tests/test_quiet_poll.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refsync.connector.poll import PollWindow
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+LAG = timedelta(minutes=4)  # HubSpot: the two-minute overlap and the adapter's two-minute look-back
+
+
+@dataclass
+class Crm:
+    """Versions per record: (stamp, visible from). A listing shows each record as its newest
+    visible version, as HubSpot's search answers a record's old values until it has indexed."""
+
+    versions: dict[str, list[tuple[datetime, datetime]]] = field(default_factory=dict)
+
+    def write(self, record: str, at: datetime, delay: timedelta) -> None:
+        self.versions.setdefault(record, []).append((at, at + delay))
+
+    def listing(self, now: datetime, lower: datetime) -> list[tuple[str, datetime]]:
+        found = []
+        for record, versions in self.versions.items():
+            visible = [stamp for stamp, from_ in versions if from_ <= now]
+            if visible and visible[-1] >= lower:
+                found.append((record, visible[-1]))
+        return sorted(found, key=lambda pair: pair[1])
+
+    def last_stamps(self) -> dict[str, datetime]:
+        return {record: versions[-1][0] for record, versions in self.versions.items()}
+
+
+@dataclass
+class Poller:
+    """What poll_target does with a window: plan, list, skip what was handled, move on."""
+
+    cursor: datetime | None = None
+    window: dict[str, object] = field(default_factory=dict)
+    handled: dict[str, datetime] = field(default_factory=dict)
+    listed: list[int] = field(default_factory=list)  # records listed per poll
+
+    def poll(self, crm: Crm, now: datetime) -> None:
+        window = PollWindow.load(self.window, self.cursor, now, LAG)  # type: ignore[arg-type]
+        plan = window.plan(now, LAG)
+        lower = self.cursor if plan == "defer" and self.cursor is not None else window.settled
+        listing = crm.listing(now, lower)
+        self.listed.append(len(listing))
+        for record, stamp in listing:
+            if self.handled.get(record) != stamp:
+                self.handled[record] = stamp
+            self.cursor = stamp if self.cursor is None else max(self.cursor, stamp)
+        self.window = window.after(plan, self.cursor, now, LAG).value()
+
+
+WRITES = st.lists(st.tuples(st.integers(0, 9), st.integers(0, 900_000), st.integers(0, 240_000)),
+                  min_size=1, max_size=60)  # (record, at ms after START, indexing delay ms <= LAG)
+POLLS = st.lists(st.integers(1, 400_000), min_size=1, max_size=40)  # ms between polls
+
+
+@settings(max_examples=400, deadline=None)
+@given(writes=WRITES, gaps=POLLS)
+def test_every_last_change_is_handled_once_the_crm_has_been_quiet(
+    writes: list[tuple[int, int, int]], gaps: list[int]
+) -> None:
+    crm, poller = Crm(), Poller()
+    events: list[tuple[datetime, str, object]] = [
+        (START + timedelta(milliseconds=at), "write", (f"r{record}", timedelta(milliseconds=delay)))
+        for record, at, delay in writes]
+    moment = START
+    for gap in gaps:
+        moment += timedelta(milliseconds=gap)
+        events.append((moment, "poll", None))
+    for at, kind, detail in sorted(events, key=lambda e: (e[0], e[1] == "poll")):
+        if kind == "write":
+            record, delay = detail  # type: ignore[misc]
+            crm.write(record, at, delay)
+        else:
+            poller.poll(crm, at)
+    quiet = max(max(at for at, _k, _d in events), START) + timedelta(seconds=1)
+    for minutes in range(0, 21, 2):  # a daemon polling every two minutes after the last write
+        poller.poll(crm, quiet + timedelta(minutes=minutes))
+    assert poller.handled == crm.last_stamps()
+
+
+def test_polls_right_after_a_burst_list_only_what_is_new_and_the_window_once_more_later() -> None:
+    crm, poller = Crm(), Poller()
+    poller.poll(crm, START)
+    for i in range(500):  # a burst of 500 writes in ten seconds, indexed at once
+        crm.write(f"r{i}", START + timedelta(milliseconds=20 * i), timedelta(0))
+    burst_end = START + timedelta(seconds=10)
+    poller.poll(crm, burst_end + timedelta(seconds=1))
+    assert poller.listed[-1] == 500
+    for seconds in (20, 40, 60):  # inside the lag: what is new only (the newest record, at the cursor)
+        poller.poll(crm, burst_end + timedelta(seconds=seconds))
+        assert poller.listed[-1] == 1
+    poller.poll(crm, burst_end + timedelta(minutes=5))  # the lag has passed: the window once more
+    assert poller.listed[-1] == 500
+    for minutes in (7, 30, 600):  # then nothing twice, however long it stays quiet
+        poller.poll(crm, burst_end + timedelta(minutes=minutes))
+        assert poller.listed[-1] == 1
+    assert poller.handled == crm.last_stamps()
