@@ -78,20 +78,20 @@ def test_every_last_change_is_handled_once_the_crm_has_been_quiet(
     writes: list[tuple[int, int, int]], gaps: list[int]
 ) -> None:
     crm, poller = Crm(), Poller()
-    events: list[tuple[datetime, str, object]] = [
-        (START + timedelta(milliseconds=at), "write", (f"r{record}", timedelta(milliseconds=delay)))
+    # (when, 0 write / 1 poll, record, indexing delay): a write and a poll at one moment, write first
+    events: list[tuple[datetime, int, str, timedelta]] = [
+        (START + timedelta(milliseconds=at), 0, f"r{record}", timedelta(milliseconds=delay))
         for record, at, delay in writes]
     moment = START
     for gap in gaps:
         moment += timedelta(milliseconds=gap)
-        events.append((moment, "poll", None))
-    for at, kind, detail in sorted(events, key=lambda e: (e[0], e[1] == "poll")):
-        if kind == "write":
-            record, delay = detail  # type: ignore[misc]
+        events.append((moment, 1, "", timedelta(0)))
+    for at, kind, record, delay in sorted(events):
+        if kind == 0:
             crm.write(record, at, delay)
         else:
             poller.poll(crm, at)
-    quiet = max(max(at for at, _k, _d in events), START) + timedelta(seconds=1)
+    quiet = max(event[0] for event in events) + timedelta(seconds=1)
     for minutes in range(0, 21, 2):  # a daemon polling every two minutes after the last write
         poller.poll(crm, quiet + timedelta(minutes=minutes))
     assert poller.handled == crm.last_stamps()
