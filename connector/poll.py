@@ -102,9 +102,11 @@ class PollWindow:
             return "settle"
         return "relist" if self.deferred >= self.MAX_DEFERRED else "defer"
 
-    def after(self, plan: str, position: datetime | None, now: datetime, lag: timedelta) -> PollWindow:
-        """The window once a poll has read every page; ``position`` is the cursor now (the newest
-        stamp seen so far)."""
+    def after(self, plan: str, position: datetime | None, started: datetime, finished: datetime,
+              lag: timedelta) -> PollWindow:
+        """The window once a poll that began listing at ``started`` has read every page (at
+        ``finished``: a stamp first seen in this poll counts as seen then, the safe side);
+        ``position`` is the cursor now (the newest stamp seen so far)."""
         if position is None:
             return self
         if position == self.latest and self.latest_seen_at is not None:
@@ -112,7 +114,7 @@ class PollWindow:
         elif position == self.pending and self.seen_at is not None:
             seen = self.seen_at
         else:
-            seen = now
+            seen = finished
         if plan == "defer":
             return PollWindow(self.settled, self.pending, self.seen_at, position, seen, self.deferred + 1)
         # What any listing from ``settled`` makes as sure as the overlap always did (everything up
@@ -120,7 +122,7 @@ class PollWindow:
         # to ``pending``, and to the newest stamp if that too was seen ``lag`` ago.
         settled = max(self.settled, position - lag)
         if plan == "settle" and self.pending is not None:
-            settled = max(settled, self.pending, *([position] if now - seen >= lag else []))
+            settled = max(settled, self.pending, *([position] if started - seen >= lag else []))
         elif self.pending is not None and self.seen_at is not None and self.pending > settled:
             return PollWindow(settled, self.pending, self.seen_at, position, seen)  # still to settle
         return PollWindow(settled, position, seen) if position > settled else PollWindow(settled)
@@ -547,7 +549,7 @@ def poll_target(ledger: Ledger, target: CrmTarget) -> PollCounts:
                                                 search_from=position if plan == "defer" else window.settled):
             _observe_page(ledger, target, obj, page, book, counts, forget_before)
             position = page.cursor if position is None else max(position, page.cursor)
-        keep_poll_window(ledger, target.name, obj.name, window.after(plan, position, now, lag).value())
+        keep_poll_window(ledger, target.name, obj.name, window.after(plan, position, now, ledger.clock(), lag).value())
     counts.calls = target.adapter.budget().total_calls - before
     return counts
 

@@ -54,9 +54,12 @@ class Poller:
     handled: dict[str, datetime] = field(default_factory=dict)
     listed: list[int] = field(default_factory=list)  # records listed per poll
 
-    def poll(self, crm: Crm, now: datetime) -> None:
-        window = PollWindow.load(self.window, self.cursor, now, LAG)  # type: ignore[arg-type]
-        plan = window.plan(now, LAG)
+    def poll(self, crm: Crm, now: datetime, takes: timedelta = timedelta(0)) -> None:
+        """A poll that began ``takes`` before ``now`` and read its last page at ``now`` (a long
+        listing sees changes made after it began)."""
+        started = now - takes
+        window = PollWindow.load(self.window, self.cursor, started, LAG)  # type: ignore[arg-type]
+        plan = window.plan(started, LAG)
         lower = self.cursor if plan == "defer" and self.cursor is not None else window.settled
         listing = crm.listing(now, lower)
         self.listed.append(len(listing))
@@ -64,33 +67,34 @@ class Poller:
             if self.handled.get(record) != stamp:
                 self.handled[record] = stamp
             self.cursor = stamp if self.cursor is None else max(self.cursor, stamp)
-        self.window = window.after(plan, self.cursor, now, LAG).value()
+        self.window = window.after(plan, self.cursor, started, now, LAG).value()
 
 
 WRITES = st.lists(st.tuples(st.integers(0, 9), st.integers(0, 900_000), st.integers(0, 240_000)),
                   min_size=1, max_size=60)  # (record, at ms after START, indexing delay ms <= LAG)
-POLLS = st.lists(st.integers(1, 400_000), min_size=1, max_size=40)  # ms between polls
+# (ms between polls, ms the listing took: up to the whole gap, at most three minutes)
+POLLS = st.lists(st.tuples(st.integers(1, 400_000), st.integers(0, 180_000)), min_size=1, max_size=40)
 
 
 @settings(max_examples=400, deadline=None)
 @given(writes=WRITES, gaps=POLLS)
 def test_every_last_change_is_handled_once_the_crm_has_been_quiet(
-    writes: list[tuple[int, int, int]], gaps: list[int]
+    writes: list[tuple[int, int, int]], gaps: list[tuple[int, int]]
 ) -> None:
     crm, poller = Crm(), Poller()
-    # (when, 0 write / 1 poll, record, indexing delay): a write and a poll at one moment, write first
+    # (when, 0 write / 1 poll, record, indexing delay or listing time): a write first at one moment
     events: list[tuple[datetime, int, str, timedelta]] = [
         (START + timedelta(milliseconds=at), 0, f"r{record}", timedelta(milliseconds=delay))
         for record, at, delay in writes]
     moment = START
-    for gap in gaps:
+    for gap, takes in gaps:
         moment += timedelta(milliseconds=gap)
-        events.append((moment, 1, "", timedelta(0)))
+        events.append((moment, 1, "", timedelta(milliseconds=min(gap, takes))))
     for at, kind, record, delay in sorted(events):
         if kind == 0:
             crm.write(record, at, delay)
         else:
-            poller.poll(crm, at)
+            poller.poll(crm, at, delay)
     quiet = max(event[0] for event in events) + timedelta(seconds=1)
     for minutes in range(0, 21, 2):  # a daemon polling every two minutes after the last write
         poller.poll(crm, quiet + timedelta(minutes=minutes))
@@ -113,4 +117,19 @@ def test_polls_right_after_a_burst_list_only_what_is_new_and_the_window_once_mor
     for minutes in (7, 30, 600):  # then nothing twice, however long it stays quiet
         poller.poll(crm, burst_end + timedelta(minutes=minutes))
         assert poller.listed[-1] == 1
+    assert poller.handled == crm.last_stamps()
+
+
+def test_a_stamp_first_seen_at_the_end_of_a_long_listing_waits_the_lag_from_then() -> None:
+    """A listing that takes a while sees changes made after it began; the lag is counted from when
+    it ended, or a change made just before one of them and indexed late would be settled past."""
+    crm, poller = Crm(), Poller()
+    at = lambda seconds: START + timedelta(seconds=seconds)  # noqa: E731
+    poller.poll(crm, at(0))
+    crm.write("late", at(9), timedelta(seconds=239))  # stamped 9 s, listed from 248 s
+    crm.write("seen", at(10), timedelta(0))
+    poller.poll(crm, at(15), takes=timedelta(seconds=10))  # began at 5 s, saw "seen" by 15 s
+    assert poller.handled == {"seen": at(10)}
+    poller.poll(crm, at(246))  # 241 s after the listing began, 231 s after it ended: not yet
+    poller.poll(crm, at(300))
     assert poller.handled == crm.last_stamps()
