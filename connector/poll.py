@@ -320,11 +320,17 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
             continue
         pipeline = book.pipeline_of(record)
         # every stage the deal passed through since the last poll, in order, at the time the CRM
-        # recorded it; the current stage alone (at the record's last change) only without history
+        # recorded it; the current stage alone (at the record's last change) only without history.
+        # A move older than the referral's last change is one already applied. But while the
+        # referral is at an early status that time may be refsync's own (the import): on a CRM
+        # whose clock is behind refsync's every move would look older, so the latest one counts.
         history = sorted(stage_changes, key=lambda c: c.at)
-        for change in history:
+        newer = [c for c in history if c.at > referral.status_changed_at]
+        if history and not newer and referral.status in EARLY:
+            newer = history[-1:]
+        for change in newer:
             status = book.status(change.pipeline or pipeline, change.stage)
-            if status and change.at > referral.status_changed_at and _move(ob, referral, status, change.at, owner):
+            if status and _move(ob, referral, status, change.at, owner):
                 counts.transitions += 1
         status = None if history else book.status(pipeline, str(record.fields.get(mapping.stage_field) or ""))
         if status and _move(ob, referral, status, record.modified_at or ob.now, owner):
