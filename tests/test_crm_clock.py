@@ -44,5 +44,6 @@ def test_a_deal_won_on_a_crm_whose_clock_is_behind_refsyncs_is_recorded_as_won(
     clock.advance(seconds=30)
     assert run_cycle(ledger, targets, SETTINGS).errors == []
     shown = ledger.referral(referral["id"])
-    assert shown is not None and shown["status"] == "won", shown["status_history"]
-    assert shown["outcome"]["amount"] == 4200  # type: ignore[index]
+    assert shown is not None
+    assert shown["status"] == "won", shown["status_history"]
+    assert shown["outcome"]["amount"] == 4200
