@@ -321,14 +321,8 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
         pipeline = book.pipeline_of(record)
         # every stage the deal passed through since the last poll, in order, at the time the CRM
         # recorded it; the current stage alone (at the record's last change) only without history.
-        # A move older than the referral's last change is one already applied. But while the
-        # referral is at an early status that time may be refsync's own (the import): on a CRM
-        # whose clock is behind refsync's every move would look older, so the latest one counts.
         history = sorted(stage_changes, key=lambda c: c.at)
-        newer = [c for c in history if c.at > referral.status_changed_at]
-        if history and not newer and referral.status in EARLY:
-            newer = history[-1:]
-        for change in newer:
+        for change in _unapplied(ob, referral, history):
             status = book.status(change.pipeline or pipeline, change.stage)
             if status and _move(ob, referral, status, change.at, owner):
                 counts.transitions += 1
@@ -344,6 +338,19 @@ def _observe_record(ob: Observation, target: CrmTarget, obj: ObjectMap, record: 
                        record.fields.get(mapping.currency_field or "") or None,
                        _date(record.fields.get(mapping.close_date_field or "")),
                        record.fields.get(mapping.lost_reason_field or "") or None)
+
+
+def _unapplied(ob: Observation, referral: Referral, history: list[StageChange]) -> list[StageChange]:
+    """The stage moves of ``history`` (ascending) not yet applied to the referral: those after its
+    last change. While it is at an early status that time may be refsync's own (the import, a
+    decision), not the CRM's: on a CRM whose clock is behind refsync's every move would look older
+    and be dropped. Then the moves after the last one this CRM's polls recorded (else after the
+    submission) count, and at least the latest one, the deal's current stage."""
+    newer = [c for c in history if c.at > referral.status_changed_at]
+    if referral.status not in EARLY or len(newer) == len(history):
+        return newer
+    floor = ob.last_crm_move(referral.id) or referral.submitted_at
+    return [c for c in history if c.at > floor] or history[-1:]
 
 
 def _discover(ob: Observation, target: CrmTarget, obj: ObjectMap, record: CrmRecord, counts: PollCounts,

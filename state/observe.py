@@ -18,7 +18,7 @@ from sqlalchemy.orm import load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from refsync.state.ledger import Ledger, LedgerTxn
-from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Partner, Referral, SyncOp
+from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Partner, Referral, StatusTransition, SyncOp
 from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_alert
 
 # crm_state keys of a poll's memory of one object: the adapter's poll state, and the records the
@@ -325,6 +325,13 @@ class Observation:
         referral.status = to_status
         referral.status_changed_at = at
         return True
+
+    def last_crm_move(self, referral_id: str) -> datetime | None:
+        """When (on this CRM's clock) the last status move this CRM's polls recorded happened."""
+        found = self.session.scalar(select(func.max(StatusTransition.at)).where(
+            StatusTransition.referral_id == referral_id, StatusTransition.source == "crm_poll",
+            StatusTransition.crm == self.crm))
+        return _utc(found) if found is not None else None
 
     def outcome(self, referral: Referral, amount: float | None, currency: str | None, close_date: date | None,
                 reason: str | None) -> None:

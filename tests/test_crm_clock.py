@@ -24,7 +24,7 @@ SETTINGS = CycleSettings(batch_size=200, lease_seconds=60, max_attempts=5)
 
 
 @pytest.mark.parametrize("crm", ["salesforce", "hubspot"])
-def test_a_deal_won_on_a_crm_whose_clock_is_behind_refsyncs_is_recorded_as_won(
+def test_a_deal_won_on_a_crm_whose_clock_is_behind_refsyncs_records_every_stage_it_passed(
     ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path, clock: FakeClock,
     crm: str
 ) -> None:
@@ -40,6 +40,7 @@ def test_a_deal_won_on_a_crm_whose_clock_is_behind_refsyncs_is_recorded_as_won(
     emulator = sandbox.salesforce if crm == "salesforce" else sandbox.hubspot
     converted = emulator.convert_lead(lead)
     deal = converted["opportunity"] if crm == "salesforce" else converted["deal"]
+    emulator.move_stage(deal, "Negotiation/Review" if crm == "salesforce" else "Contract Sent")
     emulator.move_stage(deal, "Closed Won", amount=4200)
     clock.advance(seconds=30)
     assert run_cycle(ledger, targets, SETTINGS).errors == []
@@ -47,3 +48,7 @@ def test_a_deal_won_on_a_crm_whose_clock_is_behind_refsyncs_is_recorded_as_won(
     assert shown is not None
     assert shown["status"] == "won", shown["status_history"]
     assert shown["outcome"]["amount"] == 4200
+    # every stage it passed through, in order, at the CRM's times
+    moves = [h for h in shown["status_history"] if h["source"] == "crm_poll"]
+    assert [h["status"] for h in moves][-2:] == ["negotiation", "won"]
+    assert all(datetime.fromisoformat(h["at"]) < clock.now - timedelta(minutes=5) for h in moves)
