@@ -203,9 +203,26 @@ def _move(ob: Observation, referral: Referral, status: str, at: datetime, owner:
     if referral.status == status or referral.merged_into:
         return False
     detail = "reopened" if referral.status in ("won", "lost") and status in OPEN_STATUSES else None
+    if referral.status in ("won", "lost"):
+        _conflicting_crm(ob, referral, status)
     log.info("status changed", referral_id=referral.id, crm=ob.crm, status_from=referral.status, status_to=status,
              owner_id=owner, note=detail)
     return ob.transition(referral, status, at, owner, detail)
+
+
+def _conflicting_crm(ob: Observation, referral: Referral, status: str) -> None:
+    """A referral closed by one CRM's deal and moved by another's: both CRMs carry a deal for it
+    and they disagree. refsync follows the latest move, as always; someone has to tell which deal
+    is right, so it says so."""
+    closed_by = ob.last_move_crm(referral.id)
+    if closed_by is None or closed_by == ob.crm:
+        return
+    ob.raise_alert(
+        "crm_status_conflict", f"crm_status_conflict:{referral.id}",
+        f"referral {referral.id}: its deal in {closed_by} is {referral.status}, its deal in {ob.crm} moved it to "
+        f"{status}; refsync follows the latest move ({status}). Check which deal is right and correct the other "
+        "one's stage; `refsync referrals show` has both moves.",
+        referral_id=referral.id)
 
 
 def snapshot_predates_write(modified_at: datetime | None, last_written_at: datetime | None) -> bool:

@@ -333,6 +333,13 @@ class Observation:
             StatusTransition.crm == self.crm))
         return _utc(found) if found is not None else None
 
+    def last_move_crm(self, referral_id: str) -> str | None:
+        """The CRM whose poll recorded the referral's latest status move (None: none did)."""
+        return self.session.scalar(
+            select(StatusTransition.crm).where(StatusTransition.referral_id == referral_id,
+                                               StatusTransition.source == "crm_poll")
+            .order_by(StatusTransition.id.desc()).limit(1))
+
     def outcome(self, referral: Referral, amount: float | None, currency: str | None, close_date: date | None,
                 reason: str | None) -> None:
         referral.outcome_amount = Decimal(str(amount)) if amount is not None else None

@@ -39,6 +39,7 @@ ADVICE = {
                      "then `refsync retry`.",
     "poison_record": "Correct the referral's value named in the message, then `refsync retry`.",
     "deal_contested": "If another deal is the referral's, set its referral id field to the referral id.",
+    "crm_status_conflict": "Check which CRM's deal is right and correct the other one's stage.",
     "stale_referral": "Ask the owner to work the referral or close it before it expires.",
 }
 FUNNEL = ("referrals", "accepted", "qualified", "won")

@@ -39,7 +39,7 @@ log = get_logger("refsync.metrics")
 # Every alert kind the engine raises is reported, at 0 when none is open: an alerting rule on
 # ``refsync_open_alerts{kind="dead_op",state="open"} > 0`` must see a series, not an absent one.
 ALERT_KINDS = (*CRM_KINDS, *LEDGER_KINDS, "api_budget_exhausted", "poison_record", "crm_unavailable",
-               "deal_contested", "push_unlinked")
+               "deal_contested", "push_unlinked", "crm_status_conflict")
 UNRESOLVED_STATES = ("open", "acknowledged", "silenced")
 
 
