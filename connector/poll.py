@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from refsync.adapters.base import Change, ChangeKind, ChangeSet, CrmRecord, Stage, StageChange
 from refsync.connector.deal_claims import DealCandidate, choose_deal, qualifies
@@ -40,6 +40,7 @@ OBSERVE_BATCH = 2000  # changes observed per ledger transaction
 HANDLED_SLACK = timedelta(minutes=10)
 FIRST_POLL_LOOKBACK = timedelta(days=30)
 EARLY = set(STATUSES[:4])  # submitted, accepted, contacted, qualified: before an opportunity exists
+Plan = Literal["settle", "relist", "defer"]  # how a poll lists (PollWindow.plan)
 
 
 @dataclass
@@ -66,8 +67,8 @@ class PollWindow:
 
     With nothing pending, ``settled`` is the cursor itself: a quiet poll lists nothing twice, however
     long it stays quiet (before, every poll listed the last window of activity again until
-    something newer came along). At most ``MAX_DEFERRED``
-    polls in a row wait for the lag to pass, so a clock that stands still cannot defer forever."""
+    something newer came along). At most ``MAX_DEFERRED`` polls in a row wait for the lag to pass,
+    so a clock that stands still cannot defer forever."""
 
     settled: datetime
     pending: datetime | None = None
@@ -93,7 +94,7 @@ class PollWindow:
         except (KeyError, TypeError, ValueError):  # none kept yet (an earlier version): the overlap, as before
             return cls(settled=position - lag, pending=position, seen_at=now)
 
-    def plan(self, now: datetime, lag: timedelta) -> str:
+    def plan(self, now: datetime, lag: timedelta) -> Plan:
         """``settle``: list from ``settled``, ``pending`` is certain by now; ``relist``: list from
         ``settled`` (nothing pending, or waited long enough in polls); ``defer``: from the cursor."""
         if self.pending is None or self.seen_at is None:
@@ -102,7 +103,7 @@ class PollWindow:
             return "settle"
         return "relist" if self.deferred >= self.MAX_DEFERRED else "defer"
 
-    def after(self, plan: str, position: datetime | None, started: datetime, finished: datetime,
+    def after(self, plan: Plan, position: datetime | None, started: datetime, finished: datetime,
               lag: timedelta) -> PollWindow:
         """The window once a poll that began listing at ``started`` has read every page (at
         ``finished``: a stamp first seen in this poll counts as seen then, the safe side);
