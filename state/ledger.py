@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, Table, and_, delete, func, or_, select, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ulid import ULID
@@ -358,12 +358,24 @@ class Ledger:
             and_(SyncOp.state.in_(("pending", "failed")), SyncOp.next_attempt_at <= now),
             and_(SyncOp.state == "in_flight", SyncOp.lease_expires_at < now),
         )
-        due_ids = (
-            select(SyncOp.id).where(SyncOp.crm == crm, due)
-            .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit)
-        )
         if self.engine.dialect.name == "postgresql":
-            due_ids = due_ids.with_for_update(skip_locked=True)
+            due_ids = (
+                select(SyncOp.id).where(SyncOp.crm == crm, due)
+                .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).with_for_update(skip_locked=True)
+            )
+        else:
+            # SQLite runs the OR as two index searches and sorts every due op to keep ``limit`` of
+            # them: 17 ms a claim with 100,000 ops due, most of a first cycle's claiming. Each state
+            # on its own reads at most ``limit`` entries in index order (the rowid ends each entry),
+            # and only those are sorted. (PostgreSQL refuses FOR UPDATE beside UNION, and sorts in
+            # its own process.)
+            parts = [select(SyncOp.id, SyncOp.next_attempt_at).where(SyncOp.crm == crm, *condition)
+                     .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).subquery()
+                     for condition in ((SyncOp.state == "pending", SyncOp.next_attempt_at <= now),
+                                       (SyncOp.state == "failed", SyncOp.next_attempt_at <= now),
+                                       (SyncOp.state == "in_flight", SyncOp.lease_expires_at < now))]
+            each = union_all(*(select(part.c.id, part.c.next_attempt_at) for part in parts)).subquery()
+            due_ids = select(each.c.id).order_by(each.c.next_attempt_at, each.c.id).limit(limit)
         # One UPDATE ... RETURNING: atomic on SQLite too, where a SELECT then UPDATE would race.
         ops_table = cast(Table, SyncOp.__table__)  # a Core statement on the table: plain rows, no ORM pass
         claim = (

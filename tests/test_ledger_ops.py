@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+from sqlalchemy import select, update
+
 from refsync.state import workers
 from refsync.state.ledger import Ledger
+from refsync.state.models import SyncOp
 from tests.conftest import FakeClock
 
 
@@ -39,6 +42,30 @@ def test_claims_are_per_crm(ledger: Ledger) -> None:
     ledger.enqueue_op("push", "k1", "hubspot")
     assert ledger.claim_ops("w", "salesforce", 10, timedelta(seconds=60)) == []
     assert len(ledger.claim_ops("w", "hubspot", 10, timedelta(seconds=60))) == 1
+
+
+def test_a_claim_takes_the_earliest_due_ops_of_every_state_and_nothing_else(ledger: Ledger, clock: FakeClock) -> None:
+    """Pending, failed and expired in-flight ops compete on one order (when each was due, then id);
+    ops not due yet and live leases are left alone (SQLite reads each state on its own)."""
+    for key in ("pending-late", "failed-early", "failed-not-due", "lease-expired", "lease-live", "pending-early"):
+        ledger.enqueue_op("push", key, "hubspot")
+    now = clock()
+    plan = {"pending-early": ("pending", -50, None), "failed-early": ("failed", -40, None),
+            "lease-expired": ("in_flight", -30, -1), "pending-late": ("pending", -10, None),
+            "failed-not-due": ("failed", 60, None), "lease-live": ("in_flight", -45, 120)}
+    live(ledger, "worker-a", "worker-b")
+    with ledger.transaction() as txn:
+        for key, (state, due, lease) in plan.items():
+            txn.session.execute(update(SyncOp).where(SyncOp.dedupe_key == key).values(
+                state=state, next_attempt_at=now + timedelta(seconds=due),
+                lease_owner="worker-b" if lease is not None else None,
+                lease_expires_at=now + timedelta(seconds=lease) if lease is not None else None))
+    with ledger.transaction() as txn:
+        keys: dict[int, str] = {op_id: key for op_id, key in txn.session.execute(select(SyncOp.id, SyncOp.dedupe_key))}
+    first = ledger.claim_ops("worker-a", "hubspot", 2, timedelta(seconds=60))
+    assert [keys[op["id"]] for op in first] == ["pending-early", "failed-early"]
+    rest = ledger.claim_ops("worker-a", "hubspot", 10, timedelta(seconds=60))
+    assert [keys[op["id"]] for op in rest] == ["lease-expired", "pending-late"]
 
 
 def test_concurrent_claimers_never_share_an_op(ledger_url: str, clock: FakeClock) -> None:
