@@ -242,3 +242,22 @@ def test_a_declined_duplicate_queues_the_partners_notification(ledger: Ledger, t
     assert [op["payload"]["status"] for op in notices] == ["declined"]
     declined = next(r for r in ledger.referrals() if r["status"] == "declined")
     assert "notification_queued" in [e["kind"] for e in ledger.referral(declined["id"])["timeline"]]  # type: ignore[index]
+
+
+def test_credit_moved_within_one_batch_keeps_each_timeline_in_order(ledger: Ledger, tmp_path: Path) -> None:
+    """The later-submitted row comes first in the file: it is credited, then loses the credit to the
+    next row of the same batch. Its timeline reads in the order things happened, and the winner's
+    events follow the winner's own submission."""
+    run(ledger, write(tmp_path, "r.csv", HEADER + "\n"
+                      "beta,dana@northwind.example,,,,,,2026-10-05T00:00:00Z,,b1\n"
+                      "alpha,dana@northwind.example,,,,,,2026-10-01T00:00:00Z,,a1\n"),
+        Policy("first_touch", "decline", 365, "v4"))
+    alpha, beta = ledger.referrals()
+    assert (alpha["status"], beta["status"]) == ("submitted", "declined")
+    loser = ledger.referral(beta["id"])
+    winner = ledger.referral(alpha["id"])
+    assert loser is not None and winner is not None
+    assert [e["kind"] for e in loser["timeline"]] == [
+        "submitted", "attribution_decided", "attribution_changed"]
+    assert [e["kind"] for e in winner["timeline"]] == ["submitted", "attribution_decided"]
+    assert [h["status"] for h in loser["status_history"]] == ["submitted", "declined"]
