@@ -327,6 +327,34 @@ def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
     return value
 
 
+_Plan = list[tuple[str, str, FieldMap, int | None, bool]]
+_PLANS: dict[tuple[int, int, tuple[str, ...]], tuple[ObjectMap, ObjectSchema | None, _Plan]] = {}
+
+
+def _plan(obj: ObjectMap, schema: ObjectSchema | None, rules: tuple[str, ...]) -> _Plan:
+    """The fields :func:`field_values` writes for this mapping, schema and rules, as (name, source,
+    field, length, number): worked out once, not for each of a cycle's referrals. Keyed by the
+    objects' identity (a reload or a new describe makes new ones), which the entry holds on to."""
+    key = (id(obj), id(schema), rules)
+    known = _PLANS.get(key)
+    if known is not None and known[0] is obj and known[1] is schema:
+        return known[2]
+    plan: _Plan = []
+    updating = "create_only" not in rules
+    for name, field in obj.fields.items():
+        if field.rule not in rules:
+            continue
+        described = schema.fields.get(name) if schema is not None else None
+        if schema is not None and (described is None or (updating and not described.updateable)):
+            continue
+        number = described is not None and described.type.lower() in NUMBER_TYPES
+        plan.append((name, field.source, field, described.length if described is not None else None, number))
+    if len(_PLANS) >= 256:  # mappings and schemas are few; a long-lived daemon reloads some
+        _PLANS.clear()
+    _PLANS[key] = (obj, schema, plan)
+    return plan
+
+
 def field_values(
     obj: ObjectMap, referral: MappingABC[str, Any], schema: ObjectSchema | None = None,
     rules: tuple[str, ...] = ("protect", "fill_blank", "create_only"),
@@ -336,19 +364,11 @@ def field_values(
     With a ``schema``, fields the CRM no longer has (or no longer lets us write) are left out: a
     drifted field must not stop every other field from syncing."""
     values: dict[str, Any] = {}
-    updating = "create_only" not in rules
-    for name, field in obj.fields.items():
-        if field.rule not in rules:
-            continue
-        described = schema.fields.get(name) if schema is not None else None
-        if schema is not None and (described is None or (updating and not described.updateable)):
-            continue
-        length = described.length if described is not None else None
-        value = format_value(referral.get(field.source), field, length)
+    for name, source, field, length, number in _plan(obj, schema, rules):
+        value = format_value(referral.get(source), field, length)
         if isinstance(value, Decimal):
             # a number field takes a JSON number (exact: an amount of minor units has far fewer than
             # 15 significant digits, and nothing is computed with it); a text field the decimal text
-            number = described is not None and described.type.lower() in NUMBER_TYPES
             value = float(value) if number else str(value)
         values[name] = value
     return values
