@@ -1,7 +1,8 @@
 """Sync N referrals to both sandbox CRMs: API calls against the batch lower bound, calls of a quiet
 cycle (one run right after the first cycle, inside the overlap window, by a new process; the one
 that lists the window again once it has settled; one in the steady state), wall time, CPU per
-referral and peak memory.
+referral (the first cycle's push and poll, the import before it, and the two together) and peak
+memory.
 
 Run: .venv/bin/python benchmarks/sync_bench.py [--referrals 10000] [--ledger sqlite|postgresql] [--faults 0.2]
 Each size runs in its own process, so ru_maxrss is that run's peak. ``--faults RATE`` runs each size
@@ -97,7 +98,9 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
         for n in range(referrals):
             out.write(f"partner-{n % 50},person{n}@co{n % 997}.example,Co {n},Person {n},partner,referral,"
                       f"c{n % 7},2026-10-01T00:00:00Z,,b{n}\n")
+    import_cpu = time.process_time()
     import_file(ledger, csv, Policy("first_touch", "flag", 365, "bench"), datetime.now(UTC))
+    import_cpu = time.process_time() - import_cpu
     import_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     before = calls()
     if faults:  # from start-up on: the describes and stage reads are faulted too
@@ -150,7 +153,10 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
     result: dict[str, object] = {"referrals": referrals, "ledger": ledger_url.split(":")[0], "faults": faults,
                                  "pushed": first.counts()["pushed"], "dead": first.counts()["dead"],
                                  "first_cycle_seconds": round(first_wall, 1),
-                                 "cpu_ms_per_referral": round(first_cpu * 1000 / referrals, 2)}
+                                 "cpu_ms_per_referral": round(first_cpu * 1000 / referrals, 2),
+                                 "import_cpu_ms_per_referral": round(import_cpu * 1000 / referrals, 2),
+                                 "import_push_poll_cpu_ms_per_referral":
+                                     round((import_cpu + first_cpu) * 1000 / referrals, 2)}
     for crm, batch in (("salesforce", 200), ("hubspot", 100)):
         total = sum(after_push[crm].values()) - sum(before[crm].values())
         wrote = writes(after_push[crm]) - writes(before[crm])
