@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
+from ulid import ULID
 
 from refsync.connector import attribution
 from refsync.connector.attribution import Policy, Rival
@@ -72,22 +73,51 @@ class ImportReport:
         }
 
 
+_REFERRALS = cast(Table, Referral.__table__)
 _TRANSITIONS = cast(Table, StatusTransition.__table__)
 _EVENTS = cast(Table, AuditEvent.__table__)
 
 
-class Trail:
-    """The status transitions and audit events a batch adds, written with one Core insert each
-    (as ORM objects, three per row, they were over a third of an import's CPU).
+@dataclass
+class Landing:
+    """A referral of this batch, as first-to-refer reads it, before :meth:`Trail.flush` writes it."""
 
-    :meth:`flush` lands the batch's referrals (ORM) and then the trail, in the order it was added:
-    every path that flushes the session mid-batch flushes through here, so a referral's events keep
-    their order and always follow the referral they point at."""
+    id: str
+    submitted_at: datetime
+    credited: bool
+    status: str
+    prospect_email: str | None
+    company_key: str | None
+    merged_into: str | None = None
+
+
+Holder = Referral | Landing
+
+
+class Trail:
+    """The referrals, status transitions and audit events a batch adds, written with one Core insert
+    each (as ORM objects, four a row, they were most of an import's CPU).
+
+    :meth:`flush` writes the referrals, then what the session holds (partners, alerts, ops, a
+    demoted holder), then the transitions and events in the order they were added. Every path that
+    needs a referral in the database flushes through here first, so nothing points at a referral
+    not written yet and a referral's timeline keeps its order."""
 
     def __init__(self, txn: LedgerTxn) -> None:
         self.txn = txn
+        self.referrals: list[dict[str, Any]] = []
         self.transitions: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+
+    def referral(self, values: dict[str, Any]) -> Landing:
+        now = self.txn.clock()
+        row = {"id": str(ULID()), **values, "merged_into": None, "outcome_amount": None, "outcome_currency": None,
+               "outcome_close_date": None, "outcome_reason": None, "pipeline_amount": None,
+               "pipeline_currency": None, "revision": 1, "status_changed_at": now, "created_at": now,
+               "updated_at": now}
+        self.referrals.append(row)
+        return Landing(row["id"], row["submitted_at"], row["credited"], row["status"], row["prospect_email"],
+                       row["company_key"])
 
     def transition(self, referral_id: str, from_status: str | None, to_status: str, at: datetime, source: str,
                    detail: str | None = None) -> None:
@@ -101,10 +131,13 @@ class Trail:
                             "object": None, "record_id": None, "detail": detail})
 
     def discard(self) -> None:
-        self.transitions, self.events = [], []
+        self.referrals, self.transitions, self.events = [], [], []
 
     def flush(self) -> None:
         session = self.txn.session
+        if self.referrals:
+            session.execute(insert(_REFERRALS), self.referrals)
+            self.referrals = []
         session.flush()
         if self.transitions:
             session.execute(insert(_TRANSITIONS), self.transitions)
@@ -112,6 +145,14 @@ class Trail:
         if self.events:
             session.execute(insert(_EVENTS), self.events)
             self.events = []
+
+    def loaded(self, referral_id: str) -> Referral:
+        """The ORM object of a referral this batch wrote (flushed first), for the rare paths that
+        change it or queue a notice about it."""
+        self.flush()
+        referral = self.txn.session.get(Referral, referral_id)
+        assert referral is not None, referral_id
+        return referral
 
 
 class Holders:
@@ -121,21 +162,27 @@ class Holders:
     same company key where one side has no email; the earliest holder within the window counts.
     """
 
-    def __init__(self, holders: Iterable[Referral], window: timedelta) -> None:
+    def __init__(self, holders: Iterable[Holder], window: timedelta) -> None:
         self.window = window
-        self.by_email: dict[str, list[Referral]] = {}
-        self.by_company: dict[str, list[Referral]] = {}
+        self.by_email: dict[str, list[Holder]] = {}
+        self.by_company: dict[str, list[Holder]] = {}
         for holder in holders:
             self.add(holder)
 
-    def add(self, referral: Referral) -> None:
+    def add(self, referral: Holder) -> None:
         if referral.prospect_email:
             self.by_email.setdefault(referral.prospect_email, []).append(referral)
         if referral.company_key:
             self.by_company.setdefault(referral.company_key, []).append(referral)
 
-    def rival(self, row: NewReferral) -> Referral | None:
-        candidates: list[Referral] = []
+    def replace(self, landing: Landing, referral: Referral) -> None:
+        """``referral`` is ``landing`` loaded to be changed: later rows see the change."""
+        for index in (self.by_email.get(landing.prospect_email or ""), self.by_company.get(landing.company_key or "")):
+            if index is not None:
+                index[:] = [referral if r is landing else r for r in index]
+
+    def rival(self, row: NewReferral) -> Holder | None:
+        candidates: list[Holder] = []
         if row.prospect_email:
             candidates += self.by_email.get(row.prospect_email, [])
         if row.company_key:
@@ -152,7 +199,7 @@ def _record(trail: Trail, holders: Holders, row: NewReferral, policy: Policy, ac
     holder = holders.rival(row)
     rival = Rival(holder.id, holder.submitted_at, holder.status) if holder else None
     decision = attribution.decide(row.submitted_at, rival, policy)
-    referral = txn.add_referral({
+    referral = trail.referral({
         "external_id": row.external_id,
         "fingerprint": row.fingerprint,
         "partner_id": txn.partner_id(row.partner),
@@ -183,23 +230,28 @@ def _record(trail: Trail, holders: Holders, row: NewReferral, policy: Policy, ac
     )
     if decision.status == "declined":
         trail.transition(referral.id, "submitted", "declined", txn.clock(), "attribution", detail=decision.reason)
-        trail.flush()  # the notification op points at the referral, and its audit event follows the trail
-        enqueue_status_notice(txn.session, referral, "submitted", "declined", txn.clock(), "attribution",
-                              txn.clock())
+        # the notification op points at the referral, and its audit event follows the trail
+        enqueue_status_notice(txn.session, trail.loaded(referral.id), "submitted", "declined", txn.clock(),
+                              "attribution", txn.clock())
     if decision.review_required:  # flagged for a person: the alert is raised now, not at the next reconcile
+        trail.flush()  # the alert points at the referral
         raise_alert(txn.session, duplicate_alert(referral.id, row.partner, row.prospect_email or row.prospect_company,
                                                  decision.duplicate_of), txn.clock(), new=True)
     if decision.rival_loses and holder is not None:
-        _demote(trail, holder, referral.id, decision, policy)
+        _demote(trail, holders, holder, referral.id, decision, policy)
     holders.add(referral)
     return referral.id, rival is not None
 
 
 def _demote(
-    trail: Trail, holder: Referral, winner_id: str, decision: attribution.Decision, policy: Policy
+    trail: Trail, holders: Holders, holder: Holder, winner_id: str, decision: attribution.Decision, policy: Policy
 ) -> None:
     txn = trail.txn
     trail.flush()  # the winner must exist before the holder points at it (self-referencing FK)
+    if isinstance(holder, Landing):  # a referral of this same batch: changed as an ORM object
+        landed = trail.loaded(holder.id)
+        holders.replace(holder, landed)
+        holder = landed
     previous = holder.status
     holder.credited = False
     holder.duplicate_of = winner_id
