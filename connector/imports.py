@@ -105,12 +105,13 @@ class Trail:
 
     def __init__(self, txn: LedgerTxn) -> None:
         self.txn = txn
+        self.now = txn.clock()  # the batch's one time of writing (one transaction)
         self.referrals: list[dict[str, Any]] = []
         self.transitions: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
 
     def referral(self, values: dict[str, Any]) -> Landing:
-        now = self.txn.clock()
+        now = self.now
         row = {"id": str(ULID()), **values, "merged_into": None, "outcome_amount": None, "outcome_currency": None,
                "outcome_close_date": None, "outcome_reason": None, "pipeline_amount": None,
                "pipeline_currency": None, "revision": 1, "status_changed_at": now, "created_at": now,
@@ -126,7 +127,7 @@ class Trail:
 
     def audit(self, referral_id: str, kind: str, reason_code: str, actor: str, *, policy_version: str | None = None,
               detail: dict[str, Any]) -> None:
-        self.events.append({"referral_id": referral_id, "at": self.txn.clock(), "actor": actor, "kind": kind,
+        self.events.append({"referral_id": referral_id, "at": self.now, "actor": actor, "kind": kind,
                             "reason_code": reason_code, "policy_version": policy_version, "crm": None,
                             "object": None, "record_id": None, "detail": detail})
 
@@ -316,6 +317,7 @@ def _write_batch(
     outcome = ImportReport(report.file, rows=[] if report.rows is not None else None)
     with ledger.transaction() as txn, txn.session.no_autoflush:
         trail = Trail(txn)
+        txn.know_partners({r.partner for r in rows})
         known = txn.known_fingerprints(
             [r.fingerprint for r in rows], [r.external_id for r in rows if r.external_id]
         )

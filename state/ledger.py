@@ -66,6 +66,14 @@ class LedgerTxn:
                 found.add(f"ext:{ext}")
         return found
 
+    def know_partners(self, codes: Collection[str]) -> None:
+        """Look up these partners' ids with one query (an import batch names dozens), so that
+        :meth:`partner_id` answers them without one."""
+        wanted = sorted(set(codes) - self._partners.keys())
+        if wanted:
+            self._partners.update((code, partner_id) for code, partner_id in self.session.execute(
+                select(Partner.code, Partner.id).where(Partner.code.in_(wanted))))
+
     def partner_id(self, code: str) -> int:
         """The partner's id; a new code creates the partner."""
         if code in self._partners:
