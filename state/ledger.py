@@ -15,7 +15,6 @@ import structlog
 from sqlalchemy import Engine, Table, and_, delete, func, or_, select, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
-from ulid import ULID
 
 from refsync.errors import LedgerError
 from refsync.state import db, workers
@@ -108,12 +107,6 @@ class LedgerTxn:
                 for referral in self.session.scalars(select(Referral).where(*where, *live)):
                     found[referral.id] = referral
         return list(found.values())
-
-    def add_referral(self, values: dict[str, Any]) -> Referral:
-        now = self.clock()
-        referral = Referral(id=str(ULID()), created_at=now, updated_at=now, status_changed_at=now, **values)
-        self.session.add(referral)
-        return referral
 
     def add_transition(
         self, referral_id: str, from_status: str | None, to_status: str, at: datetime, source: str,
@@ -362,26 +355,22 @@ class Ledger:
         """
         self.take_back_ops(owner)
         now = self.clock()
-        due = or_(
-            and_(SyncOp.state.in_(("pending", "failed")), SyncOp.next_attempt_at <= now),
-            and_(SyncOp.state == "in_flight", SyncOp.lease_expires_at < now),
-        )
+        due = ((SyncOp.state == "pending", SyncOp.next_attempt_at <= now),
+               (SyncOp.state == "failed", SyncOp.next_attempt_at <= now),
+               (SyncOp.state == "in_flight", SyncOp.lease_expires_at < now))
         if self.engine.dialect.name == "postgresql":
             due_ids = (
-                select(SyncOp.id).where(SyncOp.crm == crm, due)
+                select(SyncOp.id).where(SyncOp.crm == crm, or_(*(and_(*condition) for condition in due)))
                 .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).with_for_update(skip_locked=True)
             )
         else:
-            # SQLite runs the OR as two index searches and sorts every due op to keep ``limit`` of
-            # them: 17 ms a claim with 100,000 ops due, most of a first cycle's claiming. Each state
-            # on its own reads at most ``limit`` entries in index order (the rowid ends each entry),
+            # SQLite runs an OR as index searches and sorts every due op to keep ``limit`` of them:
+            # 17 ms a claim with 100,000 ops due, most of a first cycle's claiming. Each state on
+            # its own reads at most ``limit`` entries in index order (the rowid ends each entry),
             # and only those are sorted. (PostgreSQL refuses FOR UPDATE beside UNION, and sorts in
             # its own process.)
             parts = [select(SyncOp.id, SyncOp.next_attempt_at).where(SyncOp.crm == crm, *condition)
-                     .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).subquery()
-                     for condition in ((SyncOp.state == "pending", SyncOp.next_attempt_at <= now),
-                                       (SyncOp.state == "failed", SyncOp.next_attempt_at <= now),
-                                       (SyncOp.state == "in_flight", SyncOp.lease_expires_at < now))]
+                     .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).subquery() for condition in due]
             each = union_all(*(select(part.c.id, part.c.next_attempt_at) for part in parts)).subquery()
             due_ids = select(each.c.id).order_by(each.c.next_attempt_at, each.c.id).limit(limit)
         # One UPDATE ... RETURNING: atomic on SQLite too, where a SELECT then UPDATE would race.
