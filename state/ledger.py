@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from refsync.errors import LedgerError
 from refsync.state import db, workers
+from refsync.state.bulk import among
 from refsync.state.models import (
     OP_STATES,
     AuditEvent,
@@ -57,10 +58,10 @@ class LedgerTxn:
         found: set[str] = set()
         if fingerprints:
             found.update(self.session.scalars(select(Referral.fingerprint).where(
-                Referral.fingerprint.in_(fingerprints))))
+                among(self.session, Referral.fingerprint, fingerprints))))
         if external_ids:
             for fp, ext in self.session.execute(select(Referral.fingerprint, Referral.external_id).where(
-                    Referral.external_id.in_(external_ids))):
+                    among(self.session, Referral.external_id, external_ids))):
                 found.add(fp)
                 found.add(f"ext:{ext}")
         return found
@@ -97,9 +98,9 @@ class LedgerTxn:
         live = (Referral.credited.is_(True), Referral.merged_into.is_(None),
                 Referral.status.not_in(("declined", "expired")))
         found: dict[str, Referral] = {}
-        lookups = ((Referral.prospect_email.in_(sorted(emails)),) if emails else (),
-                   (Referral.company_key.in_(sorted(companies)),) if companies else (),
-                   (Referral.company_key.in_(sorted(blank_email_companies)),
+        lookups = ((among(self.session, Referral.prospect_email, sorted(emails)),) if emails else (),
+                   (among(self.session, Referral.company_key, sorted(companies)),) if companies else (),
+                   (among(self.session, Referral.company_key, sorted(blank_email_companies)),
                     or_(Referral.prospect_email.is_(None), Referral.prospect_email == ""))
                    if blank_email_companies else ())
         for where in lookups:

@@ -13,10 +13,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.orm import load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
+from refsync.state.bulk import among, update_rows
 from refsync.state.ledger import Ledger, LedgerTxn
 from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Partner, Referral, StatusTransition, SyncOp
 from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_alert
@@ -165,7 +166,7 @@ class Observation:
             chunk = ids[start:start + 500]
             found: dict[str, list[LinkView]] = {}
             for row in self.session.execute(select(*LINK_COLUMNS).where(
-                    CrmLink.crm == self.crm, CrmLink.object == obj, CrmLink.record_id.in_(chunk),
+                    CrmLink.crm == self.crm, CrmLink.object == obj, among(self.session, CrmLink.record_id, chunk),
                     CrmLink.state.in_(("active", "converted"))).order_by(CrmLink.id)):
                 found.setdefault(row.record_id, []).append(LinkView(*row))
             for record_id in chunk:
@@ -175,17 +176,18 @@ class Observation:
                 continue
             if editable:
                 self._referrals.update((r.id, r) for r in self.session.scalars(
-                    select(Referral).options(load_only(*OBSERVED_COLUMNS)).where(Referral.id.in_(referral_ids))))
+                    select(Referral).options(load_only(*OBSERVED_COLUMNS))
+                    .where(among(self.session, Referral.id, referral_ids))))
             else:
                 self._views.update((row[0], ReferralView(*tuple(row))) for row in self.session.execute(
                     select(*VIEW_COLUMNS).join(Partner, Partner.id == Referral.partner_id)
-                    .where(Referral.id.in_(referral_ids))))
+                    .where(among(self.session, Referral.id, referral_ids))))
             # By referral id (indexed; audit_events has no index on record_id, and a scan of every
             # event per chunk cost more than the rest of the poll): was_pushed only ever asks about
             # a record's linked referrals, and asks the database about any pair not found here.
             pushed = self.session.execute(select(AuditEvent.referral_id, AuditEvent.record_id).where(
-                AuditEvent.referral_id.in_(referral_ids), AuditEvent.kind == "pushed", AuditEvent.crm == self.crm,
-                AuditEvent.record_id.in_(chunk)))
+                among(self.session, AuditEvent.referral_id, referral_ids), AuditEvent.kind == "pushed",
+                AuditEvent.crm == self.crm, among(self.session, AuditEvent.record_id, chunk)))
             self._pushed.update((str(r), str(rec)) for r, rec in pushed)
 
     def seen(self, link: CrmLink | LinkView, owner_id: str | None) -> None:
@@ -200,13 +202,12 @@ class Observation:
         self._seen[link.id] = (owner_id, self.now)
 
     def land_sightings(self) -> None:
-        """Write what :meth:`seen` noted (``updated_at`` follows the column's own ``onupdate``)."""
+        """Write what :meth:`seen` noted, in one bulk update."""
         if not self._seen:
             return
-        table = cast(Table, CrmLink.__table__)
-        self.session.execute(update(table).where(table.c.id == bindparam("b_id")),
-                             [{"b_id": link_id, "owner_id": owner, "last_seen_at": at}
-                              for link_id, (owner, at) in self._seen.items()])
+        update_rows(self.session, cast(Table, CrmLink.__table__), "id",
+                    [{"id": link_id, "owner_id": owner, "last_seen_at": at, "updated_at": self.now}
+                     for link_id, (owner, at) in self._seen.items()])
         self._seen.clear()
 
     def record_links(self, obj: str, record_id: str) -> list[CrmLink] | list[LinkView]:

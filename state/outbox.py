@@ -15,6 +15,7 @@ from typing import cast as typed
 from sqlalchemy import String, Table, and_, cast, exists, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from refsync.state.bulk import among, insert_rows
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 
@@ -92,7 +93,7 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
         session = txn.session
         for chunk in _chunks(list(dict.fromkeys(referral_ids))):
             rows = session.execute(select(*columns).join(Partner, Partner.id == Referral.partner_id)
-                                   .where(Referral.id.in_(list(chunk))))
+                                   .where(among(session, Referral.id, chunk)))
             for (rid, partner, source, medium, campaign, submitted_at, email, company, name, external_id,
                  status, code, revision, credited, merged_into) in rows:
                 found[rid] = {
@@ -102,7 +103,7 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
                     "revision": revision, "credited": credited and merged_into is None, "links": []}
             links = session.execute(
                 select(CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.role, CrmLink.state)
-                .where(CrmLink.referral_id.in_(list(chunk)), CrmLink.crm == crm,
+                .where(among(session, CrmLink.referral_id, chunk), CrmLink.crm == crm,
                        CrmLink.state.in_(PUSH_LINK_STATES))
                 .order_by(CrmLink.id))
             for rid, obj, record_id, role, state in links:
@@ -164,7 +165,7 @@ def _land_ops(session: Session, owner: str, outcomes: Sequence[OpOutcome], now: 
     for key, ids in groups.items():
         for chunk in _chunks(ids):
             landed.update(session.scalars(update(_OPS).where(
-                _OPS.c.id.in_(list(chunk)), _OPS.c.lease_owner == owner).values(**values_of[key])
+                among(session, _OPS.c.id, chunk), _OPS.c.lease_owner == owner).values(**values_of[key])
                 .returning(_OPS.c.id)))
     return landed
 
@@ -185,16 +186,16 @@ def _land_links(session: Session, crm: str, outcomes: Sequence[OpOutcome], now: 
     referral_ids = sorted({key[0] for key in wanted})
     for chunk in _chunks(referral_ids):
         rows = session.execute(select(CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.id).where(
-            CrmLink.crm == crm, CrmLink.referral_id.in_(list(chunk))))
+            CrmLink.crm == crm, among(session, CrmLink.referral_id, chunk)))
         existing.update(((r, o, rec), link_id) for r, o, rec, link_id in rows)
     new = [{"referral_id": r, "crm": crm, "object": o, "record_id": rec, "role": role, "state": "active",
             "created_at": now, "updated_at": now, "last_written_at": now if wrote else None}
            for (r, o, rec), (role, wrote) in wanted.items() if (r, o, rec) not in existing]
     if new:
-        session.execute(insert(_LINKS), new)
+        insert_rows(session, _LINKS, new)
     written = [existing[key] for key, (_role, wrote) in wanted.items() if wrote and key in existing]
     for chunk in _chunks(written):
-        session.execute(update(_LINKS).where(_LINKS.c.id.in_(list(chunk))).values(last_written_at=now,
+        session.execute(update(_LINKS).where(among(session, _LINKS.c.id, chunk)).values(last_written_at=now,
                                                                                   updated_at=now))
 
 
@@ -231,7 +232,7 @@ def land_outcomes(ledger: Ledger, crm: str, owner: str, outcomes: Sequence[OpOut
         _land_links(session, crm, mine, now)
         events = _audit_rows(crm, mine, now)
         if events:
-            session.execute(insert(_EVENTS), events)
+            insert_rows(session, _EVENTS, events)
 
 
 def op_states(ledger: Ledger, op_ids: Sequence[int]) -> dict[int, str]:

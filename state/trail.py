@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table
 from ulid import ULID
 
+from refsync.state.bulk import insert_rows
 from refsync.state.ledger import LedgerTxn
 from refsync.state.models import AuditEvent, Referral, StatusTransition
 
@@ -35,8 +36,8 @@ Holder = Referral | Landing
 
 
 class Trail:
-    """The referrals, status transitions and audit events a batch adds, written with one Core insert
-    each (as ORM objects, four a row, they were most of an import's CPU).
+    """The referrals, status transitions and audit events a batch adds, written with one bulk insert
+    each (state/bulk.py; as ORM objects, four a row, they were most of an import's CPU).
 
     :meth:`flush` writes the referrals, then what the session holds (partners, alerts, ops, a
     demoted holder), then the transitions and events in the order they were added. Every path that
@@ -77,14 +78,14 @@ class Trail:
     def flush(self) -> None:
         session = self.txn.session
         if self.referrals:
-            session.execute(insert(_REFERRALS), self.referrals)
+            insert_rows(session, _REFERRALS, self.referrals)
             self.referrals = []
         session.flush()
         if self.transitions:
-            session.execute(insert(_TRANSITIONS), self.transitions)
+            insert_rows(session, _TRANSITIONS, self.transitions)
             self.transitions = []
         if self.events:
-            session.execute(insert(_EVENTS), self.events)
+            insert_rows(session, _EVENTS, self.events)
             self.events = []
 
     def loaded(self, referral_id: str) -> Referral:

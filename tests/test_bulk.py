@@ -1,0 +1,79 @@
+"""Bulk writes (state/bulk.py) store exactly what the ORM stores, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, select
+
+from refsync.state.bulk import among, insert_rows, update_rows
+from refsync.state.ledger import Ledger
+from refsync.state.models import AuditEvent, CrmLink, Partner, Referral
+
+EVENTS = cast(Table, AuditEvent.__table__)
+LINKS = cast(Table, CrmLink.__table__)
+
+
+def event(kind: str, detail: Any, at: datetime, **extra: Any) -> dict[str, Any]:
+    return {"referral_id": None, "at": at, "actor": "test", "kind": kind, "reason_code": "r", "crm": None,
+            "object": None, "record_id": None, "detail": detail, **extra}
+
+
+def stored(ledger: Ledger, kind: str) -> list[tuple[Any, ...]]:
+    with ledger.transaction() as txn:
+        return [(e.kind, e.at, e.detail, e.crm, e.record_id, e.policy_version) for e in txn.session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == kind).order_by(AuditEvent.id))]
+
+
+def test_inserted_rows_read_back_as_the_orm_writes_them(ledger: Ledger) -> None:
+    """Times in any zone come back as the same instant in UTC, JSON (nested, empty, null) and text
+    with quotes survive, and a left-out column gets its default."""
+    at = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    elsewhere = at.astimezone(timezone(timedelta(hours=-5)))
+    details = [{"fields": {"Email": "o'neil@x.example", "n": 3}, "list": [1, None, "é"]}, {}, None]
+    with ledger.transaction() as txn:
+        insert_rows(txn.session, EVENTS, [event("bulk", detail, elsewhere, crm="hubspot", record_id=f"r{n}")
+                                          for n, detail in enumerate(details)])
+        txn.session.add_all([AuditEvent(kind="orm", at=at, actor="test", reason_code="r", crm="hubspot",
+                                        record_id=f"r{n}", detail=detail) for n, detail in enumerate(details)])
+    bulk, orm = stored(ledger, "bulk"), stored(ledger, "orm")
+    assert [row[1:] for row in bulk] == [row[1:] for row in orm]
+    assert bulk[0][1] == at and bulk[0][1].tzinfo is not None and bulk[0][2]["fields"]["Email"] == "o'neil@x.example"
+
+
+def test_naive_times_are_refused_as_the_orm_refuses_them(ledger: Ledger) -> None:
+    with pytest.raises(Exception, match="naive datetime"), ledger.transaction() as txn:
+        insert_rows(txn.session, EVENTS, [event("naive", {}, datetime(2026, 3, 1))])
+    assert stored(ledger, "naive") == []
+
+
+def test_updated_rows_change_only_their_own_columns_and_rows(ledger: Ledger, clock: Any) -> None:
+    now = clock()
+    with ledger.transaction() as txn:
+        partner = Partner(code="p1")
+        txn.session.add(partner)
+        txn.session.flush()
+        txn.session.add_all([Referral(id=f"ref{n}", fingerprint=f"f{n}", partner_id=partner.id, submitted_at=now,
+                                      attribution_model="first_touch", policy_version="v", attribution_reason="r")
+                             for n in range(3)])
+        txn.session.flush()
+        insert_rows(txn.session, LINKS, [
+            {"referral_id": f"ref{n}", "crm": "hubspot", "object": "contacts", "record_id": str(n), "role": "lead",
+             "created_at": now, "updated_at": now} for n in range(3)])
+    with ledger.transaction() as txn:
+        ids = {link.record_id: link.id for link in txn.session.scalars(select(CrmLink))}
+        later = now + timedelta(minutes=5)
+        update_rows(txn.session, LINKS, "id", [{"id": ids["0"], "owner_id": "o-0", "last_seen_at": later},
+                                               {"id": ids["2"], "owner_id": None, "last_seen_at": later}])
+    with ledger.transaction() as txn:
+        links = {link.record_id: link for link in txn.session.scalars(select(CrmLink))}
+        assert (links["0"].owner_id, links["0"].last_seen_at) == ("o-0", later)
+        assert (links["2"].owner_id, links["2"].last_seen_at) == (None, later)
+        assert (links["1"].owner_id, links["1"].last_seen_at) == (None, None)
+        assert {link.state for link in links.values()} == {"active"}  # the column's default, given by nobody
+        found = txn.session.scalars(select(CrmLink.record_id).where(
+            among(txn.session, CrmLink.id, [ids["0"], ids["2"], 10**9]))).all()
+        assert sorted(found) == ["0", "2"]
+        assert txn.session.scalars(select(CrmLink.id).where(among(txn.session, CrmLink.record_id, []))).all() == []
