@@ -184,12 +184,12 @@ def unhandled(changes: Iterable[Change], handled: Mapping[str, datetime] | None)
 
 
 def iso_utc(moment: datetime) -> str:
-    """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, the year always four digits. Formatted by
-    hand: glibc's ``strftime('%Y')`` writes year 1 as ``1``, and Salesforce refuses the whole request
-    for a value it cannot parse (crm-api/salesforce/README.md, JSON_PARSER_ERROR). Naive is UTC."""
-    m = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
-    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
-            f"{m.microsecond // 1000:03d}Z")
+    """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, the year always four digits. Not with
+    ``strftime``: glibc's ``strftime('%Y')`` writes year 1 as ``1``, and Salesforce refuses the
+    whole request for a value it cannot parse (crm-api/salesforce/README.md, JSON_PARSER_ERROR). Naive is UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds") + "Z"  # isoformat writes the year with four digits
 
 
 def joined_pages(answers: Iterable[list[T]], size: int) -> Iterator[tuple[list[T], bool]]:

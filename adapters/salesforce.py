@@ -385,19 +385,21 @@ class SalesforceAdapter:
             page = self._call("query", more)
 
     @staticmethod
-    def _chunks(prefix_len: int, values: Sequence[str]) -> Iterator[list[str]]:
-        """Split values for ``IN (...)`` so that each URL-encoded SOQL stays under MAX_SOQL_URL."""
+    def _chunks(prefix_len: int, values: Sequence[str]) -> Iterator[str]:
+        """``IN`` lists (``('a','b')``, each value quoted for SOQL once) whose URL-encoded SOQL stays
+        under MAX_SOQL_URL."""
         chunk: list[str] = []
         size = prefix_len
         for value in values:
-            cost = _url_len(quote_soql_value(value)) + 3
+            quoted = quote_soql_value(value)
+            cost = _url_len(quoted) + 3
             if chunk and size + cost > MAX_SOQL_URL:
-                yield chunk
+                yield "(" + ",".join(chunk) + ")"
                 chunk, size = [], prefix_len
-            chunk.append(value)
+            chunk.append(quoted)
             size += cost
         if chunk:
-            yield chunk
+            yield "(" + ",".join(chunk) + ")"
 
     @staticmethod
     def _base_fields(obj: str) -> list[str]:
@@ -427,8 +429,8 @@ class SalesforceAdapter:
         found: dict[str, list[CrmRecord]] = {}
         for chunk in self._chunks(len(quote(prefix, safe="")), list(dict.fromkeys(v for vs in wanted.values()
                                                                                 for v in vs))):
-            soql = format_soql("SELECT {:literal} FROM {:literal} WHERE {:literal} IN {}", ", ".join(select), obj,
-                               key, chunk)
+            soql = format_soql("SELECT {:literal} FROM {:literal} WHERE {:literal} IN {:literal}", ", ".join(select),
+                               obj, key, chunk)
             for raw in self._query_pages(soql, include_deleted=False):
                 record = self._record(obj, raw)
                 for original in wanted.get(str(raw.get(key) or "").casefold(), []):
@@ -440,7 +442,8 @@ class SalesforceAdapter:
         prefix = format_soql("SELECT {:literal} FROM {:literal} WHERE Id IN ()", ", ".join(select), obj)
         rows: dict[str, dict[str, Any]] = {}
         for chunk in self._chunks(len(quote(prefix, safe="")), list(dict.fromkeys(ids))):
-            soql = format_soql("SELECT {:literal} FROM {:literal} WHERE Id IN {}", ", ".join(select), obj, chunk)
+            soql = format_soql("SELECT {:literal} FROM {:literal} WHERE Id IN {:literal}", ", ".join(select), obj,
+                               chunk)
             for raw in self._query_pages(soql, include_deleted=True):
                 rows[str(raw["Id"])] = raw
                 rows[str(raw["Id"])[:15]] = raw

@@ -9,6 +9,7 @@ Applying a mapping to a referral (:func:`field_values`) is a pure function.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from datetime import datetime
@@ -303,38 +304,55 @@ def length_warnings(loaded: LoadedMapping, schemas: MappingABC[str, ObjectSchema
     return warnings
 
 
-def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
-    """A referral attribute as the CRM field should receive it."""
-    if value is None:
-        value = field.default
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if field.transform.format == "date":
-            value = value.date().isoformat()
-        elif field.transform.format == "epoch_ms":
-            value = str(int(value.timestamp() * 1000))
-        else:
-            value = iso_utc(value.replace(microsecond=0))  # strftime('%Y') writes year 1 as '1'
-
-    if field.transform.values:
-        value = field.transform.values.get(str(value), value)
+def converter(field: FieldMap, length: int | None, number: bool | None = None) -> Callable[[Any], Any]:
+    """How a referral attribute becomes the value ``field`` receives (``length``: the CRM field's,
+    from the describe; ``number``: whether the CRM field takes numbers, None to leave decimals as
+    they are). Built once per mapping and schema
+    (:func:`_plan`), applied to every referral of a cycle."""
+    default, transform = field.default, field.transform
+    shape, table = transform.format, transform.values
     # Text written only at creation is cut to the field's length (the describe's ``length``): the
     # CRM refuses a longer value (Salesforce STRING_TOO_LONG) and the record would never exist.
-    cut = field.transform.truncate or field.rule == "create_only"
-    if isinstance(value, str) and cut and length is not None:
-        value = value[:length]
-    return value
+    cut = length if (transform.truncate or field.rule == "create_only") else None
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            value = default
+            if value is None:
+                return None
+        if isinstance(value, datetime):
+            if shape == "date":
+                value = value.date().isoformat()
+            elif shape == "epoch_ms":
+                value = str(int(value.timestamp() * 1000))
+            else:
+                value = iso_utc(value.replace(microsecond=0))  # strftime('%Y') writes year 1 as '1'
+        if table:
+            value = table.get(str(value), value)
+        if cut is not None and isinstance(value, str):
+            value = value[:cut]
+        if number is not None and isinstance(value, Decimal):
+            # a number field takes a JSON number (exact: an amount of minor units has far fewer than
+            # 15 significant digits, and nothing is computed with it); a text field the decimal text
+            value = float(value) if number else str(value)
+        return value
+
+    return convert
 
 
-_Plan = list[tuple[str, str, FieldMap, int | None, bool]]
+def format_value(value: Any, field: FieldMap, length: int | None) -> Any:
+    """A referral attribute as the CRM field should receive it (a decimal stays a decimal)."""
+    return converter(field, length)(value)
+
+
+_Plan = list[tuple[str, str, Callable[[Any], Any]]]
 _PLANS: dict[tuple[int, int, tuple[str, ...]], tuple[ObjectMap, ObjectSchema | None, _Plan]] = {}
 
 
 def _plan(obj: ObjectMap, schema: ObjectSchema | None, rules: tuple[str, ...]) -> _Plan:
     """The fields :func:`field_values` writes for this mapping, schema and rules, as (name, source,
-    field, length, number): worked out once, not for each of a cycle's referrals. Keyed by the
-    objects' identity (a reload or a new describe makes new ones), which the entry holds on to."""
+    converter): worked out once, not for each of a cycle's referrals. Keyed by the objects'
+    identity (a reload or a new describe makes new ones), which the entry holds on to."""
     key = (id(obj), id(schema), rules)
     known = _PLANS.get(key)
     if known is not None and known[0] is obj and known[1] is schema:
@@ -348,7 +366,8 @@ def _plan(obj: ObjectMap, schema: ObjectSchema | None, rules: tuple[str, ...]) -
         if schema is not None and (described is None or (updating and not described.updateable)):
             continue
         number = described is not None and described.type.lower() in NUMBER_TYPES
-        plan.append((name, field.source, field, described.length if described is not None else None, number))
+        plan.append((name, field.source, converter(field, described.length if described is not None else None,
+                                                   number)))
     if len(_PLANS) >= 256:  # mappings and schemas are few; a long-lived daemon reloads some
         _PLANS.clear()
     _PLANS[key] = (obj, schema, plan)
@@ -363,15 +382,8 @@ def field_values(
 
     With a ``schema``, fields the CRM no longer has (or no longer lets us write) are left out: a
     drifted field must not stop every other field from syncing."""
-    values: dict[str, Any] = {}
-    for name, source, field, length, number in _plan(obj, schema, rules):
-        value = format_value(referral.get(source), field, length)
-        if isinstance(value, Decimal):
-            # a number field takes a JSON number (exact: an amount of minor units has far fewer than
-            # 15 significant digits, and nothing is computed with it); a text field the decimal text
-            value = float(value) if number else str(value)
-        values[name] = value
-    return values
+    get = referral.get
+    return {name: convert(get(source)) for name, source, convert in _plan(obj, schema, rules)}
 
 
 def drifted_fields(obj: ObjectMap, schema: ObjectSchema) -> list[tuple[str, str]]:

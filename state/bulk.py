@@ -41,7 +41,8 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
     values = list(values)
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
-    return column.in_(values)
+    # One expanding parameter given whole: ``in_(list)`` inspects every value on its way in.
+    return column.in_(bindparam(None, values, type_=column.type, expanding=True))
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

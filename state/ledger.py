@@ -31,7 +31,7 @@ from refsync.state.models import (
     SyncOp,
     utcnow,
 )
-from refsync.state.views import OP_COLUMNS, audit_json, op_json, referral_json
+from refsync.state.views import OP_COLUMNS, audit_json, claim_order, op_json, op_row_json, referral_json
 from refsync.state.workers import Liveness
 
 Clock = Callable[[], datetime]
@@ -384,8 +384,8 @@ class Ledger:
             .returning(*(ops_table.c[column.key] for column in OP_COLUMNS))
         )
         with self.transaction() as txn:
-            ops = sorted(txn.session.execute(claim), key=lambda op: (op.next_attempt_at, op.id))
-            return [op_json(op) for op in ops]
+            ops = sorted(txn.session.execute(claim), key=claim_order)
+            return [op_row_json(op) for op in ops]
 
     def take_back_ops(self, claimer: str) -> dict[str, int]:
         """Return the in-flight ops of dead workers (state/workers.py) to ``pending``, at once rather
