@@ -88,11 +88,7 @@ def pg_url(pg_template: str) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    engine.dispose()
-    return url
+    return _migrated_sqlite(tmp_path / "ledger.db")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -100,6 +96,34 @@ def ledger_url(request: pytest.FixtureRequest) -> str:
     """The URL of a fresh, migrated ledger: once on SQLite, once on PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def second_ledger_url(ledger_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second fresh, migrated ledger of the same kind as ``ledger_url`` (dropped afterwards)."""
+    if ledger_url.startswith("sqlite"):
+        yield _migrated_sqlite(tmp_path / "second.db")
+        return
+    name = f"{make_url(ledger_url).database}_b"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(ledger_url).set(database=name).render_as_string(hide_password=False)
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _migrated_sqlite(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    return url
 
 
 @pytest.fixture

@@ -60,10 +60,10 @@ def converge(ledger: Ledger, crms: dict[str, CrmTarget], clock: FakeClock, round
 
 
 def test_twenty_percent_faults_converge_to_the_same_crm_state_as_a_clean_run(
-    ledger_url: str, sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_url: str, second_ledger_url: str, sandbox: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     states = []
-    for faults, url in ((0.0, ledger_url), (0.2, _fresh(ledger_url, tmp_path))):
+    for faults, url in ((0.0, ledger_url), (0.2, second_ledger_url)):
         clock = FakeClock()
         ledger = Ledger.open(url, clock=clock)
         crms = targets_for(sandbox, tmp_path, monkeypatch)
@@ -80,30 +80,6 @@ def test_twenty_percent_faults_converge_to_the_same_crm_state_as_a_clean_run(
         assert len(states[-1]) == 500  # 250 referrals on two CRMs, each exactly once
         ledger.close()
     assert states[0] == states[1]
-
-
-def _fresh(ledger_url: str, tmp_path: Path) -> str:
-    """A second, empty ledger of the same kind (the PostgreSQL fixture gives one database per test)."""
-    if ledger_url.startswith("sqlite"):
-        from refsync.state import db
-
-        url = f"sqlite:///{tmp_path / 'second.db'}"
-        db.upgrade(db.make_engine(url))
-        return url
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = make_url(ledger_url).database + "_b"
-    admin = create_engine(ledger_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    from refsync.state import db
-
-    url = make_url(ledger_url).set(database=name).render_as_string(False)
-    db.upgrade(db.make_engine(url))
-    return url
 
 
 def test_daily_budget_pauses_writes_raises_an_alert_and_resumes_the_next_day(

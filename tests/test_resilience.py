@@ -25,7 +25,7 @@ from refsync.connector.push import CrmTarget
 from refsync.state.ledger import Ledger
 from refsync.state.notifications import alerts
 from tests.conftest import FAST_RETRY, ROOT
-from tests.test_push import _fresh, crm_state
+from tests.test_push import crm_state
 
 REFSYNC = str(Path(sys.executable).with_name("refsync"))
 HEADER = "partner,prospect_email,prospect_company,prospect_name,source,medium,campaign,submitted_at,link,external_id"
@@ -93,7 +93,7 @@ def sync_once(config: Path, referrals: Path) -> tuple[int, dict[str, Any], str]:
 
 
 def test_twenty_percent_transient_faults_the_first_sync_already_pushes_everything(
-    ledger_url: str, sandbox: RunningSandbox, creds: None, tmp_path: Path
+    ledger_url: str, second_ledger_url: str, sandbox: RunningSandbox, creds: None, tmp_path: Path
 ) -> None:
     referrals = referrals_file(tmp_path, 40)
     clean = write_config(tmp_path / "clean.toml", ledger_url, sandbox)
@@ -104,7 +104,7 @@ def test_twenty_percent_transient_faults_the_first_sync_already_pushes_everythin
 
     sandbox.salesforce.reset()
     sandbox.hubspot.reset()
-    url = _fresh(ledger_url, tmp_path)
+    url = second_ledger_url
     faulty = write_config(tmp_path / "faulty.toml", url, sandbox)
     # Every kind of call fails one time in five, start-up (describes, stage reads) included.
     sandbox.salesforce.set_faults(server_error=0.1, drop=0.1, seed=11)
@@ -123,8 +123,8 @@ def test_twenty_percent_transient_faults_the_first_sync_already_pushes_everythin
 @pytest.mark.parametrize(("broken", "how"), [("hubspot", "down"), ("hubspot", "bad_token"),
                                             ("salesforce", "down")])
 def test_one_broken_crm_leaves_the_other_syncing_as_if_alone(
-    ledger_url: str, sandbox: RunningSandbox, creds: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    broken: str, how: str
+    ledger_url: str, second_ledger_url: str, sandbox: RunningSandbox, creds: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, broken: str, how: str
 ) -> None:
     healthy = "salesforce" if broken == "hubspot" else "hubspot"
     referrals = referrals_file(tmp_path, 15)
@@ -134,7 +134,7 @@ def test_one_broken_crm_leaves_the_other_syncing_as_if_alone(
 
     sandbox.salesforce.reset()
     sandbox.hubspot.reset()
-    url = _fresh(ledger_url, tmp_path)
+    url = second_ledger_url
     if how == "bad_token":
         monkeypatch.setenv("R_HS", "pat-na1-00000000-0000-0000-0000-000000000000")
     both = write_config(tmp_path / "both.toml", url, sandbox, down=broken if how == "down" else None)
