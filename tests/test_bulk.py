@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, cast
 
 import pytest
@@ -77,3 +78,36 @@ def test_updated_rows_change_only_their_own_columns_and_rows(ledger: Ledger, clo
             among(txn.session, CrmLink.id, [ids["0"], ids["2"], 10**9]))).all()
         assert sorted(found) == ["0", "2"]
         assert txn.session.scalars(select(CrmLink.id).where(among(txn.session, CrmLink.record_id, []))).all() == []
+
+
+def test_a_value_too_long_for_its_column_is_never_cut(ledger: Ledger) -> None:
+    """PostgreSQL refuses it, as it refuses the ORM's insert; SQLite keeps it whole, as it keeps
+    the ORM's. A silent cut would change an audit trail's record id."""
+    long_id = "x" * 80  # record_id holds 64
+    if ledger.engine.dialect.name == "postgresql":
+        with pytest.raises(Exception, match="too long"), ledger.transaction() as txn:
+            insert_rows(txn.session, EVENTS, [event("long", {}, datetime.now(UTC), record_id=long_id)])
+        assert stored(ledger, "long") == []
+    else:
+        with ledger.transaction() as txn:
+            insert_rows(txn.session, EVENTS, [event("long", {}, datetime.now(UTC), record_id=long_id)])
+        assert stored(ledger, "long")[0][4] == long_id
+
+
+def test_numbers_dates_and_flags_read_back_as_written(ledger: Ledger, clock: Any) -> None:
+    now = clock()
+    with ledger.transaction() as txn:
+        partner = Partner(code="p1")
+        txn.session.add(partner)
+        txn.session.flush()
+        insert_rows(txn.session, cast(Table, Referral.__table__), [
+            {"id": f"ref{n}", "fingerprint": f"f{n}", "partner_id": partner.id, "submitted_at": now,
+             "attribution_model": "first_touch", "policy_version": "v", "attribution_reason": "r",
+             "credited": n == 0, "outcome_amount": Decimal("1234.50") if n == 0 else None,
+             "outcome_close_date": date(2026, 2, 28) if n == 0 else None} for n in range(2)])
+    with ledger.transaction() as txn:
+        first, second = txn.session.scalars(select(Referral).order_by(Referral.id)).all()
+        assert (first.credited, first.outcome_amount, first.outcome_close_date) == (
+            True, Decimal("1234.50"), date(2026, 2, 28))
+        assert (second.credited, second.outcome_amount, second.outcome_close_date) == (False, None, None)
+        assert first.status == "submitted" and first.revision == 1 and first.submitted_at == now  # defaults
