@@ -9,7 +9,8 @@ work a fifth of landing on SQLite). Here:
 
 - PostgreSQL receives a batch as one statement with one parameter, the rows as a JSON array
   (``INSERT ... SELECT ... FROM json_array_elements(...)``, ``UPDATE ... FROM (SELECT ...)``),
-  and an id list as one array (``= ANY(...)``): short queries psycopg parses once and caches.
+  and an id list as one JSON parameter too (``IN (SELECT json_array_elements_text(...))``):
+  short queries psycopg parses once and caches.
 - SQLite receives ``executemany`` of plain tuples; each value is converted by its column type's
   own bind processor, so what is stored is exactly what the ORM stores.
 
@@ -30,8 +31,8 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Column, ColumnElement, Dialect, String, Table, any_, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import JSON, Column, ColumnElement, Dialect, String, Table, Text, bindparam, func, select, text
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import QueryableAttribute, Session
 
 Processor = Callable[[Any], Any] | None
@@ -39,11 +40,18 @@ Processor = Callable[[Any], Any] | None
 
 def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any],
           values: Iterable[Any]) -> ColumnElement[bool]:
-    """``column IN values``: one array parameter on PostgreSQL (a query of fixed text, parsed once
-    and cached by psycopg, instead of one placeholder per value), an ``IN`` list elsewhere."""
+    """``column IN values``: one parameter on PostgreSQL (a query of fixed text, parsed once and
+    cached by psycopg, instead of one placeholder per value), an ``IN`` list elsewhere."""
     values = list(values)
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+        # The values as one JSON parameter: psycopg escapes each element of an array parameter
+        # with a regular expression. Text stays text (a VARCHAR(n) cast would cut a longer value
+        # into matching another row); other types are cast to the column's.
+        each: ColumnElement[Any] = func.json_array_elements_text(
+            sql_cast(bindparam(None, json.dumps(values, default=_json_value), type_=Text), JSON))
+        if not isinstance(column.type, String):
+            each = sql_cast(each, column.type)
+        return column.in_(select(each).scalar_subquery())
     # One expanding parameter given whole: ``in_(list)`` inspects every value on its way in.
     return column.in_(bindparam(None, values, type_=column.type, expanding=True))
 

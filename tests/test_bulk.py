@@ -78,6 +78,12 @@ def test_updated_rows_change_only_their_own_columns_and_rows(ledger: Ledger, clo
             among(txn.session, CrmLink.id, [ids["0"], ids["2"], 10**9]))).all()
         assert sorted(found) == ["0", "2"]
         assert txn.session.scalars(select(CrmLink.id).where(among(txn.session, CrmLink.record_id, []))).all() == []
+        links["1"].record_id = "r" * 64  # the column's full width: a longer value must not match it cut
+        txn.session.flush()
+        def matching(value: str) -> list[int]:
+            return list(txn.session.scalars(select(CrmLink.id).where(among(txn.session, CrmLink.record_id, [value]))))
+
+        assert matching("r" * 70) == [] and matching("r" * 64) == [links["1"].id]
 
 
 def test_a_value_too_long_for_its_column_is_never_cut(ledger: Ledger) -> None:
