@@ -9,7 +9,7 @@ work a fifth of landing on SQLite). Here:
 
 - PostgreSQL receives a batch as one statement with one parameter, the rows as a JSON array
   (``INSERT ... SELECT ... FROM json_array_elements(...)``, ``UPDATE ... FROM (SELECT ...)``),
-  and an id list as one JSON parameter too (``IN (SELECT json_array_elements_text(...))``):
+  and an id list as one JSON parameter too (``= ANY(ARRAY(SELECT json_array_elements_text(...)))``):
   short queries psycopg parses once and caches.
 - SQLite receives ``executemany`` of plain tuples; each value is converted by its column type's
   own bind processor, so what is stored is exactly what the ORM stores.
@@ -31,7 +31,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Column, ColumnElement, Dialect, String, Table, Text, bindparam, func, select, text
+from sqlalchemy import JSON, Column, ColumnElement, Dialect, String, Table, Text, any_, bindparam, func, select, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import QueryableAttribute, Session
 
@@ -51,7 +51,9 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
             sql_cast(bindparam(None, json.dumps(values, default=_json_value), type_=Text), JSON))
         if not isinstance(column.type, String):
             each = sql_cast(each, column.type)
-        return column.in_(select(each).scalar_subquery())
+        # ``= ANY(ARRAY(SELECT ...))``: the list is built once (an init plan) and the column's
+        # index searched for it; ``IN (SELECT ...)`` is planned as a hash join over the table.
+        return column == any_(func.array(select(each).scalar_subquery()))
     # One expanding parameter given whole: ``in_(list)`` inspects every value on its way in.
     return column.in_(bindparam(None, values, type_=column.type, expanding=True))
 
