@@ -12,7 +12,8 @@ work a fifth of landing on SQLite). Here:
   and an id list as one JSON parameter too (``= ANY(ARRAY(SELECT json_array_elements_text(...)))``):
   short queries psycopg parses once and caches.
 - SQLite receives ``executemany`` of plain tuples; each value is converted by its column type's
-  own bind processor, so what is stored is exactly what the ORM stores.
+  own bind processor, so what is stored is exactly what the ORM stores. Id lists are one JSON
+  parameter read by ``json_each``.
 
 The statements are built from the table's own metadata (names quoted by the dialect), never
 from values: every value is a bound parameter.
@@ -40,8 +41,8 @@ Processor = Callable[[Any], Any] | None
 
 def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any],
           values: Iterable[Any]) -> ColumnElement[bool]:
-    """``column IN values``: one parameter on PostgreSQL (a query of fixed text, parsed once and
-    cached by psycopg, instead of one placeholder per value), an ``IN`` list elsewhere."""
+    """``column IN values`` with the values as one parameter: a query of fixed text, parsed and
+    planned once, instead of one placeholder per value."""
     values = list(values)
     if session.get_bind().dialect.name == "postgresql":
         # The values as one JSON parameter: psycopg escapes each element of an array parameter
@@ -54,8 +55,11 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
         # ``= ANY(ARRAY(SELECT ...))``: the list is built once (an init plan) and the column's
         # index searched for it; ``IN (SELECT ...)`` is planned as a hash join over the table.
         return column == any_(func.array(select(each).scalar_subquery()))
-    # One expanding parameter given whole: ``in_(list)`` inspects every value on its way in.
-    return column.in_(bindparam(None, values, type_=column.type, expanding=True))
+    # SQLite: the values as one JSON parameter too (``json_each``): a statement of fixed text,
+    # compiled and prepared once, where an ``IN`` list is rendered anew for every call. SQLite
+    # searches the column's index for each value, as it does for a list.
+    listed = func.json_each(bindparam(None, json.dumps(values, default=_json_value), type_=Text))
+    return column.in_(select(listed.table_valued("value").c.value).scalar_subquery())
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
