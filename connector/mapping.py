@@ -307,8 +307,7 @@ def length_warnings(loaded: LoadedMapping, schemas: MappingABC[str, ObjectSchema
 def converter(field: FieldMap, length: int | None, number: bool | None = None) -> Callable[[Any], Any]:
     """How a referral attribute becomes the value ``field`` receives (``length``: the CRM field's,
     from the describe; ``number``: whether the CRM field takes numbers, None to leave decimals as
-    they are). Built once per mapping and schema
-    (:func:`_plan`), applied to every referral of a cycle."""
+    they are). Built once per mapping and schema (:func:`_plan`), applied to every referral."""
     default, transform = field.default, field.transform
     shape, table = transform.format, transform.values
     # Text written only at creation is cut to the field's length (the describe's ``length``): the
