@@ -142,10 +142,9 @@ def _is_json(column: Column[Any]) -> bool:
 def _processors(dialect: Dialect, columns: Sequence[Column[Any]]) -> list[Processor]:
     """Each column type's bind processor for ``dialect`` (validation, UTC, storage form). JSON goes
     to PostgreSQL as it is, inside the batch's one JSON parameter."""
-    if dialect.name == "postgresql":
-        return [None if _is_json(column) else column.type.dialect_impl(dialect).bind_processor(dialect)
-                for column in columns]
-    return [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
+    as_is = dialect.name == "postgresql"
+    return [None if as_is and _is_json(column) else column.type.dialect_impl(dialect).bind_processor(dialect)
+            for column in columns]
 
 
 def _tuples(dialect: Dialect, columns: Sequence[Column[Any]],
@@ -158,7 +157,7 @@ def _tuples(dialect: Dialect, columns: Sequence[Column[Any]],
 def _json_rows(dialect: Dialect, columns: Sequence[Column[Any]], rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as one JSON array of arrays, in ``columns`` order (times as ISO 8601 with their
     offset, decimals as text: each is cast back to its column's type by the statement)."""
-    return json.dumps(list(zip(*_columns(dialect, columns, rows).values(), strict=True)), default=_json_value)
+    return json.dumps(_tuples(dialect, columns, rows), default=_json_value)
 
 
 def _json_value(value: Any) -> Any:

@@ -81,8 +81,9 @@ claim_order = itemgetter(OP_FIELDS.index("next_attempt_at"), OP_FIELDS.index("id
 
 
 def op_row_json(row: Sequence[Any]) -> dict[str, Any]:
-    """:func:`op_json` of a row of :data:`OP_COLUMNS`, unpacked by position (a claim turns
-    thousands of rows into ops; reading each column by name cost more than the claim's SQL)."""
+    """The contract's op shape from the values of :data:`OP_FIELDS`, in order: unpacked by
+    position (a claim turns thousands of rows into ops; reading each column by name cost more than
+    the claim's SQL)."""
     (op_id, kind, state, referral_id, crm, obj, record_id, payload, attempts, next_attempt_at, lease_owner,
      lease_expires_at, error_class, error_code, error_message) = row
     return {"id": op_id, "kind": kind, "state": state, "referral_id": referral_id, "crm": crm, "object": obj,
@@ -96,21 +97,4 @@ def op_row_json(row: Sequence[Any]) -> dict[str, Any]:
 
 def op_json(op: SyncOp | Row[Any]) -> dict[str, Any]:
     """The contract's op shape, from an ORM object or a row of :data:`OP_COLUMNS`."""
-    return {
-        "id": op.id,
-        "kind": op.kind,
-        "state": op.state,
-        "referral_id": op.referral_id,
-        "crm": op.crm,
-        "object": op.object,
-        "record_id": op.record_id,
-        "payload": op.payload,
-        "attempts": op.attempts,
-        "next_attempt_at": iso(op.next_attempt_at),
-        "lease_owner": op.lease_owner,
-        "lease_expires_at": iso(op.lease_expires_at),
-        "last_error": (
-            {"class": op.last_error_class, "code": op.last_error_code, "message": op.last_error_message}
-            if op.last_error_class else None
-        ),
-    }
+    return op_row_json([getattr(op, name) for name in OP_FIELDS])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,30 +61,37 @@ def pg_template() -> Iterator[str]:
         if REQUIRE_PG:
             pytest.fail(message + " — REFSYNC_REQUIRE_PG=1, so this is a failure, not a skip")
         pytest.skip(message)
-    name = f"refsync_tmpl_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    engine.dispose()
-    yield name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+    name = f"refsync_tmpl_{uuid.uuid4().hex[:10]}"
+    with _pg_database(name):
+        yield name
+
+
+@contextmanager
+def _pg_database(name: str, template: str | None = None) -> Iterator[str]:
+    """A database on the test server, migrated (or copied from a migrated ``template``), dropped
+    afterwards: its URL."""
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        if template is None:
+            engine = db.make_engine(url)
+            db.upgrade(engine)
+            engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one test."""
-    name = f"refsync_t_{uuid.uuid4().hex[:10]}"
-    admin = _pg_admin_engine()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
-    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _pg_database(f"refsync_t_{uuid.uuid4().hex[:10]}", template=pg_template) as url:
+        yield url
 
 
 @pytest.fixture
@@ -104,18 +112,8 @@ def second_ledger_url(ledger_url: str, tmp_path: Path) -> Iterator[str]:
     if ledger_url.startswith("sqlite"):
         yield _migrated_sqlite(tmp_path / "second.db")
         return
-    name = f"{make_url(ledger_url).database}_b"
-    admin = _pg_admin_engine()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ledger_url).set(database=name).render_as_string(hide_password=False)
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _pg_database(f"{make_url(ledger_url).database}_b") as url:
+        yield url
 
 
 def _migrated_sqlite(path: Path) -> str:

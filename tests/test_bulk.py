@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
 
 from refsync.state.bulk import among, insert_rows, update_rows
 from refsync.state.ledger import Ledger
@@ -50,13 +51,18 @@ def test_naive_times_are_refused_as_the_orm_refuses_them(ledger: Ledger) -> None
     assert stored(ledger, "naive") == []
 
 
+def a_partner(session: Session) -> int:
+    partner = Partner(code="p1")
+    session.add(partner)
+    session.flush()
+    return partner.id
+
+
 def test_updated_rows_change_only_their_own_columns_and_rows(ledger: Ledger, clock: Any) -> None:
     now = clock()
     with ledger.transaction() as txn:
-        partner = Partner(code="p1")
-        txn.session.add(partner)
-        txn.session.flush()
-        txn.session.add_all([Referral(id=f"ref{n}", fingerprint=f"f{n}", partner_id=partner.id, submitted_at=now,
+        partner_id = a_partner(txn.session)
+        txn.session.add_all([Referral(id=f"ref{n}", fingerprint=f"f{n}", partner_id=partner_id, submitted_at=now,
                                       attribution_model="first_touch", policy_version="v", attribution_reason="r")
                              for n in range(3)])
         txn.session.flush()
@@ -103,11 +109,9 @@ def test_a_value_too_long_for_its_column_is_never_cut(ledger: Ledger) -> None:
 def test_numbers_dates_and_flags_read_back_as_written(ledger: Ledger, clock: Any) -> None:
     now = clock()
     with ledger.transaction() as txn:
-        partner = Partner(code="p1")
-        txn.session.add(partner)
-        txn.session.flush()
+        partner_id = a_partner(txn.session)
         insert_rows(txn.session, cast(Table, Referral.__table__), [
-            {"id": f"ref{n}", "fingerprint": f"f{n}", "partner_id": partner.id, "submitted_at": now,
+            {"id": f"ref{n}", "fingerprint": f"f{n}", "partner_id": partner_id, "submitted_at": now,
              "attribution_model": "first_touch", "policy_version": "v", "attribution_reason": "r",
              "credited": n == 0, "outcome_amount": Decimal("1234.50") if n == 0 else None,
              "outcome_close_date": date(2026, 2, 28) if n == 0 else None} for n in range(2)])
