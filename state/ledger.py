@@ -72,7 +72,7 @@ class LedgerTxn:
         wanted = sorted(set(codes) - self._partners.keys())
         if wanted:
             self._partners.update((code, partner_id) for code, partner_id in self.session.execute(
-                select(Partner.code, Partner.id).where(Partner.code.in_(wanted))))
+                select(Partner.code, Partner.id).where(among(self.session, Partner.code, wanted))))
 
     def partner_id(self, code: str) -> int:
         """The partner's id; a new code creates the partner."""

@@ -88,9 +88,8 @@ def op_row_json(row: Sequence[Any]) -> dict[str, Any]:
      lease_expires_at, error_class, error_code, error_message) = row
     return {"id": op_id, "kind": kind, "state": state, "referral_id": referral_id, "crm": crm, "object": obj,
             "record_id": record_id, "payload": payload, "attempts": attempts,
-            "next_attempt_at": next_attempt_at.isoformat() if next_attempt_at is not None else None,
-            "lease_owner": lease_owner,
-            "lease_expires_at": lease_expires_at.isoformat() if lease_expires_at is not None else None,
+            "next_attempt_at": iso(next_attempt_at), "lease_owner": lease_owner,
+            "lease_expires_at": iso(lease_expires_at),
             "last_error": ({"class": error_class, "code": error_code, "message": error_message}
                            if error_class else None)}
 
