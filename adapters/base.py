@@ -23,10 +23,13 @@ Rules every adapter follows:
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import orjson
 
 FieldValues = dict[str, Any]
 T = TypeVar("T")
@@ -183,13 +186,36 @@ def unhandled(changes: Iterable[Change], handled: Mapping[str, datetime] | None)
     return [c for c in changes if handled.get(c.record_id) != c.at]
 
 
+def json_answer(data: bytes | str) -> Any:
+    """A CRM's JSON answer, decoded by orjson: a first cycle decodes every record it writes and
+    reads, and the standard library took a twentieth of refsync's CPU doing it (py-spy, 10,000
+    referrals), orjson about a fifth of that. What orjson refuses and the standard library takes (a
+    lone surrogate escape, ``NaN``) is decoded by the standard library, so no answer reads differently."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def json_body(value: Any) -> bytes:
+    """A request body as compact UTF-8 JSON, by orjson (see :func:`json_answer`). A value orjson
+    cannot write goes through the standard library, which refuses what neither can write (a
+    ``Decimal``, a set) with the same ``TypeError`` as before."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, allow_nan=False).encode()
+
+
 def iso_utc(moment: datetime) -> str:
     """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, the year always four digits. Not with
     ``strftime``: glibc's ``strftime('%Y')`` writes year 1 as ``1``, and Salesforce refuses the
     whole request for a value it cannot parse (crm-api/salesforce/README.md, JSON_PARSER_ERROR). Naive is UTC."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="milliseconds") + "Z"  # isoformat writes the year with four digits
+    if moment.tzinfo is not None and moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat writes the year with four digits: the first 23 characters are the UTC time to the
+    # millisecond, whatever offset (+00:00) or none follows
+    return moment.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def joined_pages(answers: Iterable[list[T]], size: int) -> Iterator[tuple[list[T], bool]]:

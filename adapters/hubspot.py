@@ -54,6 +54,7 @@ from refsync.adapters.base import (
     WriteResult,
     iso_utc,
     joined_pages,
+    json_answer,
     unhandled,
 )
 from refsync.adapters.errors import AuthError, CrmConfigError, CrmError, RateLimited, TransientError
@@ -179,7 +180,7 @@ def _json_answer(method: Callable[..., Any]) -> Callable[..., tuple[Any, int, An
     def call(*args: Any, **kwargs: Any) -> tuple[Any, int, Any]:
         response = method(*args, _preload_content=False, **kwargs)
         try:
-            return json.loads(response.data or b"{}"), response.status, response.headers
+            return json_answer(response.data or b"{}"), response.status, response.headers
         finally:
             response.release_conn()
     return call

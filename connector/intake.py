@@ -8,6 +8,7 @@ the ledger.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
 from refsync.connector.attribution import company_key, email_domain
 from refsync.connector.logs import get_logger
@@ -362,6 +363,42 @@ def validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral |
         return [RowProblem(line, None, f"could not be read ({type(exc).__name__}); check the row's values")]
 
 
+# The plain ASCII address most rows hold: dot-atom local part (RFC 5322 3.2.3, email_validator's
+# own DOT_ATOM_TEXT) and a domain of letters, digits, dots and hyphens.
+_ATEXT = r"a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~"
+_PLAIN_LOCAL = re.compile(f"[{_ATEXT}]+(?:\\.[{_ATEXT}]+)*\\Z")
+_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9.-]+\Z")
+_EMAIL_MAX = 254  # RFC 5321 4.5.3.1.3, as email_validator checks it
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain(domain: str) -> ValidatedEmail | EmailNotValidError:
+    """email_validator's verdict on a domain (an address ``a@domain``), once per domain: most of
+    validating an address is its domain (a per-character IDNA check), and an import repeats domains."""
+    try:
+        return validate_email("a@" + domain, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return exc
+
+
+def normal_email(text: str) -> str:
+    """``text`` as email_validator normalizes it (without DNS checks), lower-cased; raises its
+    ``EmailNotValidError``. A plain ASCII address is split here and its domain's verdict taken from
+    :func:`_domain`: the local part is valid exactly when it is a dot-atom (what email_validator
+    checks first and returns unchanged), and the address as long as the library allows. Anything
+    else (quotes, display names, non-ASCII, an over-long address) goes to email_validator whole,
+    so its message is the library's own."""
+    local, at, domain = text.partition("@")
+    if at and len(text) <= _EMAIL_MAX and _PLAIN_LOCAL.match(local) and _PLAIN_DOMAIN.match(domain):
+        verdict = _domain(domain)
+        if isinstance(verdict, EmailNotValidError):
+            raise type(verdict)(*verdict.args)  # a new one: a cached exception would grow a traceback per raise
+        normalized = f"{local}@{verdict.domain}"  # lengths as the library counts them: UTF-8 bytes
+        if len(normalized.encode()) <= _EMAIL_MAX and len(local) + 1 + len(verdict.ascii_domain or "") <= _EMAIL_MAX:
+            return normalized.lower()
+    return validate_email(text, check_deliverability=False).normalized.lower()
+
+
 def _validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral | list[RowProblem]:
     problems: list[RowProblem] = []
     notes: list[RowProblem] = []
@@ -413,7 +450,7 @@ def _validate_row(line: int, raw: dict[str, Any], now: datetime) -> NewReferral 
     email = values["prospect_email"]
     if email:
         try:
-            email = validate_email(email, check_deliverability=False).normalized.lower()
+            email = normal_email(email)
         except EmailNotValidError as exc:
             problems.append(RowProblem(line, "prospect_email", f"'{email}' is not an email address ({exc})"))
             email = None

@@ -75,6 +75,37 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        """:meth:`process_result_value` after the dialect's own processor, in one closure. Every
+        time column of every row a cycle reads comes through here; the decorator's generic
+        composition and ``replace(tzinfo=...)`` cost 1.8 µs a value. SQLite's text (naive UTC, as
+        :meth:`process_bind_param` stores it: ``YYYY-MM-DD HH:MM:SS.ffffff``) is read by
+        ``fromisoformat`` with the UTC offset appended (0.15 µs, the same instant with ``UTC`` as
+        its zone); text it does not take goes the dialect's way, as before."""
+        impl = self.impl_instance.result_processor(dialect, coltype)
+
+        def process(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            if impl is not None:
+                value = impl(value)
+            tz = value.tzinfo
+            if tz is None:
+                return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+            return value if tz is UTC else value.astimezone(UTC)  # type: ignore[no-any-return]
+
+        if dialect.name != "sqlite":
+            return process
+        parse = datetime.fromisoformat
+
+        def from_text(value: Any) -> datetime | None:
+            try:
+                return parse(value + "+00:00")
+            except (TypeError, ValueError):
+                return process(value)
+
+        return from_text
+
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
         """The composed processor (ours, then the dialect's), remembering its last answer: a batch
         binds the same instant (its ``now``) to several columns of every row, and converting it
@@ -83,6 +114,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         process = super().bind_processor(dialect)
         if process is None:
             return None
+        if dialect.name == "sqlite":
+            # The text SQLite's DATETIME stores (``YYYY-MM-DD HH:MM:SS.ffffff``, four-digit year),
+            # written by isoformat in one call rather than by a format string per field.
+            def process(value: Any) -> Any:
+                if value is None:
+                    return None
+                if value.tzinfo is None:
+                    raise ValueError(f"naive datetime {value!r} given to the ledger; attach a timezone")
+                if value.tzinfo is not UTC:
+                    value = value.astimezone(UTC)
+                return value.isoformat(sep=" ", timespec="microseconds")[:26]
         last: list[tuple[Any, Any]] = [(None, None)]
 
         def remembered(value: Any) -> Any:
