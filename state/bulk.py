@@ -63,6 +63,12 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
     return column.in_(select(listed.table_valued("value").c.value).scalar_subquery())
 
 
+def core_columns(*attributes: QueryableAttribute[Any]) -> tuple[Column[Any], ...]:
+    """The table columns behind mapped attributes: a select of them is plain Core (rows, no ORM
+    compile or loading pass), for reads of many rows that build no ORM objects."""
+    return tuple(attribute.property.columns[0] for attribute in attributes)  # type: ignore[attr-defined]
+
+
 def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert ``rows`` (dicts with the same keys) into ``table`` in one set-based write."""
     if not rows:

@@ -15,7 +15,7 @@ from typing import cast as typed
 from sqlalchemy import String, Table, and_, cast, exists, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from refsync.state.bulk import among, insert_rows
+from refsync.state.bulk import among, core_columns, insert_rows
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 
@@ -84,16 +84,18 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
 
     Two Core selects of the needed columns per chunk of ids (no ORM objects: a first cycle reads
     every referral here once per CRM)."""
-    columns = (Referral.id, Partner.code, Referral.source, Referral.medium, Referral.campaign,
-               Referral.submitted_at, Referral.prospect_email, Referral.prospect_company, Referral.prospect_name,
-               Referral.external_id, Referral.status, Referral.referral_code, Referral.revision,
-               Referral.credited, Referral.merged_into)
+    # the tables' own columns: plain Core rows, without the ORM's compile and loading steps
+    columns = core_columns(Referral.id, Partner.code, Referral.source, Referral.medium, Referral.campaign,
+                           Referral.submitted_at, Referral.prospect_email, Referral.prospect_company,
+                           Referral.prospect_name, Referral.external_id, Referral.status, Referral.referral_code,
+                           Referral.revision, Referral.credited, Referral.merged_into)
+    referrals, partners, links_table = (typed(Table, m.__table__) for m in (Referral, Partner, CrmLink))
     found: dict[str, dict[str, Any]] = {}
     with ledger.transaction() as txn:
         session = txn.session
         for chunk in _chunks(list(dict.fromkeys(referral_ids))):
-            rows = session.execute(select(*columns).join(Partner, Partner.id == Referral.partner_id)
-                                   .where(among(session, Referral.id, chunk)))
+            rows = session.execute(select(*columns).join(partners, partners.c.id == referrals.c.partner_id)
+                                   .where(among(session, referrals.c.id, chunk)))
             for (rid, partner, source, medium, campaign, submitted_at, email, company, name, external_id,
                  status, code, revision, credited, merged_into) in rows:
                 found[rid] = {
@@ -101,11 +103,11 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
                     "submitted_at": submitted_at, "prospect_email": email, "prospect_company": company,
                     "prospect_name": name, "external_id": external_id, "status": status, "referral_code": code,
                     "revision": revision, "credited": credited and merged_into is None, "links": []}
+            link = links_table.c
             links = session.execute(
-                select(CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.role, CrmLink.state)
-                .where(among(session, CrmLink.referral_id, chunk), CrmLink.crm == crm,
-                       CrmLink.state.in_(PUSH_LINK_STATES))
-                .order_by(CrmLink.id))
+                select(link.referral_id, link.object, link.record_id, link.role, link.state)
+                .where(among(session, link.referral_id, chunk), link.crm == crm, link.state.in_(PUSH_LINK_STATES))
+                .order_by(link.id))
             for rid, obj, record_id, role, state in links:
                 found[rid]["links"].append({"object": obj, "record_id": record_id, "role": role, "state": state})
     return found

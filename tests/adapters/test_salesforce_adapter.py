@@ -157,6 +157,22 @@ def test_find_quotes_values_so_quotes_and_backslashes_cannot_change_the_query(
         sf.find("Lead", "Email) OR (Id", ["x"], [])
 
 
+def test_find_sends_every_character_of_a_value_so_the_crm_reads_it_back(sf: SalesforceAdapter,
+                                                                       em: SalesforceEmulator) -> None:
+    # The SOQL travels as q=... with spaces as '+' (form encoding): a '+' of a value must arrive as
+    # '+', never as a space; '&', '=', '#' and '%' must not end or split the parameter; non-ASCII
+    # must arrive as the same characters. Each address finds its own lead and nothing else.
+    tricky = ["first+tag@example.com", "a&b=c@example.com", "hash#1@example.com", "100%@example.com",
+              "zoë.ñandú@exämple.com", "comma,(paren)@example.com"]
+    ids = {email: em.create_record("Lead", {"LastName": "T", "Company": "C", "Email": email}) for email in tricky}
+    em.create_record("Lead", {"LastName": "Decoy", "Company": "C", "Email": "first tag@example.com"})
+    em.create_record("Lead", {"LastName": "Decoy", "Company": "C", "Email": "a@example.com"})
+    found = sf.find("Lead", "Email", tricky, [])
+    assert {k: [r.id for r in v] for k, v in found.items()} == {e: [ids[e]] for e in tricky}
+    for email in tricky:  # and one at a time (a query whose URL holds no escape at all, for the plain ones)
+        assert [r.id for r in sf.find("Lead", "Email", [email], [])[email]] == [ids[email]]
+
+
 def test_find_splits_long_value_lists_to_stay_under_the_url_limit(sf: SalesforceAdapter,
                                                                   em: SalesforceEmulator) -> None:
     sf.upsert("Lead", "Referral_Id__c", [_lead(f"LONG{i:04d}", f"{'x' * 60}{i}@example.com") for i in range(400)])
