@@ -408,7 +408,7 @@ class SalesforceAdapter:
         # GET query/?q=... as the client's query() sends it (its resource, spaces as '+'), with the
         # characters a query string may hold left as they are (query_param)
         path = f"{'queryAll' if include_deleted else 'query'}/?q={query_param(soql)}"
-        page = self._call("query", lambda sf: sf.restful(path, headers=headers))
+        page: dict[str, Any] = self._call("query", lambda sf: sf.restful(path, headers=headers) or {})
         while True:
             yield list(page.get("records", []))
             if page.get("done", True) or not page.get("nextRecordsUrl"):
