@@ -121,3 +121,19 @@ def test_numbers_dates_and_flags_read_back_as_written(ledger: Ledger, clock: Any
             True, Decimal("1234.50"), date(2026, 2, 28))
         assert (second.credited, second.outcome_amount, second.outcome_close_date) == (False, None, None)
         assert first.status == "submitted" and first.revision == 1 and first.submitted_at == now  # defaults
+
+
+@pytest.mark.parametrize("at", [
+    datetime(1, 1, 1, tzinfo=UTC),                                         # a four-digit year 0001
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 3, 1, 9, 30, 15, tzinfo=timezone(timedelta(hours=5, minutes=45))),  # no microseconds
+    datetime(2026, 3, 1, 9, 30, 15, 1, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+], ids=["year-1", "year-9999", "offset-whole-second", "offset-one-microsecond"])
+def test_times_at_the_edges_read_back_as_the_same_instant_as_the_orm_stores(ledger: Ledger, at: datetime) -> None:
+    # PostgreSQL receives a batch's times as orjson writes them inside its one JSON parameter;
+    # SQLite as its DATETIME text. Either way the instant read back is the ORM's, in UTC.
+    with ledger.transaction() as txn:
+        insert_rows(txn.session, EVENTS, [event("bulk", None, at, record_id="edge")])
+        txn.session.add(AuditEvent(kind="orm", at=at, actor="test", reason_code="r", record_id="edge", detail=None))
+    [bulk], [orm] = stored(ledger, "bulk"), stored(ledger, "orm")
+    assert bulk[1] == orm[1] == at and bulk[1].utcoffset() == timedelta(0)
