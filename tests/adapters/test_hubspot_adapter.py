@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,3 +347,57 @@ def test_seconds_to_midnight_follows_the_portals_time_zone_and_dst() -> None:
     now = datetime(2026, 3, 8, 6, 0, tzinfo=UTC)  # 01:00 in New York, the night clocks go forward
     assert seconds_to_midnight("America/New_York", now) == 22 * 3600  # 23 local hours, one skipped
     assert seconds_to_midnight("UTC", now) == 18 * 3600
+
+
+class _Recorder:
+    """Stands in for urllib3's PoolManager (the transport under the HubSpot client): records each
+    request and answers 200 with an empty JSON object."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, str], Any]] = []
+
+    def request(self, method: str, url: str, *, body: Any = None, headers: dict[str, str] | None = None,
+                **_: Any) -> Any:
+        import urllib3
+
+        self.sent.append((method, url, dict(headers or {}), json.loads(body) if body else None))
+        return urllib3.HTTPResponse(body=b"{}", status=200, headers={"Content-Type": "application/json"},
+                                    preload_content=False)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("upsert_with_http_info", "/crm/v3/objects/{objectType}/batch/upsert"),
+    ("update_with_http_info", "/crm/v3/objects/{objectType}/batch/update"),
+    ("do_search_with_http_info", "/crm/v3/objects/{objectType}/search"),
+])
+def test_bodies_encoded_by_refsync_go_out_as_the_client_sends_them(method: str, path: str) -> None:
+    # Batch writes and searches skip the generated methods' body walk and standard-library
+    # encoding (adapters/hubspot.py _posted). What HubSpot receives must not change: the same
+    # method, URL, headers (bearer token, User-Agent, JSON types) and JSON body.
+    from refsync.adapters.hubspot import _posted
+
+    adapter = HubSpotAdapter("https://api.hubapi.example", "pat-na1-secret")
+    api = adapter._search_api if "search" in method else adapter._batch
+    body = {"inputs": [{"id": "r-1", "idProperty": "referral_id", "properties": {"referral_partner": "acme é",
+                                                                                "n": "1"}}],
+            "filterGroups": [{"filters": [{"propertyName": "email", "operator": "IN", "values": ["a+b@x.io"]}]}]}
+    recorder = _Recorder()
+    api.api_client.rest_client.pool_manager = recorder
+    getattr(api, method)("contacts", body, _preload_content=False, _request_timeout=5.0)
+    _posted(api, path)("contacts", body, _request_timeout=5.0)
+    client_sent, ours = recorder.sent
+    assert ours == client_sent
+    assert ours[0] == "POST" and ours[1] == "https://api.hubapi.example" + path.replace("{objectType}", "contacts")
+    assert ours[2]["Authorization"] == "Bearer pat-na1-secret" and ours[2]["Content-Type"] == "application/json"
+
+
+def test_a_refused_batch_raises_what_the_client_raises(hub: HubSpotEmulator) -> None:
+    # the same exception class and status as the generated method, so classify() treats both alike
+    from refsync.adapters.hubspot import _posted
+
+    bad = HubSpotAdapter(hub.base_url, "wrong-token", timeout=5.0)
+    for call in (lambda: bad._batch.upsert_with_http_info("contacts", {"inputs": []}, _preload_content=False),
+                 lambda: _posted(bad._batch, "/crm/v3/objects/{objectType}/batch/upsert")("contacts", {"inputs": []})):
+        with pytest.raises(Exception) as caught:
+            call()
+        assert (type(caught.value).__name__, caught.value.status) == ("UnauthorizedException", 401)  # type: ignore[attr-defined]
