@@ -33,7 +33,21 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Column, ColumnElement, Dialect, String, Table, Text, any_, bindparam, func, select, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Dialect,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import QueryableAttribute, Session
 
@@ -59,8 +73,13 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
     # SQLite: the values as one JSON parameter too (``json_each``): a statement of fixed text,
     # compiled and prepared once, where an ``IN`` list is rendered anew for every call. SQLite
     # searches the column's index for each value, as it does for a list.
+    # (``SELECT value FROM json_each(?)``: json_each's own column, named as text; building the
+    # table-valued form per call cost half of what a claim's or a prefetch's statement cost to build)
     listed = func.json_each(bindparam(None, _dumps(values), type_=Text))
-    return column.in_(select(listed.table_valued("value").c.value).scalar_subquery())
+    return column.in_(select(_JSON_EACH_VALUE).select_from(listed).scalar_subquery())
+
+
+_JSON_EACH_VALUE: ColumnElement[Any] = literal_column("value")
 
 
 def core_columns(*attributes: QueryableAttribute[Any]) -> tuple[Column[Any], ...]:

@@ -6,13 +6,14 @@ inside :meth:`Ledger.transaction`, whose :class:`LedgerTxn` offers named operati
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Engine, Table, and_, delete, func, or_, select, union_all, update
+from sqlalchemy import Engine, Integer, Table, Update, and_, bindparam, delete, func, or_, select, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -140,6 +141,50 @@ class LedgerTxn:
     def finish_run(self, run_id: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
         self.session.execute(update(JobRun).where(JobRun.id == run_id).values(
             finished_at=self.clock(), status=status, counts=counts, error=error))
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> Update:
+    """The claim (:meth:`Ledger.claim_ops`) for ``dialect``, built once: its values are bound
+    parameters (``claim_crm``, ``claim_now``, ``claim_limit``, ``claim_owner``, ``claim_expires``;
+    an UPDATE keeps column names for itself), so every claim runs the same statement instead of
+    building and keying a new one.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas never claim the same op. SQLite has one
+    writer at a time, so the claiming transaction itself serialises claimers. Ops whose lease
+    expired are due again."""
+    ops_table = cast(Table, SyncOp.__table__)  # a Core statement on the table: plain rows, no ORM pass
+    c = ops_table.c
+    now = bindparam("claim_now", type_=c.updated_at.type)
+    limit = bindparam("claim_limit", type_=Integer)
+    crm = bindparam("claim_crm", type_=c.crm.type)
+    due = ((c.state == "pending", c.next_attempt_at <= now),
+           (c.state == "failed", c.next_attempt_at <= now),
+           (c.state == "in_flight", c.lease_expires_at < now))
+    if dialect == "postgresql":
+        due_ids = (
+            select(c.id).where(c.crm == crm, or_(*(and_(*condition) for condition in due)))
+            .order_by(c.next_attempt_at, c.id).limit(limit).with_for_update(skip_locked=True)
+        )
+    else:
+        # SQLite runs an OR as index searches and sorts every due op to keep ``limit`` of them:
+        # 17 ms a claim with 100,000 ops due, most of a first cycle's claiming. Each state on
+        # its own reads at most ``limit`` entries in index order (the rowid ends each entry),
+        # and only those are sorted. (PostgreSQL refuses FOR UPDATE beside UNION, and sorts in
+        # its own process.)
+        parts = [select(c.id, c.next_attempt_at).where(c.crm == crm, *condition)
+                 .order_by(c.next_attempt_at, c.id).limit(limit).subquery() for condition in due]
+        each = union_all(*(select(part.c.id, part.c.next_attempt_at) for part in parts)).subquery()
+        due_ids = select(each.c.id).order_by(each.c.next_attempt_at, each.c.id).limit(limit)
+    # One UPDATE ... RETURNING: atomic on SQLite too, where a SELECT then UPDATE would race.
+    return (
+        update(ops_table)
+        .where(c.id.in_(due_ids.scalar_subquery()))
+        .values(state="in_flight", lease_owner=bindparam("claim_owner", type_=c.lease_owner.type),
+                lease_expires_at=bindparam("claim_expires", type_=c.lease_expires_at.type),
+                attempts=c.attempts + 1, updated_at=now)
+        .returning(*(c[column.key] for column in OP_COLUMNS))
+    )
 
 
 class Ledger:
@@ -356,35 +401,11 @@ class Ledger:
         """
         self.take_back_ops(owner)
         now = self.clock()
-        due = ((SyncOp.state == "pending", SyncOp.next_attempt_at <= now),
-               (SyncOp.state == "failed", SyncOp.next_attempt_at <= now),
-               (SyncOp.state == "in_flight", SyncOp.lease_expires_at < now))
-        if self.engine.dialect.name == "postgresql":
-            due_ids = (
-                select(SyncOp.id).where(SyncOp.crm == crm, or_(*(and_(*condition) for condition in due)))
-                .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).with_for_update(skip_locked=True)
-            )
-        else:
-            # SQLite runs an OR as index searches and sorts every due op to keep ``limit`` of them:
-            # 17 ms a claim with 100,000 ops due, most of a first cycle's claiming. Each state on
-            # its own reads at most ``limit`` entries in index order (the rowid ends each entry),
-            # and only those are sorted. (PostgreSQL refuses FOR UPDATE beside UNION, and sorts in
-            # its own process.)
-            parts = [select(SyncOp.id, SyncOp.next_attempt_at).where(SyncOp.crm == crm, *condition)
-                     .order_by(SyncOp.next_attempt_at, SyncOp.id).limit(limit).subquery() for condition in due]
-            each = union_all(*(select(part.c.id, part.c.next_attempt_at) for part in parts)).subquery()
-            due_ids = select(each.c.id).order_by(each.c.next_attempt_at, each.c.id).limit(limit)
-        # One UPDATE ... RETURNING: atomic on SQLite too, where a SELECT then UPDATE would race.
-        ops_table = cast(Table, SyncOp.__table__)  # a Core statement on the table: plain rows, no ORM pass
-        claim = (
-            update(ops_table)
-            .where(ops_table.c.id.in_(due_ids.scalar_subquery()))
-            .values(state="in_flight", lease_owner=owner, lease_expires_at=now + lease,
-                    attempts=ops_table.c.attempts + 1, updated_at=now)
-            .returning(*(ops_table.c[column.key] for column in OP_COLUMNS))
-        )
+        claim = _claim_statement(self.engine.dialect.name)
+        params = {"claim_crm": crm, "claim_now": now, "claim_limit": limit, "claim_owner": owner,
+                  "claim_expires": now + lease}
         with self.transaction() as txn:
-            ops = sorted(txn.session.execute(claim), key=claim_order)
+            ops = sorted(txn.session.execute(claim, params), key=claim_order)
             return [op_row_json(op) for op in ops]
 
     def take_back_ops(self, claimer: str) -> dict[str, int]:
