@@ -288,6 +288,8 @@ def _text(value: Any) -> str | None:
 
     Numbers stand for their digits (a JSON ``"external_id": 1001``); NaN, infinities, true/false,
     objects and arrays are refused: ``str()`` would turn them into ``"nan"`` or ``"{'a': 1}"``."""
+    if value.__class__ is str:  # every CSV value
+        return value.strip() or None
     if value is None:
         return None
     if isinstance(value, bool):
@@ -307,6 +309,8 @@ def _text(value: Any) -> str | None:
 
 def _text_problem(value: str) -> str | None:
     """Why a text value cannot be stored as it is, or None."""
+    if value.isascii() and value.isprintable():
+        return None  # every character below matches is either outside ASCII or not printable
     if _NOT_UTF8.search(value):
         return "contains bytes that are not UTF-8; save the file as UTF-8"
     if _SURROGATE.search(value):

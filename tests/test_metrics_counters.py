@@ -45,8 +45,11 @@ def test_counters_grow_across_rounds_and_an_empty_round_resets_nothing(
         assert counter(daemon.metrics(), "refsync_pushed_total", crm="salesforce") == 0  # present from the start
         assert daemon.intake([referral(n) for n in range(5)]) == 201
         wait_for(lambda: ledger.status()["ops"]["done"] == 10, 60, "the first pushes")
-        first = scrape_until(daemon, lambda m: counter(m, "refsync_pushed_total", crm="hubspot") == 5, 10,
-                             "the counters")
+        # the last-run gauges are set when the push job's round ends, a moment after its last op
+        # is done and counted: wait for them too (under load the scrape could fall in between)
+        gauge = ("refsync_last_run_count", (("crm", "salesforce"), ("job", "push"), ("kind", "pushed")))
+        first = scrape_until(daemon, lambda m: counter(m, "refsync_pushed_total", crm="hubspot") == 5
+                             and gauge in m, 10, "the counters and the push round's gauges")
         assert counter(first, "refsync_pushed_total", crm="salesforce") == 5
         assert counter(first, "refsync_api_calls_total", crm="salesforce", kind="push") > 0
         assert counter(first, "refsync_dead_ops_total", crm="salesforce") == 0
