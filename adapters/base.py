@@ -189,8 +189,9 @@ def unhandled(changes: Iterable[Change], handled: Mapping[str, datetime] | None)
 def json_answer(data: bytes | str) -> Any:
     """A CRM's JSON answer, decoded by orjson: a first cycle decodes every record it writes and
     reads, and the standard library took a twentieth of refsync's CPU doing it (py-spy, 10,000
-    referrals), orjson about a fifth of that. What orjson refuses and the standard library takes (a
-    lone surrogate escape, ``NaN``) is decoded by the standard library, so no answer reads differently."""
+    referrals); orjson decodes a 2,000-record query page in about half the time (7.3 against 3.9 ms)
+    and encodes one twenty times as fast. What orjson refuses and the standard library takes (a lone
+    surrogate escape, ``NaN``) is decoded by the standard library, so no answer reads differently."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -200,7 +201,9 @@ def json_answer(data: bytes | str) -> Any:
 def json_body(value: Any) -> bytes:
     """A request body as compact UTF-8 JSON, by orjson (see :func:`json_answer`). A value orjson
     cannot write goes through the standard library, which refuses what neither can write (a
-    ``Decimal``, a set) with the same ``TypeError`` as before."""
+    ``Decimal``, a set) with the same ``TypeError`` as before. One difference: orjson writes a NaN
+    or infinite float as ``null`` where requests refused it; refsync sends no such number (a deal
+    amount that is not finite is read as no amount, connector/poll.py ``_amount``)."""
     try:
         return orjson.dumps(value)
     except TypeError:

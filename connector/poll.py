@@ -16,6 +16,7 @@ OBSERVE_BATCH changes, the page's cursor kept with its last one:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -161,10 +162,13 @@ def _date(value: Any) -> date | None:
 
 
 def _amount(value: Any) -> float | None:
+    """A deal's amount as the CRM holds it; None when blank or not a finite number (``float()``
+    also reads "NaN" and "Infinity", which no deal is worth and no JSON body may carry)."""
     try:
-        return float(value) if value not in (None, "") else None
+        amount = float(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    return amount if amount is None or math.isfinite(amount) else None
 
 
 class StageBook:

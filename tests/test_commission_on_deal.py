@@ -203,3 +203,13 @@ def test_commission_attributes_belong_to_the_deal_and_need_a_number_or_text_fiel
     code, _, err = refsync(config, "mappings", "check")
     assert code != 0 and ("deal.fields.CloseDate: is a date field; commission_amount needs a number (currency, "
                           "double) or text field") in err
+
+
+def test_a_deal_amount_that_is_not_a_finite_number_counts_as_no_amount() -> None:
+    # HubSpot sends every property as text; float() reads "NaN" and "Infinity" too. No deal is worth
+    # either, a report must not sum them, and no JSON body may carry one back to a CRM.
+    from refsync.connector.poll import _amount
+
+    assert [_amount(v) for v in ("12750", "12750.5", 99.0, "", None, "abc")] == [12750.0, 12750.5, 99.0, None, None,
+                                                                                 None]
+    assert [_amount(v) for v in ("NaN", "nan", "Infinity", "-inf", float("nan"), "1e999")] == [None] * 6
