@@ -10,6 +10,8 @@ twice, fault-free and with RATE of every CRM call failing transiently (5xx, drop
 HubSpot 429s with a short Retry-After; start-up included), and reports the calls and wall time of the
 faulty run against the fault-free one (goal: at most 1.5x the calls). SYNC_BENCH_PROFILE=FILE writes
 a cProfile of the first cycle there (CPU figures then include the profiler's overhead).
+``reference_cpu_ms`` is a fixed pure-Python workload's CPU time before the import and after the
+last cycle: how fast the machine ran Python around the measurement (shared machines drift).
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ def writes(calls: dict[str, int]) -> int:
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """Calls by kind made between two readings of an emulator's counters."""
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def reference_cpu_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python workload (JSON, string building, sorting): how fast
+    this machine runs Python right now. Shared machines drift by a third within an hour; a CPU
+    figure divided by the reference taken beside it compares across runs and machines."""
+    started = time.process_time()
+    rows = [{"id": n, "name": f"n{n}", "values": [n, n * 2.5, str(n)]} for n in range(20_000)]
+    for _ in range(3):
+        json.loads(json.dumps(rows))
+        sorted((str(n) for n in range(100_000)), key=len)
+    return round((time.process_time() - started) * 1000, 1)
 
 
 def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict[str, object]:
@@ -98,6 +112,7 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
         for n in range(referrals):
             out.write(f"partner-{n % 50},person{n}@co{n % 997}.example,Co {n},Person {n},partner,referral,"
                       f"c{n % 7},2026-10-01T00:00:00Z,,b{n}\n")
+    reference_before = reference_cpu_ms()
     import_cpu = time.process_time()
     import_file(ledger, csv, Policy("first_touch", "flag", 365, "bench"), datetime.now(UTC))
     import_cpu = time.process_time() - import_cpu
@@ -150,13 +165,15 @@ def one(referrals: int, ledger_url: str, tmp: Path, faults: float = 0.0) -> dict
     wait_out_the_window()
     run_cycle(ledger, targets, settings)
     after_quiet = calls()
+    reference_after = reference_cpu_ms()  # here: the quiet cycle must follow the first one at once
     result: dict[str, object] = {"referrals": referrals, "ledger": ledger_url.split(":")[0], "faults": faults,
                                  "pushed": first.counts()["pushed"], "dead": first.counts()["dead"],
                                  "first_cycle_seconds": round(first_wall, 1),
                                  "cpu_ms_per_referral": round(first_cpu * 1000 / referrals, 2),
                                  "import_cpu_ms_per_referral": round(import_cpu * 1000 / referrals, 2),
                                  "import_push_poll_cpu_ms_per_referral":
-                                     round((import_cpu + first_cpu) * 1000 / referrals, 2)}
+                                     round((import_cpu + first_cpu) * 1000 / referrals, 2),
+                                 "reference_cpu_ms": [reference_before, reference_after]}
     for crm, batch in (("salesforce", 200), ("hubspot", 100)):
         total = sum(after_push[crm].values()) - sum(before[crm].values())
         wrote = writes(after_push[crm]) - writes(before[crm])
