@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -56,6 +56,21 @@ OP_STATES = ("pending", "in_flight", "done", "failed", "dead")
 LINK_STATES = ("active", "superseded", "merged", "converted", "deleted", "lost")
 
 
+def _utc_in(value: datetime) -> datetime:
+    """An aware datetime as UTC, for the ledger; a naive one is refused (its zone is unknown)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} given to the ledger; attach a timezone")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def _utc_out(value: datetime) -> datetime:
+    """A stored datetime as aware UTC: naive is UTC (SQLite's text), aware is converted."""
+    tz = value.tzinfo
+    if tz is None:
+        return value.replace(tzinfo=UTC)
+    return value if tz is UTC else value.astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, whatever the database stores."""
 
@@ -65,15 +80,11 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r} given to the ledger; attach a timezone")
-        value = value.astimezone(UTC)
+        value = _utc_in(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else _utc_out(value)
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         """:meth:`process_result_value` after the dialect's own processor, in one closure. Every
@@ -87,12 +98,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: Any) -> datetime | None:
             if value is None:
                 return None
-            if impl is not None:
-                value = impl(value)
-            tz = value.tzinfo
-            if tz is None:
-                return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-            return value if tz is UTC else value.astimezone(UTC)  # type: ignore[no-any-return]
+            return _utc_out(cast(datetime, impl(value) if impl is not None else value))
 
         if dialect.name != "sqlite":
             return process
@@ -118,13 +124,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             # The text SQLite's DATETIME stores (``YYYY-MM-DD HH:MM:SS.ffffff``, four-digit year),
             # written by isoformat in one call rather than by a format string per field.
             def process(value: Any) -> Any:
-                if value is None:
-                    return None
-                if value.tzinfo is None:
-                    raise ValueError(f"naive datetime {value!r} given to the ledger; attach a timezone")
-                if value.tzinfo is not UTC:
-                    value = value.astimezone(UTC)
-                return value.isoformat(sep=" ", timespec="microseconds")[:26]
+                return None if value is None else _utc_in(value).isoformat(sep=" ", timespec="microseconds")[:26]
         last: list[tuple[Any, Any]] = [(None, None)]
 
         def remembered(value: Any) -> Any:
