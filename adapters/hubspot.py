@@ -191,12 +191,16 @@ def _json_answer(method: Callable[..., Any]) -> Callable[..., tuple[Any, int, An
     """``method`` (a generated ``*_with_http_info``) answering the parsed JSON body, status and
     headers; failures still raise the client's ApiException, for :func:`classify`."""
     def call(*args: Any, **kwargs: Any) -> tuple[Any, int, Any]:
-        response = method(*args, _preload_content=False, **kwargs)
-        try:
-            return json_answer(response.data or b"{}"), response.status, response.headers
-        finally:
-            response.release_conn()
+        return _read(method(*args, _preload_content=False, **kwargs))
     return call
+
+
+def _read(response: Any) -> tuple[Any, int, Any]:
+    """An unread 2xx answer's parsed JSON body, status and headers; its connection back to the pool."""
+    try:
+        return json_answer(response.data or b"{}"), response.status, response.headers
+    finally:
+        response.release_conn()
 
 
 def _posted(api: Any, path: str) -> Callable[..., tuple[Any, int, Any]]:
@@ -221,13 +225,13 @@ def _posted(api: Any, path: str) -> Callable[..., tuple[Any, int, Any]]:
                                                                timeout=timeout, preload_content=False)
         except urllib3.exceptions.SSLError as exc:
             raise ObjectsApiException(status=0, reason=f"{type(exc).__name__}\n{exc}") from exc
-        try:
-            if not 200 <= response.status <= 299:
-                failed = RESTResponse(response)
-                raise _STATUS_EXCEPTIONS.get(failed.status, ObjectsApiException)(http_resp=failed)
-            return json_answer(response.data or b"{}"), response.status, response.headers
-        finally:
-            response.release_conn()
+        if not 200 <= response.status <= 299:
+            try:
+                failed = RESTResponse(response)  # reads the body, for the exception
+            finally:
+                response.release_conn()
+            raise _STATUS_EXCEPTIONS.get(failed.status, ObjectsApiException)(http_resp=failed)
+        return _read(response)
 
     return call
 
