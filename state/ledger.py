@@ -148,11 +148,7 @@ def _claim_statement(dialect: str) -> Update:
     """The claim (:meth:`Ledger.claim_ops`) for ``dialect``, built once: its values are bound
     parameters (``claim_crm``, ``claim_now``, ``claim_limit``, ``claim_owner``, ``claim_expires``;
     an UPDATE keeps column names for itself), so every claim runs the same statement instead of
-    building and keying a new one.
-
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas never claim the same op. SQLite has one
-    writer at a time, so the claiming transaction itself serialises claimers. Ops whose lease
-    expired are due again."""
+    building and keying a new one. What it claims and how replicas are kept apart: :meth:`Ledger.claim_ops`."""
     ops_table = cast(Table, SyncOp.__table__)  # a Core statement on the table: plain rows, no ORM pass
     c = ops_table.c
     now = bindparam("claim_now", type_=c.updated_at.type)
