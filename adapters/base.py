@@ -26,10 +26,12 @@ import enum
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
+
+from refsync.times import iso_utc_ms
 
 FieldValues = dict[str, Any]
 T = TypeVar("T")
@@ -210,15 +212,10 @@ def json_body(value: Any) -> bytes:
         return json.dumps(value, allow_nan=False).encode()
 
 
-def iso_utc(moment: datetime) -> str:
-    """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, the year always four digits. Not with
-    ``strftime``: glibc's ``strftime('%Y')`` writes year 1 as ``1``, and Salesforce refuses the
-    whole request for a value it cannot parse (crm-api/salesforce/README.md, JSON_PARSER_ERROR). Naive is UTC."""
-    if moment.tzinfo is not None and moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    # isoformat writes the year with four digits: the first 23 characters are the UTC time to the
-    # millisecond, whatever offset (+00:00) or none follows
-    return moment.isoformat(timespec="milliseconds")[:23] + "Z"
+# ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC, the year always four digits (naive is UTC). Not with
+# ``strftime``: glibc's ``strftime('%Y')`` writes year 1 as ``1``, and Salesforce refuses the whole
+# request for a value it cannot parse (crm-api/salesforce/README.md, JSON_PARSER_ERROR).
+iso_utc = iso_utc_ms
 
 
 def joined_pages(answers: Iterable[list[T]], size: int) -> Iterator[tuple[list[T], bool]]:

@@ -72,6 +72,9 @@ _URL_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~
 MERGEABLE = {"Lead", "Contact", "Account"}
 OWNED = {"Lead", "Contact", "Account", "Opportunity", "Case"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# The characters simple-salesforce's quote_soql_value escapes (SOQL "Quoted String Escape
+# Sequences"); a value without any (nearly every email and id) is quoted without its translate.
+_SOQL_ESCAPED = re.compile(r"""[\\'"\n\r\t\b\f]""")  # in a class, \b is the backspace
 _CONVERTED = {"account": "ConvertedAccountId", "contact": "ConvertedContactId",
               "opportunity": "ConvertedOpportunityId"}
 _TYPES = {"string": "string", "textarea": "text", "email": "email", "phone": "string", "url": "string",
@@ -426,7 +429,7 @@ class SalesforceAdapter:
         chunk: list[str] = []
         size = prefix_len
         for value in values:
-            quoted = quote_soql_value(value)
+            quoted = quote_soql_value(value) if _SOQL_ESCAPED.search(value) else "'" + value + "'"
             cost = _url_len(quoted) + 3
             if chunk and size + cost > MAX_SOQL_URL:
                 yield "(" + ",".join(chunk) + ")"

@@ -239,8 +239,26 @@ def snapshot_predates_write(modified_at: datetime | None, last_written_at: datet
 
 
 def _overwritten(desired: dict[str, Any], record: CrmRecord) -> list[str]:
+    fields = record.fields
+    # equal values (nearly all of them) are settled by ``!=`` alone, before same_value's forms
     return [name for name, value in desired.items()
-            if value not in (None, "") and name in record.fields and not same_value(value, record.fields[name])]
+            if name in fields and value != fields[name] and value is not None and value != ""
+            and not same_value(value, fields[name])]
+
+
+# The fields of a mapped object that carry a commission, by the object (a poll asks per record).
+_COMMISSION_FIELDS: dict[int, tuple[ObjectMap, list[str]]] = {}
+
+
+def _commission_fields(obj: ObjectMap) -> list[str]:
+    known = _COMMISSION_FIELDS.get(id(obj))
+    if known is not None and known[0] is obj:
+        return known[1]
+    if len(_COMMISSION_FIELDS) >= 64:  # mappings are few; a long-lived daemon reloads some
+        _COMMISSION_FIELDS.clear()
+    names = [n for n, f in obj.fields.items() if f.source in COMMISSION_ATTRIBUTES]
+    _COMMISSION_FIELDS[id(obj)] = (obj, names)
+    return names
 
 
 def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referral | ReferralView,
@@ -257,11 +275,10 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
             "prospect_email": referral.prospect_email, "prospect_company": referral.prospect_company,
             "prospect_name": referral.prospect_name, "external_id": referral.external_id,
             "status": referral.status, "referral_code": referral.referral_code}
-    commission = [n for n, f in obj.fields.items() if f.source in COMMISSION_ATTRIBUTES]
+    commission = _commission_fields(obj)
     if commission:
         view.update(deal_values(ob.session, [referral.id]).get(referral.id, dict.fromkeys(DEAL_ATTRIBUTES)))
     desired = field_values(obj, view, schema, rules=("protect",))
-    window = timedelta(hours=mapping.restore_window_hours)
     changed = _overwritten(desired, record)
     if changed and snapshot_predates_write(record.modified_at, link.last_written_at if link else None):
         fresh = target.adapter.read(obj.name, [record.id], target.fields_of(obj)).get(record.id)
@@ -283,6 +300,7 @@ def _guard(ob: Observation, target: CrmTarget, obj: ObjectMap, referral: Referra
         log.debug("protected field differs while a mapping change's re-push is pending; not restoring",
                   referral_id=referral.id, crm=target.name, object=obj.name, record_id=record.id, fields=changed)
         return
+    window = timedelta(hours=mapping.restore_window_hours)
     writer = record.modified_by or "unknown writer"
     stamp = record.modified_at.isoformat() if record.modified_at else ob.now.isoformat()
     restore = False

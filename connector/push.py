@@ -246,6 +246,10 @@ class _Work:
     converted_leads: list[str] = field(default_factory=list)  # converted leads this push followed
     poison: RecordError | None = None  # this record made the CRM refuse a whole request (a value)
     loss_accepted: bool = False  # its record is gone and a person accepted it: nothing to write
+    # Every op of this work is on its first claim, none failed before (``attempts`` counts claims;
+    # a take-back or a lease run out leaves it counted): no earlier push of this referral can have
+    # sent a create whose answer was lost, so no record carries its id yet (_push_unlinked).
+    first_try: bool = False
 
 
 @dataclass(frozen=True)
@@ -425,11 +429,17 @@ def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_att
             found_lower = {k.lower(): v for k, v in found.items()}
             remaining = [w for w in remaining if not _place(
                 target, w, found_lower.get(str(w.referral.get(source) or "").lower(), []), updates, people)]
-    if remaining:
+    retried = [w for w in remaining if not w.first_try]
+    if retried:
         # A create whose answer was lost carries our id already: an upsert would overwrite its
         # create_only fields (a rep may have edited them since), so it is updated like any match.
-        found = target.adapter.find(obj.name, obj.id_field, [w.referral["id"] for w in remaining], fields)
-        remaining = [w for w in remaining if not _place(target, w, found.get(w.referral["id"], []), updates, people)]
+        # Only a referral whose push was tried before can have one: a first push asks nothing more
+        # (a quarter of a first cycle's HubSpot calls). Were a record to carry the id all the same
+        # (a ledger restored from an old backup), the create is an upsert on that id: it is
+        # updated, never duplicated.
+        found = target.adapter.find(obj.name, obj.id_field, [w.referral["id"] for w in retried], fields)
+        remaining = [w for w in remaining
+                     if w.first_try or not _place(target, w, found.get(w.referral["id"], []), updates, people)]
     blocked: list[tuple[_Work, RecordError]] = []
     if obj.create:
         blocked = _create(target, remaining, now, max_attempts)
@@ -532,10 +542,13 @@ def one_work_per_referral(ops: Sequence[dict[str, Any]], inputs: Mapping[str, di
         referral_id = op["referral_id"]
         if referral_id not in inputs:
             continue
+        first_try = op.get("attempts") == 1 and not op.get("last_error")
         if referral_id in works:
             works[referral_id].siblings.append(OpOutcome(op["id"], referral_id, "done"))
+            works[referral_id].first_try &= first_try
         else:
-            works[referral_id] = _Work(op, inputs[referral_id], OpOutcome(op["id"], referral_id, "done"))
+            works[referral_id] = _Work(op, inputs[referral_id], OpOutcome(op["id"], referral_id, "done"),
+                                       first_try=first_try)
         payload = op.get("payload") or {}
         if payload.get("reason") == MAPPING_CHANGE:
             # a mapping change's planned re-push: its writes are recorded as that, with the mapping's hash

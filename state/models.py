@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from refsync.times import sqlite_utc
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -124,7 +126,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             # The text SQLite's DATETIME stores (``YYYY-MM-DD HH:MM:SS.ffffff``, four-digit year),
             # written by isoformat in one call rather than by a format string per field.
             def process(value: Any) -> Any:
-                return None if value is None else _utc_in(value).isoformat(sep=" ", timespec="microseconds")[:26]
+                return None if value is None else sqlite_utc(_utc_in(value))
         last: list[tuple[Any, Any]] = [(None, None)]
 
         def remembered(value: Any) -> Any:

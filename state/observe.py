@@ -21,6 +21,7 @@ from refsync.state.bulk import among, core_columns, update_rows
 from refsync.state.ledger import Ledger, LedgerTxn
 from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Partner, Referral, StatusTransition, SyncOp
 from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_alert
+from refsync.times import iso_text
 
 # crm_state keys of a poll's memory of one object: the adapter's poll state, and the records the
 # poll handled inside the overlap window, one row per observed batch, keyed by the batch's page
@@ -99,7 +100,10 @@ def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    tz = moment.tzinfo
+    if tz is UTC:
+        return moment
+    return moment.astimezone(UTC) if tz else moment.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -242,7 +246,7 @@ class Observation:
         if not handled:
             return
         key = f"{prefix}{_utc(page_cursor).strftime(STAMP)}:{part}"
-        value = {rid: _utc(at).isoformat() for rid, at in handled.items()}
+        value = {rid: iso_text(_utc(at)) for rid, at in handled.items()}
         row = self.session.get(CrmState, (self.crm, key))
         if row is None:
             self.session.add(CrmState(crm=self.crm, key=key, value=value, updated_at=self.now))

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
 from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Row
 
 from refsync.state.models import AuditEvent, Referral, SyncOp
+from refsync.times import iso_text
 
-
-def iso(value: datetime | date | None) -> str | None:
-    return value.isoformat() if value is not None else None
+iso = iso_text  # value.isoformat(), None stays None
 
 
 def referral_json(referral: Referral) -> dict[str, Any]:

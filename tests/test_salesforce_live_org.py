@@ -188,6 +188,28 @@ def test_a_replay_after_a_lost_answer_keeps_what_a_rep_edited_meanwhile(
     assert _links(ledger, referral["id"]) == {("Lead", lead, "lead", "active")}
 
 
+def test_only_a_push_tried_before_looks_for_a_record_carrying_the_referral_id(
+    ledger: Ledger, clock: FakeClock, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    # A referral pushed for the first time cannot have a record carrying its id: with no email to
+    # match, its push only creates. Once a push was tried and its answer lost, the next one asks
+    # for a record carrying the id, and links the one the lost answer created.
+    target = crms["salesforce"]
+    [referral] = _import(ledger, tmp_path, "acme,,Adatum,Pat Doe,,,,2026-10-01T09:00:00Z,,e1")
+    enqueue_pushes(ledger, "salesforce")
+    before = sandbox.salesforce.calls().get("query", 0)
+    sandbox.salesforce.set_faults(lost_answer=1.0)
+    assert push_round(ledger, target, "w1", limit=10, lease=timedelta(minutes=1), max_attempts=5).failed == 1
+    sandbox.salesforce.set_faults()
+    assert sandbox.salesforce.calls().get("query", 0) == before
+    clock.advance(hours=2)
+    assert push_round(ledger, target, "w1", limit=10, lease=timedelta(minutes=1), max_attempts=5).pushed == 1
+    assert sandbox.salesforce.calls().get("query", 0) == before + 1
+    with sandbox.salesforce.store.lock:
+        [lead] = [r["Id"] for r in sandbox.salesforce.store.live("Lead") if r["Referral_Id__c"] == referral["id"]]
+    assert _links(ledger, referral["id"]) == {("Lead", lead, "lead", "active")}
+
+
 def test_two_ops_of_one_referral_in_one_batch_push_it_once_and_both_end_done(
     ledger: Ledger, crms: dict[str, CrmTarget], sandbox: RunningSandbox, tmp_path: Path
 ) -> None:

@@ -157,6 +157,20 @@ def test_find_quotes_values_so_quotes_and_backslashes_cannot_change_the_query(
         sf.find("Lead", "Email) OR (Id", ["x"], [])
 
 
+def test_find_skips_the_escape_table_only_for_values_it_would_leave_unchanged() -> None:
+    # find quotes a value without simple-salesforce's translate when none of its characters is one
+    # the library escapes: the two must agree on which characters those are, every one of them
+    from simple_salesforce.format import quote_soql_value, soql_escapes
+
+    from refsync.adapters.salesforce import _SOQL_ESCAPED
+
+    for code in range(0x3000):
+        char = chr(code)
+        assert bool(_SOQL_ESCAPED.search(char)) == (code in soql_escapes), repr(char)
+        if not _SOQL_ESCAPED.search(char):
+            assert quote_soql_value(f"a{char}b") == f"'a{char}b'"
+
+
 def test_find_sends_every_character_of_a_value_so_the_crm_reads_it_back(sf: SalesforceAdapter,
                                                                        em: SalesforceEmulator) -> None:
     # The SOQL travels as q=... with spaces as '+' (form encoding): a '+' of a value must arrive as
