@@ -170,16 +170,22 @@ def _moment(value: Any) -> datetime | None:
     if text.isdigit():
         return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)  # Python 3.11 reads the "Z" HubSpot writes itself
     except ValueError:
         return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    tz = parsed.tzinfo
+    if tz is UTC:
+        return parsed
+    return parsed.astimezone(UTC) if tz else parsed.replace(tzinfo=UTC)
+
+
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def _ms(moment: datetime) -> int:
     """Epoch milliseconds, exactly (float timestamps can land one millisecond short)."""
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return (aware - EPOCH) // timedelta(milliseconds=1)
+    return (aware - EPOCH) // _ONE_MS
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -193,12 +193,24 @@ class Observation:
                 self._views.update((row[0], ReferralView(*row)) for row in self.session.execute(
                     select(*_VIEW_ROW).join(_PARTNER_TABLE, _PARTNER_TABLE.c.id == referrals.partner_id)
                     .where(among(self.session, referrals.id, referral_ids))))
+            # A link refsync wrote through has its time of writing, landed with the write's "pushed"
+            # event (state/outbox.py): the events are read only for the other links (found by
+            # discovery, or linked to a record that already held every value).
+            unsure: set[str] = set()
+            for links_of_record in found.values():
+                for lk in links_of_record:
+                    if lk.last_written_at is not None:
+                        self._pushed.add((lk.referral_id, lk.record_id))
+                    else:
+                        unsure.add(lk.referral_id)
+            if not unsure:
+                continue
             # By referral id (indexed; audit_events has no index on record_id, and a scan of every
             # event per chunk cost more than the rest of the poll): was_pushed only ever asks about
             # a record's linked referrals, and asks the database about any pair not found here.
             events = _AUDIT_TABLE.c
             pushed = self.session.execute(select(events.referral_id, events.record_id).where(
-                among(self.session, events.referral_id, referral_ids), events.kind == "pushed",
+                among(self.session, events.referral_id, unsure), events.kind == "pushed",
                 events.crm == self.crm, among(self.session, events.record_id, chunk)))
             self._pushed.update((str(r), str(rec)) for r, rec in pushed)
 
