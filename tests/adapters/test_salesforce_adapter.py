@@ -13,7 +13,7 @@ import trustme
 
 from refsync.adapters.base import ChangeKind, RecordErrorKind, RecordUpdate, RecordUpsert
 from refsync.adapters.errors import AuthError, CrmConfigError, RateLimited, TransientError
-from refsync.adapters.salesforce import SalesforceAdapter
+from refsync.adapters.salesforce import PinnedSession, SalesforceAdapter
 from refsync.adapters.sandbox.salesforce_emulator import SalesforceEmulator
 from refsync.adapters.sandbox.salesforce_store import ASSIGNMENT_QUEUE_ID
 from tests.adapters.profile import all_changes
@@ -194,6 +194,25 @@ def test_find_splits_long_value_lists_to_stay_under_the_url_limit(sf: Salesforce
     found = sf.find("Lead", "Email", [f"{'x' * 60}{i}@example.com" for i in range(400)], [])
     assert len(found) == 400
     assert em.calls()["query"] - before >= 3
+
+
+def test_the_proxies_of_the_environment_apply_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The session reads the environment's proxies once per host (requests reads them on every
+    # request): a proxied org goes through its proxy, a host NO_PROXY names does not.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    session = PinnedSession(None, (1.0, 1.0))
+    for _ in range(2):
+        proxied = session.merge_environment_settings(
+            "https://acme.my.salesforce.com/services/data/v59.0/query/?q=SELECT+Id+FROM+Lead", {}, None, True, None)
+        assert proxied["proxies"].get("https") == "http://proxy.example:3128"
+        direct = session.merge_environment_settings("https://direct.example/services/data/v59.0/sobjects/", {},
+                                                    None, True, None)
+        assert "https" not in direct["proxies"]
+    proxied["proxies"]["https"] = "changed by a caller"
+    again = session.merge_environment_settings("https://acme.my.salesforce.com/services/oauth2/token", {}, None,
+                                               True, None)
+    assert again["proxies"]["https"] == "http://proxy.example:3128"
 
 
 def test_ca_bundle_wins_over_requests_ca_bundle_environment(sf: SalesforceAdapter, em: SalesforceEmulator,
