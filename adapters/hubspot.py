@@ -149,6 +149,8 @@ def classify(exc: BaseException) -> CrmError:
 
 def _value(value: Any) -> str:
     """A field value as HubSpot's API takes it: strings; datetimes ISO with ms and Z; blank clears."""
+    if value.__class__ is str:  # most values
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):

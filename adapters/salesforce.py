@@ -221,6 +221,8 @@ def _api_name(name: str) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    if value.__class__ is str:  # most values
+        return value
     if isinstance(value, datetime):
         return iso_utc(value)
     if isinstance(value, date):
