@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     JSON,
+    BindParameter,
     Column,
     ColumnElement,
     Dialect,
@@ -58,13 +59,28 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
           values: Iterable[Any]) -> ColumnElement[bool]:
     """``column IN values`` with the values as one parameter: a query of fixed text, parsed and
     planned once, instead of one placeholder per value."""
-    values = list(values)
-    if session.get_bind().dialect.name == "postgresql":
+    return _in_json(session.get_bind().dialect.name, column, bindparam(None, _dumps(list(values)), type_=Text))
+
+
+def among_bound(dialect: str, column: ColumnElement[Any] | QueryableAttribute[Any], name: str) -> ColumnElement[bool]:
+    """:func:`among` for a statement built once and run many times (building a statement and
+    keying it for the compiled cache cost ~0.5 ms, as much as running it on 500 ids): the values
+    are bound at each run to parameter ``name``, as the text :func:`bound_list` writes."""
+    return _in_json(dialect, column, bindparam(name, type_=Text))
+
+
+def bound_list(values: Iterable[Any]) -> str:
+    """The values of an :func:`among_bound` parameter."""
+    return _dumps(list(values))
+
+
+def _in_json(dialect: str, column: ColumnElement[Any] | QueryableAttribute[Any],
+             param: BindParameter[Any]) -> ColumnElement[bool]:
+    if dialect == "postgresql":
         # The values as one JSON parameter: psycopg escapes each element of an array parameter
         # with a regular expression. Text stays text (a VARCHAR(n) cast would cut a longer value
         # into matching another row); other types are cast to the column's.
-        each: ColumnElement[Any] = func.json_array_elements_text(
-            sql_cast(bindparam(None, _dumps(values), type_=Text), JSON))
+        each: ColumnElement[Any] = func.json_array_elements_text(sql_cast(param, JSON))
         if not isinstance(column.type, String):
             each = sql_cast(each, column.type)
         # ``= ANY(ARRAY(SELECT ...))``: the list is built once (an init plan) and the column's
@@ -75,7 +91,7 @@ def among(session: Session, column: ColumnElement[Any] | QueryableAttribute[Any]
     # searches the column's index for each value, as it does for a list.
     # (``SELECT value FROM json_each(?)``: json_each's own column, named as text; building the
     # table-valued form per call cost half of what a claim's or a prefetch's statement cost to build)
-    listed = func.json_each(bindparam(None, _dumps(values), type_=Text))
+    listed = func.json_each(param)
     return column.in_(select(_JSON_EACH_VALUE).select_from(listed).scalar_subquery())
 
 

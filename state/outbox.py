@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 from typing import cast as typed
 
-from sqlalchemy import String, Table, and_, cast, exists, insert, literal, select, update
+from sqlalchemy import Select, String, Table, and_, bindparam, cast, exists, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from refsync.state.bulk import among, core_columns, insert_rows
+from refsync.state.bulk import among, among_bound, bound_list, core_columns, insert_rows
 from refsync.state.ledger import Ledger
 from refsync.state.models import AuditEvent, CrmLink, Partner, Referral, SyncOp
 
@@ -26,6 +27,8 @@ CHUNK = 500  # ids per IN list: well under every driver's bound-parameter limit
 _OPS = typed(Table, SyncOp.__table__)
 _LINKS = typed(Table, CrmLink.__table__)
 _EVENTS = typed(Table, AuditEvent.__table__)
+_REFERRALS = typed(Table, Referral.__table__)
+_PARTNERS = typed(Table, Partner.__table__)
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -84,33 +87,39 @@ def push_inputs(ledger: Ledger, referral_ids: Sequence[str], crm: str) -> dict[s
 
     Two Core selects of the needed columns per chunk of ids (no ORM objects: a first cycle reads
     every referral here once per CRM)."""
-    # the tables' own columns: plain Core rows, without the ORM's compile and loading steps
-    columns = core_columns(Referral.id, Partner.code, Referral.source, Referral.medium, Referral.campaign,
-                           Referral.submitted_at, Referral.prospect_email, Referral.prospect_company,
-                           Referral.prospect_name, Referral.external_id, Referral.status, Referral.referral_code,
-                           Referral.revision, Referral.credited, Referral.merged_into)
-    referrals, partners, links_table = (typed(Table, m.__table__) for m in (Referral, Partner, CrmLink))
     found: dict[str, dict[str, Any]] = {}
     with ledger.transaction() as txn:
         session = txn.session
+        referrals_of, links_of = _push_input_statements(session.get_bind().dialect.name)
         for chunk in _chunks(list(dict.fromkeys(referral_ids))):
-            rows = session.execute(select(*columns).join(partners, partners.c.id == referrals.c.partner_id)
-                                   .where(among(session, referrals.c.id, chunk)))
+            ids = bound_list(chunk)
             for (rid, partner, source, medium, campaign, submitted_at, email, company, name, external_id,
-                 status, code, revision, credited, merged_into) in rows:
+                 status, code, revision, credited, merged_into) in session.execute(referrals_of, {"ids": ids}):
                 found[rid] = {
                     "id": rid, "partner": partner, "source": source, "medium": medium, "campaign": campaign,
                     "submitted_at": submitted_at, "prospect_email": email, "prospect_company": company,
                     "prospect_name": name, "external_id": external_id, "status": status, "referral_code": code,
                     "revision": revision, "credited": credited and merged_into is None, "links": []}
-            link = links_table.c
-            links = session.execute(
-                select(link.referral_id, link.object, link.record_id, link.role, link.state)
-                .where(among(session, link.referral_id, chunk), link.crm == crm, link.state.in_(PUSH_LINK_STATES))
-                .order_by(link.id))
-            for rid, obj, record_id, role, state in links:
+            for rid, obj, record_id, role, state in session.execute(links_of, {"ids": ids, "crm": crm}):
                 found[rid]["links"].append({"object": obj, "record_id": record_id, "role": role, "state": state})
     return found
+
+
+@cache
+def _push_input_statements(dialect: str) -> tuple[Select[Any], Select[Any]]:
+    """push_inputs' two selects, built once per dialect, their values bound at each run: the
+    referrals' columns (the tables' own: plain Core rows, without the ORM's compile and loading
+    steps), and their links on one CRM (``ids``, ``crm``)."""
+    columns = core_columns(Referral.id, Partner.code, Referral.source, Referral.medium, Referral.campaign,
+                           Referral.submitted_at, Referral.prospect_email, Referral.prospect_company,
+                           Referral.prospect_name, Referral.external_id, Referral.status, Referral.referral_code,
+                           Referral.revision, Referral.credited, Referral.merged_into)
+    referrals, partners, link = _REFERRALS, _PARTNERS, _LINKS.c
+    return (select(*columns).join(partners, partners.c.id == referrals.c.partner_id)
+            .where(among_bound(dialect, referrals.c.id, "ids")),
+            select(link.referral_id, link.object, link.record_id, link.role, link.state)
+            .where(among_bound(dialect, link.referral_id, "ids"), link.crm == bindparam("crm", type_=link.crm.type),
+                   link.state.in_(PUSH_LINK_STATES)).order_by(link.id))
 
 
 @dataclass
@@ -186,9 +195,9 @@ def _land_links(session: Session, crm: str, outcomes: Sequence[OpOutcome], now: 
         return
     existing: dict[tuple[str, str, str], int] = {}
     referral_ids = sorted({key[0] for key in wanted})
+    known = _known_links(session.get_bind().dialect.name)
     for chunk in _chunks(referral_ids):
-        rows = session.execute(select(CrmLink.referral_id, CrmLink.object, CrmLink.record_id, CrmLink.id).where(
-            CrmLink.crm == crm, among(session, CrmLink.referral_id, chunk)))
+        rows = session.execute(known, {"crm": crm, "ids": bound_list(chunk)})
         existing.update(((r, o, rec), link_id) for r, o, rec, link_id in rows)
     new = [{"referral_id": r, "crm": crm, "object": o, "record_id": rec, "role": role, "state": "active",
             "created_at": now, "updated_at": now, "last_written_at": now if wrote else None}
@@ -199,6 +208,14 @@ def _land_links(session: Session, crm: str, outcomes: Sequence[OpOutcome], now: 
     for chunk in _chunks(written):
         session.execute(update(_LINKS).where(among(session, _LINKS.c.id, chunk)).values(last_written_at=now,
                                                                                   updated_at=now))
+
+
+@cache
+def _known_links(dialect: str) -> Select[Any]:
+    """The links of some referrals on one CRM (``crm``, ``ids``), built once per dialect."""
+    link = _LINKS.c
+    return select(link.referral_id, link.object, link.record_id, link.id).where(
+        link.crm == bindparam("crm", type_=link.crm.type), among_bound(dialect, link.referral_id, "ids"))
 
 
 def _audit_rows(crm: str, outcomes: Sequence[OpOutcome], now: datetime) -> list[dict[str, Any]]:
