@@ -27,11 +27,13 @@ from refsync.connector.reconcile import ReconcileSettings, reconcile
 from refsync.connector.rollout import roll_out
 from refsync.connector.terms import load_terms
 from refsync.state.crmstate import remember_counts
-from refsync.state.ledger import Ledger
+from refsync.state.ledger import PUSHED_TABLES, Ledger
 from refsync.state.outbox import enqueue_pushes
 from refsync.state.workers import process_worker_id
 
 log = get_logger("refsync.sync")
+# A push of this many ops (planned, or landed) refreshes PostgreSQL's statistics of the tables it grew.
+STATISTICS_AFTER = 5_000
 
 
 def worker_id() -> str:
@@ -111,10 +113,14 @@ class CycleReport:
 def push_all(ledger: Ledger, target: CrmTarget, settings: CycleSettings, owner: str) -> PushCounts:
     """Push rounds for one CRM until no op is due (or the CRM pauses us)."""
     total = PushCounts()
-    for _ in range(settings.max_rounds):
+    for number in range(1, settings.max_rounds + 1):
         counts = push_round(ledger, target, owner, limit=settings.batch_size,
                             lease=timedelta(seconds=settings.lease_seconds), max_attempts=settings.max_attempts)
         total.add(counts)
+        if counts.pushed and (number in (2, 10) or number % 50 == 0):
+            # the links and ops grow by orders of magnitude early in a first push: the claims and
+            # the poll's prefetch must be planned on their indexes (PostgreSQL)
+            ledger.refresh_statistics(PUSHED_TABLES)
         attempted = counts.pushed + counts.failed + counts.dead + counts.released
         if attempted == 0 or counts.released:
             break
@@ -152,6 +158,8 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
         with target.lock:
             roll_out(ledger, target)  # a mapping file changed since the last run: its re-push is planned
         report.planned[name] = enqueue_pushes(ledger, name)
+        if report.planned[name] >= STATISTICS_AFTER:
+            ledger.refresh_statistics(PUSHED_TABLES)  # the claims read what was just planned
         with target.lock:
             ensure_ready(ledger, target)
         if not target.ready:
@@ -160,6 +168,8 @@ def run_cycle(ledger: Ledger, targets: dict[str, CrmTarget], settings: CycleSett
         target.start_run(ledger.calls_today(name))
         try:
             report.push[name] = push_all(ledger, target, settings, owner)
+            if report.push[name].pushed >= STATISTICS_AFTER:
+                ledger.refresh_statistics(PUSHED_TABLES)  # the poll's prefetch reads the new links
             if over_budget(ledger, target, report):
                 continue
             if _paused(ledger, target, report):

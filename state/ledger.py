@@ -183,6 +183,11 @@ def _claim_statement(dialect: str) -> Update:
     )
 
 
+# The tables an import grows, and those a push grows: :meth:`Ledger.refresh_statistics`.
+IMPORTED_TABLES = ("referrals", "audit_events", "status_transitions")
+PUSHED_TABLES = ("sync_ops", "crm_links", "audit_events")
+
+
 class Ledger:
     """The ledger of referrals, links, ops, cursors, audit events and alerts."""
 
@@ -228,13 +233,14 @@ class Ledger:
         every request while the daemon writes)."""
         return self._read()
 
-    def refresh_statistics(self) -> None:
-        """Let PostgreSQL's planner see a table that grew fast (a large import): with the stats of
-        an empty table it scans instead of using the indexes."""
+    def refresh_statistics(self, tables: Sequence[str] = IMPORTED_TABLES) -> None:
+        """Let PostgreSQL's planner see tables that grew fast (a large import, a first push): with
+        the stats of an empty table it scans instead of using the indexes (seen: a poll's prefetch
+        reading every link of 100,000 for each 500 records, with autovacuum off or not yet run)."""
         if self.engine.dialect.name == "postgresql":
             with self.engine.connect() as connection:
                 connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                    "ANALYZE referrals, audit_events, status_transitions")
+                    "ANALYZE " + ", ".join(tables))
 
     def referrals(
         self, partner: str | None = None, status: str | None = None, since: datetime | None = None,

@@ -306,3 +306,35 @@ def test_a_poll_over_many_pages_repairs_every_record_and_resumes_after_the_last_
     run_cycle(ledger, crms, SETTINGS)
     values = [(sandbox.hubspot.get_record("contacts", c) or {}).get("referral_partner") for c in contacts]
     assert values == ["acme"] * 12
+
+
+@pytest.mark.postgres
+def test_a_large_first_push_on_postgresql_refreshes_the_statistics_the_poll_is_planned_on(
+    pg_url: str, clock: Any, crms: dict[str, CrmTarget], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the statistics of empty tables (autovacuum off, or not run yet), PostgreSQL planned the
+    # poll's prefetch as a filter over every link of the CRM, for each 500 records it observes: a
+    # first cycle of 100,000 referrals spent most of its time there. A push that planned or landed
+    # many ops refreshes the statistics of the tables it grew (the threshold is lowered here to
+    # keep the test small: on a table this small the planner rightly scans, so the plan itself is
+    # not what is checked).
+    from sqlalchemy import create_engine, text
+
+    from refsync.connector import sync
+
+    monkeypatch.setattr(sync, "STATISTICS_AFTER", 5)
+    ledger = Ledger.open(pg_url, clock=clock)
+    _import(ledger, tmp_path, [f"acme,p{n}@co{n}.example,Co {n},P {n},partner,referral,q4,2026-10-01T09:00:00Z,,e{n}"
+                               for n in range(12)])
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    counts = ("SELECT relname, analyze_count FROM pg_stat_user_tables "
+              "WHERE relname IN ('crm_links', 'sync_ops', 'audit_events')")
+    with engine.connect() as conn:
+        before = dict(conn.execute(text(counts)).all())
+        report = run_cycle(ledger, crms, SETTINGS)
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        after = dict(conn.execute(text(counts)).all())
+    engine.dispose()
+    ledger.close()
+    assert report.counts()["pushed"] == 24
+    assert all(after[table] > before.get(table, 0) for table in ("crm_links", "sync_ops", "audit_events")), after
