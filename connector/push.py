@@ -435,8 +435,10 @@ def _push_unlinked(target: CrmTarget, works: list[_Work], now: datetime, max_att
         # create_only fields (a rep may have edited them since), so it is updated like any match.
         # Only a referral whose push was tried before can have one: a first push asks nothing more
         # (a quarter of a first cycle's HubSpot calls). Were a record to carry the id all the same
-        # (a ledger restored from an old backup), the create is an upsert on that id: it is
-        # updated, never duplicated.
+        # (a ledger restored from an old backup), the create is an upsert on that id, which
+        # updates it (Salesforce ``PATCH composite/sobjects/{Object}/{ExternalIdField}``,
+        # crm-api/salesforce/README.md; HubSpot ``batch/upsert`` by ``idProperty``,
+        # crm-api/hubspot/Contacts_r424_v3_contacts.json): never a duplicate.
         found = target.adapter.find(obj.name, obj.id_field, [w.referral["id"] for w in retried], fields)
         remaining = [w for w in remaining
                      if w.first_try or not _place(target, w, found.get(w.referral["id"], []), updates, people)]
