@@ -65,8 +65,9 @@ def _utc_in(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
-def _utc_out(value: datetime) -> datetime:
-    """A stored datetime as aware UTC: naive is UTC (SQLite's text), aware is converted."""
+def as_utc(value: datetime) -> datetime:
+    """A datetime as aware UTC: naive is UTC (SQLite's text), aware is converted (the ledger's
+    reads, the poll's stamps)."""
     tz = value.tzinfo
     if tz is None:
         return value.replace(tzinfo=UTC)
@@ -86,7 +87,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else _utc_out(value)
+        return None if value is None else as_utc(value)
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         """:meth:`process_result_value` after the dialect's own processor, in one closure. Every
@@ -100,7 +101,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: Any) -> datetime | None:
             if value is None:
                 return None
-            return _utc_out(cast(datetime, impl(value) if impl is not None else value))
+            return as_utc(cast(datetime, impl(value) if impl is not None else value))
 
         if dialect.name != "sqlite":
             return process

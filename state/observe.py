@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any, NamedTuple, cast
@@ -20,7 +20,17 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from refsync.state.bulk import among, among_bound, bound_list, core_columns, update_rows
 from refsync.state.ledger import Ledger, LedgerTxn
-from refsync.state.models import AuditEvent, CrmLink, CrmState, Cursor, Partner, Referral, StatusTransition, SyncOp
+from refsync.state.models import (
+    AuditEvent,
+    CrmLink,
+    CrmState,
+    Cursor,
+    Partner,
+    Referral,
+    StatusTransition,
+    SyncOp,
+    as_utc,
+)
 from refsync.state.notifications import AlertSpec, enqueue_status_notice, raise_alert
 from refsync.times import iso_text
 
@@ -130,13 +140,6 @@ def cursor(ledger: Ledger, crm: str, obj: str) -> datetime | None:
     with ledger.transaction() as txn:
         row = txn.session.get(Cursor, (crm, obj))
         return row.position if row else None
-
-
-def _utc(moment: datetime) -> datetime:
-    tz = moment.tzinfo
-    if tz is UTC:
-        return moment
-    return moment.astimezone(UTC) if tz else moment.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -283,11 +286,11 @@ class Observation:
         # the keys from ``prefix`` (inclusive) to ``prefix`` + the stamp are exactly those that
         # start with ``prefix`` and sort before it: one range, a statement built once
         self.session.execute(_FORGET_HANDLED, {"crm": self.crm, "first": prefix,
-                                               "before": prefix + _utc(forget_before).strftime(STAMP)})
+                                               "before": prefix + as_utc(forget_before).strftime(STAMP)})
         if not handled:
             return
-        key = f"{prefix}{_utc(page_cursor).strftime(STAMP)}:{part}"
-        value = {rid: iso_text(_utc(at)) for rid, at in handled.items()}
+        key = f"{prefix}{as_utc(page_cursor).strftime(STAMP)}:{part}"
+        value = {rid: iso_text(as_utc(at)) for rid, at in handled.items()}
         row = self.session.get(CrmState, (self.crm, key))
         if row is None:
             self.session.add(CrmState(crm=self.crm, key=key, value=value, updated_at=self.now))
@@ -385,7 +388,7 @@ class Observation:
         found = self.session.scalar(select(func.max(StatusTransition.at)).where(
             StatusTransition.referral_id == referral_id, StatusTransition.source == "crm_poll",
             StatusTransition.crm == self.crm))
-        return _utc(found) if found is not None else None
+        return as_utc(found) if found is not None else None
 
     def last_move_crm(self, referral_id: str) -> str | None:
         """The CRM whose poll recorded the referral's latest status move (None: none did)."""
